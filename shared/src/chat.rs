@@ -1,0 +1,206 @@
+//! Chat requests and answers: what a client sends to `/v1/chat` (and the streaming routes) and
+//! the JSON answer the synchronous route returns.
+//!
+//! Optional fields are omitted from the JSON when unset, and default when absent, so a minimal
+//! request is just `{"messages":[{"role":"user","content":"Hi"}]}`.
+
+use serde::{Deserialize, Serialize};
+
+/// Who wrote a message. The conversation alternates, starting with the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+impl Role {
+    /// The lower-case name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// One turn of the conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+impl Message {
+    pub fn user(content: impl Into<String>) -> Self {
+        Message {
+            role: Role::User,
+            content: content.into(),
+        }
+    }
+
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Message {
+            role: Role::Assistant,
+            content: content.into(),
+        }
+    }
+}
+
+/// A chat request, the same on every route and transport.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatRequest {
+    /// The conversation so far; the last message is the one to answer.
+    pub messages: Vec<Message>,
+    /// Instructions that frame the whole conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// A model id from `GET /v1/models`; the relay's default model when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Upper bound on the answer's length in tokens (default
+    /// [`limits::DEFAULT_MAX_TOKENS`](crate::limits::DEFAULT_MAX_TOKENS)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// A free-form hint for the router (for example `"fast"`, `"cheap"`, `"code"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_hint: Option<String>,
+    /// Sampling temperature, 0.0 to 1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Strings that end the answer when the model produces them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop_sequences: Vec<String>,
+}
+
+impl ChatRequest {
+    /// A one-message request from the user.
+    pub fn from_prompt(prompt: impl Into<String>) -> Self {
+        ChatRequest {
+            messages: vec![Message::user(prompt)],
+            ..ChatRequest::default()
+        }
+    }
+
+    /// `max_tokens`, or the default when the client left it out.
+    pub fn max_tokens_or_default(&self) -> u32 {
+        self.max_tokens.unwrap_or(crate::limits::DEFAULT_MAX_TOKENS)
+    }
+}
+
+/// Token counts of one answer, as the upstream reported them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    pub total_tokens: u32,
+}
+
+impl Usage {
+    pub fn new(input_tokens: u32, output_tokens: u32) -> Self {
+        Usage {
+            input_tokens,
+            output_tokens,
+            total_tokens: input_tokens.saturating_add(output_tokens),
+        }
+    }
+}
+
+/// Why the model stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The model finished its answer.
+    EndTurn,
+    /// The answer reached `max_tokens`.
+    MaxTokens,
+    /// The model produced one of the stop sequences.
+    StopSequence,
+    /// A content filter or guardrail cut the answer.
+    ContentFiltered,
+    /// The model asked to call a tool.
+    ToolUse,
+    /// Any reason this version does not know; clients should show the answer as complete.
+    #[serde(other)]
+    Other,
+}
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseSource {
+    /// The first target of the route answered.
+    Primary,
+    /// The same model answered from another region or inference profile.
+    FallbackRegion,
+    /// A configured downgrade model answered.
+    FallbackModel,
+    /// The answer was served from the cache.
+    Cache,
+    /// No model could answer; this is the relay's clearly-marked stand-in answer.
+    Degraded,
+}
+
+/// How the relay reached the answer: which target answered and why it was chosen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    /// The model id (as configured in the relay) that produced the answer.
+    pub model: String,
+    /// The provider kind that served it (for example `"bedrock"`).
+    pub provider: String,
+    /// The region or endpoint that served it.
+    pub region: String,
+    pub source: ResponseSource,
+    /// How many upstream calls this answer took, the answering one included.
+    pub attempts: u32,
+    /// A human-readable explanation of the routing decision.
+    pub reason: String,
+}
+
+/// Server-side timings, in milliseconds since the relay received the request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Time to the first text token; absent when the answer had no text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<f64>,
+    /// Time to the end of the answer.
+    pub total_ms: f64,
+}
+
+/// The answer of `POST /v1/chat`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatResponse {
+    pub request_id: String,
+    /// The model that actually answered (see `route` for how it was reached).
+    pub model: String,
+    pub text: String,
+    pub stop_reason: StopReason,
+    pub usage: Usage,
+    pub route: RouteInfo,
+    pub timings: Timings,
+}
+
+/// One model the relay can route to, as listed by `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// The id clients put in [`ChatRequest::model`].
+    pub id: String,
+    pub provider: String,
+    pub region: String,
+    /// US dollars per 1 000 input tokens.
+    pub input_price_per_1k: f64,
+    /// US dollars per 1 000 output tokens.
+    pub output_price_per_1k: f64,
+    /// The most tokens (prompt and answer) the model accepts.
+    pub context_window: u32,
+    /// Whether requests without a `model` go here.
+    pub default: bool,
+}
+
+/// The answer of `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelList {
+    pub models: Vec<ModelInfo>,
+}

@@ -1,0 +1,68 @@
+//! [`StreamEvent`]: what a streaming answer is made of, on every transport.
+//!
+//! A stream is `start`, then any number of `text_delta` (and possibly `usage`), then exactly one
+//! terminal event: `done` for a complete answer or `error` when it could not be completed. A
+//! stream that ends without a terminal event was cut off and must not be shown as complete.
+//!
+//! On SSE the event's [`name`](StreamEvent::name) is the `event:` field and the JSON (which also
+//! carries the name in `type`) is the `data:` field; on WebSocket each event is one JSON text
+//! frame.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chat::{RouteInfo, StopReason, Timings, Usage};
+use crate::error::ErrorCode;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamEvent {
+    /// The relay accepted the request and chose a model.
+    Start { request_id: String, model: String },
+    /// The next piece of the answer's text.
+    TextDelta { text: String },
+    /// Token counts, as soon as the upstream reports them.
+    Usage { usage: Usage },
+    /// The answer is complete.
+    Done {
+        stop_reason: StopReason,
+        usage: Usage,
+        timings: Timings,
+        route: RouteInfo,
+    },
+    /// The answer could not be completed; any text received so far is incomplete.
+    Error {
+        code: ErrorCode,
+        message: String,
+        /// Whether sending the same request again could succeed.
+        retryable: bool,
+    },
+}
+
+impl StreamEvent {
+    /// The event's name: the SSE `event:` field and the JSON `type` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StreamEvent::Start { .. } => "start",
+            StreamEvent::TextDelta { .. } => "text_delta",
+            StreamEvent::Usage { .. } => "usage",
+            StreamEvent::Done { .. } => "done",
+            StreamEvent::Error { .. } => "error",
+        }
+    }
+
+    /// Whether this event ends the stream.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, StreamEvent::Done { .. } | StreamEvent::Error { .. })
+    }
+
+    /// The event as JSON text.
+    pub fn to_json(&self) -> String {
+        // Serialising these types cannot fail: every map key is a string and every float is
+        // produced by the relay from finite durations.
+        serde_json::to_string(self).unwrap_or_else(|err| {
+            format!(
+                r#"{{"type":"error","code":"internal","message":"event encoding failed: {err}","retryable":false}}"#
+            )
+        })
+    }
+}

@@ -1,0 +1,30 @@
+//! # fm-protocol — the wire types every side of FM Relay speaks
+//!
+//! This crate is compiled both natively (for the relay and the simulator's tests) and to
+//! `wasm32-unknown-unknown` (for the browser chat UI and the IDE panel), so it depends on serde
+//! alone: no tokio, no AWS types, no I/O.
+//!
+//! - [`chat`]: the request a client sends ([`ChatRequest`]) and the one-shot answer it gets back
+//!   ([`ChatResponse`]), with [`Usage`], [`StopReason`], [`RouteInfo`] and [`Timings`].
+//! - [`event`]: [`StreamEvent`], the one event type every streaming transport carries (SSE,
+//!   WebSocket frames, and later the job progress feed).
+//! - [`error`]: the JSON error body of every non-2xx answer and its stable [`ErrorCode`]s.
+//! - [`validate`]: the request limits, as one function that clients run before sending and the
+//!   relay runs on arrival, so both reject the same requests with the same words.
+//! - [`sse`]: an incremental Server-Sent-Events decoder that accepts any split of the byte stream,
+//!   plus the matching encoder.
+
+pub mod chat;
+pub mod error;
+pub mod event;
+pub mod sse;
+pub mod validate;
+
+pub use chat::{
+    ChatRequest, ChatResponse, Message, ModelInfo, ModelList, ResponseSource, Role, RouteInfo,
+    StopReason, Timings, Usage,
+};
+pub use error::{ApiError, ApiErrorBody, ErrorCode};
+pub use event::StreamEvent;
+pub use sse::{SseDecoder, SseFrame, encode_sse_frame};
+pub use validate::{ValidationError, limits, validate_chat_request};

@@ -1,0 +1,308 @@
+//! The request limits of FM Relay, as one function that the browser, the IDE panel and the relay
+//! all call, so a request is rejected with the same words wherever it is checked.
+//!
+//! The rules (see the project's DESIGN.md, "Request limits"): 1 to 50 messages; roles alternate
+//! starting with `user`; each content 1 to 100 000 characters and not blank; `max_tokens` 1 to
+//! 4096; `temperature` 0 to 1; at most 4 stop sequences of 1 to 200 characters; a system prompt,
+//! when given, 1 to 100 000 characters; the model, when given, one the relay declares. The 1 MiB
+//! body limit is enforced by whoever reads the body ([`limits::MAX_BODY_BYTES`]).
+
+use std::fmt;
+
+use crate::chat::{ChatRequest, Role};
+
+/// The numbers behind the rules.
+pub mod limits {
+    /// Fewest messages in a request.
+    pub const MIN_MESSAGES: usize = 1;
+    /// Most messages in a request.
+    pub const MAX_MESSAGES: usize = 50;
+    /// Most characters (Unicode scalar values) in one message or in the system prompt.
+    pub const MAX_CONTENT_CHARS: usize = 100_000;
+    /// Largest `max_tokens` a client may ask for.
+    pub const MAX_TOKENS: u32 = 4096;
+    /// `max_tokens` when the request leaves it out.
+    pub const DEFAULT_MAX_TOKENS: u32 = 1024;
+    /// Most stop sequences in a request.
+    pub const MAX_STOP_SEQUENCES: usize = 4;
+    /// Most characters in one stop sequence.
+    pub const MAX_STOP_SEQUENCE_CHARS: usize = 200;
+    /// Largest request body, in bytes.
+    pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+    /// Most characters in a routing hint.
+    pub const MAX_ROUTING_HINT_CHARS: usize = 64;
+}
+
+/// A broken rule: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    /// The field's path in the request, e.g. `messages[2].content`.
+    pub field: String,
+    /// What is wrong, in words for people.
+    pub message: String,
+}
+
+impl ValidationError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ValidationError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for ValidationError {}
+
+/// Checks `request` against the limits. `is_known_model` says whether a model id is one the relay
+/// serves; a client that has not fetched the model list yet can pass `|_| true`.
+pub fn validate_chat_request(
+    request: &ChatRequest,
+    is_known_model: impl Fn(&str) -> bool,
+) -> Result<(), ValidationError> {
+    use limits::*;
+
+    let count = request.messages.len();
+    if !(MIN_MESSAGES..=MAX_MESSAGES).contains(&count) {
+        return Err(ValidationError::new(
+            "messages",
+            format!("must hold {MIN_MESSAGES} to {MAX_MESSAGES} messages, got {count}"),
+        ));
+    }
+    for (index, message) in request.messages.iter().enumerate() {
+        let expected = if index % 2 == 0 {
+            Role::User
+        } else {
+            Role::Assistant
+        };
+        if message.role != expected {
+            let why = if index == 0 {
+                "the first message must come from the user".to_string()
+            } else {
+                format!(
+                    "roles must alternate between user and assistant; expected {} here",
+                    expected.as_str()
+                )
+            };
+            return Err(ValidationError::new(format!("messages[{index}].role"), why));
+        }
+        check_text(
+            &format!("messages[{index}].content"),
+            &message.content,
+            MAX_CONTENT_CHARS,
+        )?;
+    }
+    if let Some(last) = request.messages.last()
+        && last.role != Role::User
+    {
+        return Err(ValidationError::new(
+            format!("messages[{}].role", count - 1),
+            "the last message must come from the user",
+        ));
+    }
+    if let Some(system) = &request.system {
+        check_text("system", system, MAX_CONTENT_CHARS)?;
+    }
+    if let Some(model) = &request.model
+        && !is_known_model(model)
+    {
+        return Err(ValidationError::new(
+            "model",
+            format!("unknown model `{model}`; GET /v1/models lists the models served"),
+        ));
+    }
+    if let Some(max_tokens) = request.max_tokens
+        && !(1..=MAX_TOKENS).contains(&max_tokens)
+    {
+        return Err(ValidationError::new(
+            "max_tokens",
+            format!("must be between 1 and {MAX_TOKENS}, got {max_tokens}"),
+        ));
+    }
+    if let Some(temperature) = request.temperature
+        && !(0.0..=1.0).contains(&temperature)
+    {
+        return Err(ValidationError::new(
+            "temperature",
+            format!("must be between 0.0 and 1.0, got {temperature}"),
+        ));
+    }
+    if request.stop_sequences.len() > MAX_STOP_SEQUENCES {
+        return Err(ValidationError::new(
+            "stop_sequences",
+            format!(
+                "at most {MAX_STOP_SEQUENCES} stop sequences, got {}",
+                request.stop_sequences.len()
+            ),
+        ));
+    }
+    for (index, stop) in request.stop_sequences.iter().enumerate() {
+        let chars = stop.chars().count();
+        if !(1..=MAX_STOP_SEQUENCE_CHARS).contains(&chars) {
+            return Err(ValidationError::new(
+                format!("stop_sequences[{index}]"),
+                format!("must be 1 to {MAX_STOP_SEQUENCE_CHARS} characters, got {chars}"),
+            ));
+        }
+    }
+    if let Some(hint) = &request.routing_hint {
+        let chars = hint.chars().count();
+        if chars > MAX_ROUTING_HINT_CHARS {
+            return Err(ValidationError::new(
+                "routing_hint",
+                format!("at most {MAX_ROUTING_HINT_CHARS} characters, got {chars}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, text: &str, max_chars: usize) -> Result<(), ValidationError> {
+    if text.trim().is_empty() {
+        return Err(ValidationError::new(field, "must not be empty or blank"));
+    }
+    // Count only as far as needed: a 1 MiB body cannot make this quadratic.
+    let chars = text.chars().take(max_chars + 1).count();
+    if chars > max_chars {
+        return Err(ValidationError::new(
+            field,
+            format!("must be at most {max_chars} characters"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::Message;
+
+    fn known(model: &str) -> bool {
+        model == "claude"
+    }
+
+    fn field_of(request: &ChatRequest) -> String {
+        validate_chat_request(request, known).unwrap_err().field
+    }
+
+    #[test]
+    fn a_minimal_request_is_valid() {
+        validate_chat_request(&ChatRequest::from_prompt("Hi"), known).unwrap();
+    }
+
+    #[test]
+    fn message_count_is_bounded() {
+        let empty = ChatRequest::default();
+        assert_eq!(field_of(&empty), "messages");
+        let mut long = ChatRequest::default();
+        for i in 0..=limits::MAX_MESSAGES {
+            long.messages.push(if i % 2 == 0 {
+                Message::user("q")
+            } else {
+                Message::assistant("a")
+            });
+        }
+        assert_eq!(long.messages.len(), 51);
+        assert_eq!(field_of(&long), "messages");
+        long.messages.truncate(49);
+        validate_chat_request(&long, known).unwrap();
+    }
+
+    #[test]
+    fn roles_alternate_starting_and_ending_with_the_user() {
+        let mut request = ChatRequest {
+            messages: vec![Message::assistant("hello")],
+            ..ChatRequest::default()
+        };
+        assert_eq!(field_of(&request), "messages[0].role");
+        request.messages = vec![Message::user("a"), Message::user("b")];
+        assert_eq!(field_of(&request), "messages[1].role");
+        request.messages = vec![Message::user("a"), Message::assistant("b")];
+        assert_eq!(field_of(&request), "messages[1].role");
+    }
+
+    #[test]
+    fn content_must_be_present_and_bounded() {
+        assert_eq!(
+            field_of(&ChatRequest::from_prompt("  \n")),
+            "messages[0].content"
+        );
+        let exact = "é".repeat(limits::MAX_CONTENT_CHARS);
+        validate_chat_request(&ChatRequest::from_prompt(exact.clone()), known).unwrap();
+        let over = format!("{exact}x");
+        assert_eq!(
+            field_of(&ChatRequest::from_prompt(over)),
+            "messages[0].content"
+        );
+    }
+
+    #[test]
+    fn numeric_and_model_fields_are_checked() {
+        let base = ChatRequest::from_prompt("Hi");
+        for (request, field) in [
+            (
+                ChatRequest {
+                    max_tokens: Some(0),
+                    ..base.clone()
+                },
+                "max_tokens",
+            ),
+            (
+                ChatRequest {
+                    max_tokens: Some(4097),
+                    ..base.clone()
+                },
+                "max_tokens",
+            ),
+            (
+                ChatRequest {
+                    temperature: Some(1.5),
+                    ..base.clone()
+                },
+                "temperature",
+            ),
+            (
+                ChatRequest {
+                    model: Some("gpt-9".into()),
+                    ..base.clone()
+                },
+                "model",
+            ),
+            (
+                ChatRequest {
+                    system: Some(String::new()),
+                    ..base.clone()
+                },
+                "system",
+            ),
+            (
+                ChatRequest {
+                    stop_sequences: vec!["a".into(); 5],
+                    ..base.clone()
+                },
+                "stop_sequences",
+            ),
+            (
+                ChatRequest {
+                    stop_sequences: vec![String::new()],
+                    ..base.clone()
+                },
+                "stop_sequences[0]",
+            ),
+        ] {
+            assert_eq!(field_of(&request), field, "{request:?}");
+        }
+        let ok = ChatRequest {
+            max_tokens: Some(4096),
+            temperature: Some(0.0),
+            model: Some("claude".into()),
+            ..base
+        };
+        validate_chat_request(&ok, known).unwrap();
+    }
+}

@@ -1,0 +1,258 @@
+//! Property tests: the SSE decoder yields the same events however the bytes are chunked, and
+//! every wire type survives a JSON round trip unchanged.
+
+use fm_protocol::*;
+use proptest::prelude::*;
+
+fn text() -> impl Strategy<Value = String> {
+    // Mix ASCII, multi-byte characters and JSON-hostile characters.
+    prop::string::string_regex("[a-zA-Z0-9 é漢🚀\"\\\\{}:\t]{0,24}").unwrap()
+}
+
+fn usage() -> impl Strategy<Value = Usage> {
+    (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(i, o, t)| Usage {
+        input_tokens: i,
+        output_tokens: o,
+        total_tokens: t,
+    })
+}
+
+fn stop_reason() -> impl Strategy<Value = StopReason> {
+    prop_oneof![
+        Just(StopReason::EndTurn),
+        Just(StopReason::MaxTokens),
+        Just(StopReason::StopSequence),
+        Just(StopReason::ContentFiltered),
+        Just(StopReason::ToolUse),
+        Just(StopReason::Other),
+    ]
+}
+
+fn error_code() -> impl Strategy<Value = ErrorCode> {
+    prop_oneof![
+        Just(ErrorCode::InvalidRequest),
+        Just(ErrorCode::MalformedJson),
+        Just(ErrorCode::PayloadTooLarge),
+        Just(ErrorCode::UnknownModel),
+        Just(ErrorCode::UpstreamThrottled),
+        Just(ErrorCode::UpstreamStalled),
+        Just(ErrorCode::DeadlineExceeded),
+        Just(ErrorCode::Internal),
+        Just(ErrorCode::Unknown),
+    ]
+}
+
+fn finite_ms() -> impl Strategy<Value = f64> {
+    0.0f64..1.0e7
+}
+
+fn timings() -> impl Strategy<Value = Timings> {
+    (prop::option::of(finite_ms()), finite_ms())
+        .prop_map(|(ttft_ms, total_ms)| Timings { ttft_ms, total_ms })
+}
+
+fn route() -> impl Strategy<Value = RouteInfo> {
+    (
+        text(),
+        text(),
+        text(),
+        prop_oneof![
+            Just(ResponseSource::Primary),
+            Just(ResponseSource::FallbackRegion),
+            Just(ResponseSource::FallbackModel),
+            Just(ResponseSource::Cache),
+            Just(ResponseSource::Degraded),
+        ],
+        any::<u32>(),
+        text(),
+    )
+        .prop_map(
+            |(model, provider, region, source, attempts, reason)| RouteInfo {
+                model,
+                provider,
+                region,
+                source,
+                attempts,
+                reason,
+            },
+        )
+}
+
+fn stream_event() -> impl Strategy<Value = StreamEvent> {
+    prop_oneof![
+        (text(), text()).prop_map(|(request_id, model)| StreamEvent::Start { request_id, model }),
+        text().prop_map(|text| StreamEvent::TextDelta { text }),
+        usage().prop_map(|usage| StreamEvent::Usage { usage }),
+        (stop_reason(), usage(), timings(), route()).prop_map(
+            |(stop_reason, usage, timings, route)| StreamEvent::Done {
+                stop_reason,
+                usage,
+                timings,
+                route
+            }
+        ),
+        (error_code(), text(), any::<bool>()).prop_map(|(code, message, retryable)| {
+            StreamEvent::Error {
+                code,
+                message,
+                retryable,
+            }
+        }),
+    ]
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    (any::<bool>(), text()).prop_map(|(user, content)| Message {
+        role: if user { Role::User } else { Role::Assistant },
+        content,
+    })
+}
+
+fn chat_request() -> impl Strategy<Value = ChatRequest> {
+    (
+        prop::collection::vec(message(), 0..5),
+        prop::option::of(text()),
+        prop::option::of(text()),
+        prop::option::of(any::<u32>()),
+        prop::option::of(text()),
+        prop::option::of(0.0f32..1.0),
+        prop::collection::vec(text(), 0..3),
+    )
+        .prop_map(
+            |(messages, system, model, max_tokens, routing_hint, temperature, stop_sequences)| {
+                ChatRequest {
+                    messages,
+                    system,
+                    model,
+                    max_tokens,
+                    routing_hint,
+                    temperature,
+                    stop_sequences,
+                }
+            },
+        )
+}
+
+fn round_trips<T>(value: &T) -> Result<(), TestCaseError>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let json = serde_json::to_string(value).unwrap();
+    let back: T = serde_json::from_str(&json).unwrap();
+    prop_assert_eq!(&back, value, "through {}", json);
+    Ok(())
+}
+
+/// Encodes events with a chosen line terminator, as a server might.
+fn encode_all(events: &[StreamEvent], terminator: &str, comments: bool) -> Vec<u8> {
+    let mut out = String::new();
+    for event in events {
+        if comments {
+            out.push_str(": keep-alive\n\n");
+        }
+        out.push_str(&encode_sse_frame(event.name(), &event.to_json()));
+    }
+    out.replace('\n', terminator).into_bytes()
+}
+
+fn decode_in_chunks(bytes: &[u8], cuts: &[usize]) -> Vec<SseFrame> {
+    let mut decoder = SseDecoder::new();
+    let mut frames = Vec::new();
+    let mut start = 0;
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+    cuts.sort_unstable();
+    for cut in cuts {
+        frames.extend(decoder.feed(&bytes[start..cut]));
+        start = cut;
+    }
+    frames.extend(decoder.feed(&bytes[start..]));
+    frames
+}
+
+proptest! {
+    #[test]
+    fn sse_decoding_ignores_chunk_boundaries(
+        events in prop::collection::vec(stream_event(), 0..8),
+        terminator in prop_oneof![Just("\n"), Just("\r\n"), Just("\r")],
+        comments in any::<bool>(),
+        cuts in prop::collection::vec(any::<usize>(), 0..40),
+    ) {
+        let bytes = encode_all(&events, terminator, comments);
+        let whole = decode_in_chunks(&bytes, &[]);
+        let chunked = decode_in_chunks(&bytes, &cuts);
+        prop_assert_eq!(&chunked, &whole);
+        let byte_by_byte: Vec<usize> = (0..bytes.len()).collect();
+        prop_assert_eq!(&decode_in_chunks(&bytes, &byte_by_byte), &whole);
+        let decoded: Vec<StreamEvent> = whole.iter().map(|f| f.stream_event().unwrap()).collect();
+        prop_assert_eq!(&decoded, &events);
+        for (frame, event) in whole.iter().zip(&events) {
+            prop_assert_eq!(frame.event.as_str(), event.name());
+        }
+    }
+
+    #[test]
+    fn sse_multiline_data_survives_any_split(
+        lines in prop::collection::vec(text(), 1..5),
+        cuts in prop::collection::vec(any::<usize>(), 0..10),
+    ) {
+        let data = lines.join("\n");
+        let bytes = encode_sse_frame("x", &data).into_bytes();
+        let frames = decode_in_chunks(&bytes, &cuts);
+        prop_assert_eq!(frames.len(), 1);
+        prop_assert_eq!(&frames[0].data, &data);
+    }
+
+    #[test]
+    fn stream_events_round_trip(event in stream_event()) {
+        round_trips(&event)?;
+    }
+
+    #[test]
+    fn chat_requests_round_trip(request in chat_request()) {
+        round_trips(&request)?;
+    }
+
+    #[test]
+    fn chat_responses_round_trip(
+        request_id in text(), model in text(), text_ in text(),
+        stop_reason in stop_reason(), usage in usage(), route in route(), timings in timings(),
+    ) {
+        round_trips(&ChatResponse { request_id, model, text: text_, stop_reason, usage, route, timings })?;
+    }
+
+    #[test]
+    fn error_bodies_round_trip(
+        code in error_code(), message in text(), field in prop::option::of(text()),
+        retryable in any::<bool>(), request_id in prop::option::of(text()),
+    ) {
+        round_trips(&ApiErrorBody { error: ApiError { code, message, field, retryable, request_id } })?;
+    }
+
+    #[test]
+    fn model_lists_round_trip(
+        id in text(), provider in text(), region in text(),
+        prices in (0.0f64..10.0, 0.0f64..10.0), context_window in any::<u32>(), default in any::<bool>(),
+    ) {
+        round_trips(&ModelList { models: vec![ModelInfo {
+            id, provider, region, input_price_per_1k: prices.0, output_price_per_1k: prices.1,
+            context_window, default,
+        }] })?;
+    }
+}
+
+#[test]
+fn unknown_codes_and_stop_reasons_decode_as_catch_alls() {
+    let code: ErrorCode = serde_json::from_str("\"quota_exceeded_in_2030\"").unwrap();
+    assert_eq!(code, ErrorCode::Unknown);
+    let reason: StopReason = serde_json::from_str("\"guardrail_intervened\"").unwrap();
+    assert_eq!(reason, StopReason::Other);
+}
+
+#[test]
+fn unknown_request_fields_are_rejected() {
+    let err = serde_json::from_str::<ChatRequest>(
+        r#"{"messages":[{"role":"user","content":"hi"}],"max_token":5}"#,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("max_token"), "{err}");
+}

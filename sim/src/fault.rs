@@ -1,0 +1,238 @@
+//! Faults a test can ask for, one per request: either in the `x-fm-sim-fault` header or as a
+//! suffix of the model id after `~` (`anthropic.claude-3-haiku~stall@3`), which lets a client
+//! that cannot set headers (such as the relay behind the AWS SDK) be pointed at a faulty model.
+//!
+//! | fault | effect |
+//! |---|---|
+//! | `throttle` | 429 `ThrottlingException` |
+//! | `unavailable` | 503 `ServiceUnavailableException` |
+//! | `internal` | 500 `InternalServerException` |
+//! | `model-timeout` | 408 `ModelTimeoutException` |
+//! | `not-ready` | 429 `ModelNotReadyException` |
+//! | `validation` | 400 `ValidationException` |
+//! | `not-found` | 404 `ResourceNotFoundException` |
+//! | `stream-throttle@N` | N tokens, then an in-stream `throttlingException` |
+//! | `stream-error@N` | N tokens, then an in-stream `modelStreamErrorException` |
+//! | `stream-internal@N` | N tokens, then an in-stream `internalServerException` |
+//! | `stream-unavailable@N` | N tokens, then an in-stream `serviceUnavailableException` |
+//! | `stream-validation@N` | N tokens, then an in-stream `validationException` |
+//! | `stall@N` | N tokens, then silence until the client gives up |
+//! | `cut@N` | N tokens, then the stream ends without its closing events |
+//!
+//! On the non-streaming operations an in-stream exception becomes the matching HTTP error,
+//! `stall` never answers and `cut` has no effect.
+
+use std::fmt;
+use std::str::FromStr;
+
+use axum::http::StatusCode;
+
+/// An error Bedrock returns before any output, as HTTP status and error type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpFault {
+    Throttle,
+    Unavailable,
+    Internal,
+    ModelTimeout,
+    NotReady,
+    Validation,
+    NotFound,
+}
+
+impl HttpFault {
+    pub fn status(self) -> StatusCode {
+        match self {
+            HttpFault::Throttle | HttpFault::NotReady => StatusCode::TOO_MANY_REQUESTS,
+            HttpFault::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            HttpFault::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            HttpFault::ModelTimeout => StatusCode::REQUEST_TIMEOUT,
+            HttpFault::Validation => StatusCode::BAD_REQUEST,
+            HttpFault::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// The `x-amzn-errortype` value, which the SDK maps to its typed error.
+    pub fn error_type(self) -> &'static str {
+        match self {
+            HttpFault::Throttle => "ThrottlingException",
+            HttpFault::Unavailable => "ServiceUnavailableException",
+            HttpFault::Internal => "InternalServerException",
+            HttpFault::ModelTimeout => "ModelTimeoutException",
+            HttpFault::NotReady => "ModelNotReadyException",
+            HttpFault::Validation => "ValidationException",
+            HttpFault::NotFound => "ResourceNotFoundException",
+        }
+    }
+
+    /// The message Bedrock sends with this error.
+    pub fn message(self) -> &'static str {
+        match self {
+            HttpFault::Throttle => "Too many requests, please wait before trying again.",
+            HttpFault::Unavailable => "Bedrock is unable to process your request.",
+            HttpFault::Internal => "The server encountered an internal error.",
+            HttpFault::ModelTimeout => "Model has timed out in processing the request.",
+            HttpFault::NotReady => "Model is not ready to serve inference requests.",
+            HttpFault::Validation => {
+                "Malformed input request, please reformat your input and try again."
+            }
+            HttpFault::NotFound => "The provided model identifier is invalid.",
+        }
+    }
+}
+
+/// An exception Bedrock sends inside an event stream after some output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamException {
+    Throttling,
+    ModelStreamError,
+    InternalServer,
+    ServiceUnavailable,
+    Validation,
+}
+
+impl StreamException {
+    /// The `:exception-type` header value (lower camel case, as on the wire).
+    pub fn exception_type(self) -> &'static str {
+        match self {
+            StreamException::Throttling => "throttlingException",
+            StreamException::ModelStreamError => "modelStreamErrorException",
+            StreamException::InternalServer => "internalServerException",
+            StreamException::ServiceUnavailable => "serviceUnavailableException",
+            StreamException::Validation => "validationException",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        self.as_http().message()
+    }
+
+    /// The HTTP error the same condition produces on a non-streaming call.
+    pub fn as_http(self) -> HttpFault {
+        match self {
+            StreamException::Throttling => HttpFault::Throttle,
+            StreamException::ModelStreamError | StreamException::InternalServer => {
+                HttpFault::Internal
+            }
+            StreamException::ServiceUnavailable => HttpFault::Unavailable,
+            StreamException::Validation => HttpFault::Validation,
+        }
+    }
+}
+
+/// One requested fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Fail before any output.
+    Http(HttpFault),
+    /// Send `after_tokens` tokens, then an exception.
+    StreamException {
+        exception: StreamException,
+        after_tokens: u32,
+    },
+    /// Send `after_tokens` tokens, then nothing more.
+    Stall { after_tokens: u32 },
+    /// Send `after_tokens` tokens, then end the stream without its closing events.
+    Cut { after_tokens: u32 },
+}
+
+/// A fault specification that could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown fault `{0}`; see the fm-sim docs for the list (e.g. `throttle`, `stall@3`)")]
+pub struct UnknownFault(pub String);
+
+impl FromStr for Fault {
+    type Err = UnknownFault;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let unknown = || UnknownFault(spec.to_string());
+        let (name, count) = match spec.split_once('@') {
+            Some((name, count)) => (name, Some(count.parse::<u32>().map_err(|_| unknown())?)),
+            None => (spec, None),
+        };
+        let after_tokens = count.unwrap_or(0);
+        let stream = |exception| {
+            Ok(Fault::StreamException {
+                exception,
+                after_tokens,
+            })
+        };
+        let http = |fault| {
+            if count.is_some() {
+                Err(unknown())
+            } else {
+                Ok(Fault::Http(fault))
+            }
+        };
+        match name {
+            "throttle" => http(HttpFault::Throttle),
+            "unavailable" => http(HttpFault::Unavailable),
+            "internal" => http(HttpFault::Internal),
+            "model-timeout" => http(HttpFault::ModelTimeout),
+            "not-ready" => http(HttpFault::NotReady),
+            "validation" => http(HttpFault::Validation),
+            "not-found" => http(HttpFault::NotFound),
+            "stream-throttle" => stream(StreamException::Throttling),
+            "stream-error" => stream(StreamException::ModelStreamError),
+            "stream-internal" => stream(StreamException::InternalServer),
+            "stream-unavailable" => stream(StreamException::ServiceUnavailable),
+            "stream-validation" => stream(StreamException::Validation),
+            "stall" => Ok(Fault::Stall { after_tokens }),
+            "cut" => Ok(Fault::Cut { after_tokens }),
+            _ => Err(unknown()),
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Http(fault) => write!(f, "{}", fault.error_type()),
+            Fault::StreamException {
+                exception,
+                after_tokens,
+            } => write!(f, "{}@{after_tokens}", exception.exception_type()),
+            Fault::Stall { after_tokens } => write!(f, "stall@{after_tokens}"),
+            Fault::Cut { after_tokens } => write!(f, "cut@{after_tokens}"),
+        }
+    }
+}
+
+/// Splits a model id into the base id and the fault of its `~suffix`, if any.
+pub fn split_model_id(model_id: &str) -> Result<(&str, Option<Fault>), UnknownFault> {
+    match model_id.split_once('~') {
+        Some((base, spec)) => Ok((base, Some(spec.parse()?))),
+        None => Ok((model_id, None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_documented_fault() {
+        assert_eq!("throttle".parse(), Ok(Fault::Http(HttpFault::Throttle)));
+        assert_eq!(
+            "stream-error@4".parse(),
+            Ok(Fault::StreamException {
+                exception: StreamException::ModelStreamError,
+                after_tokens: 4
+            })
+        );
+        assert_eq!("stall@0".parse(), Ok(Fault::Stall { after_tokens: 0 }));
+        assert_eq!("cut@9".parse(), Ok(Fault::Cut { after_tokens: 9 }));
+        assert!("throttle@3".parse::<Fault>().is_err());
+        assert!("stall@x".parse::<Fault>().is_err());
+        assert!("melt".parse::<Fault>().is_err());
+    }
+
+    #[test]
+    fn splits_model_ids() {
+        assert_eq!(split_model_id("m").unwrap(), ("m", None));
+        assert_eq!(
+            split_model_id("m~not-found").unwrap(),
+            ("m", Some(Fault::Http(HttpFault::NotFound)))
+        );
+        assert!(split_model_id("m~nope").is_err());
+    }
+}

@@ -1,0 +1,112 @@
+//! # fm-sim — a Bedrock Runtime emulator
+//!
+//! Serves the four Bedrock Runtime model operations the way AWS does, so the real
+//! `aws-sdk-bedrockruntime` client (or boto3, or any SDK) can be pointed at it with
+//! `endpoint_url`:
+//!
+//! | route | operation |
+//! |---|---|
+//! | `POST /model/{modelId}/converse` | Converse (JSON) |
+//! | `POST /model/{modelId}/converse-stream` | ConverseStream (AWS event-stream frames) |
+//! | `POST /model/{modelId}/invoke` | InvokeModel, Anthropic Messages body |
+//! | `POST /model/{modelId}/invoke-with-response-stream` | InvokeModelWithResponseStream |
+//! | `GET /_sim/stats` | what the simulator saw (see [`StatsSnapshot`]) |
+//!
+//! Answers are generated text, deterministic for a given seed, model and prompt ([`text`]), of a
+//! seeded natural length capped by `max_tokens`, honouring stop sequences, with usage counts.
+//! Time to first token and tokens per second are set per model ([`SimConfig`]). Faults are
+//! chosen per request ([`fault`]) and come back exactly as Bedrock sends them, so SDKs raise their
+//! typed errors. Request signatures are not checked.
+//!
+//! Modules: [`config`] (behaviour), [`fault`] (fault grammar), [`wire`] (request bodies),
+//! [`answer`] (planning one answer), [`stream`] + [`eventstream`] (streaming and framing),
+//! [`service`] (routes), [`stats`] (what was seen), [`error`] (Bedrock-shaped errors).
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let sim = fm_sim::spawn(fm_sim::SimConfig::instant()).await?;
+//! println!("point the SDK at {}", sim.endpoint_url());
+//! # Ok(()) }
+//! ```
+
+pub mod answer;
+pub mod config;
+pub mod error;
+pub mod eventstream;
+pub mod fault;
+pub mod service;
+pub mod stats;
+pub mod stream;
+pub mod text;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use config::{ModelProfile, SimConfig};
+pub use fault::Fault;
+pub use service::FAULT_HEADER;
+pub use stats::{SimStats, StatsSnapshot};
+
+/// A running simulator. Dropping the handle stops it.
+#[derive(Debug)]
+pub struct SimHandle {
+    addr: SocketAddr,
+    stats: Arc<SimStats>,
+    task: JoinHandle<()>,
+}
+
+impl SimHandle {
+    /// The address the simulator listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL to give an SDK as `endpoint_url`.
+    pub fn endpoint_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// What the simulator has seen so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a simulator on a free loopback port.
+pub async fn spawn(config: SimConfig) -> std::io::Result<SimHandle> {
+    spawn_on(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
+}
+
+/// Starts a simulator on `addr`.
+pub async fn spawn_on(addr: SocketAddr, config: SimConfig) -> std::io::Result<SimHandle> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let stats = Arc::new(SimStats::default());
+    let app = service::router(Arc::new(service::SimState {
+        config,
+        stats: stats.clone(),
+    }));
+    // Small frames must leave at once: no Nagle delay on token-sized writes.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::warn!(%err, "could not set TCP_NODELAY");
+        }
+    });
+    let task = tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::error!(%err, "fm-sim server stopped");
+        }
+    });
+    Ok(SimHandle { addr, stats, task })
+}

@@ -1,0 +1,249 @@
+//! The HTTP surface: Bedrock Runtime's four model operations under `/model/{modelId}/{op}`, and
+//! `GET /_sim/stats` for tests. The SDK percent-encodes the model id, so ids with `:` or `/`
+//! (inference profiles, ARNs) arrive as one path segment that axum decodes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::answer::Answer;
+use crate::config::SimConfig;
+use crate::error::SimError;
+use crate::fault::{Fault, split_model_id};
+use crate::stats::SimStats;
+use crate::stream::{StreamFormat, spawn_stream};
+use crate::wire::{AnthropicRequest, ConverseRequest, Prompt};
+
+/// The header a client may set to ask for a fault on one request.
+pub const FAULT_HEADER: &str = "x-fm-sim-fault";
+
+#[derive(Debug)]
+pub(crate) struct SimState {
+    pub config: SimConfig,
+    pub stats: Arc<SimStats>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    Converse,
+    ConverseStream,
+    Invoke,
+    InvokeStream,
+}
+
+impl Operation {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "converse" => Operation::Converse,
+            "converse-stream" => Operation::ConverseStream,
+            "invoke" => Operation::Invoke,
+            "invoke-with-response-stream" => Operation::InvokeStream,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Operation::Converse => "converse",
+            Operation::ConverseStream => "converse-stream",
+            Operation::Invoke => "invoke",
+            Operation::InvokeStream => "invoke-with-response-stream",
+        }
+    }
+}
+
+pub(crate) fn router(state: Arc<SimState>) -> Router {
+    Router::new()
+        .route("/model/{model_id}/{operation}", post(model_operation))
+        .route("/_sim/stats", get(stats))
+        .with_state(state)
+}
+
+async fn stats(State(state): State<Arc<SimState>>) -> impl IntoResponse {
+    Json(state.stats.snapshot())
+}
+
+async fn model_operation(
+    State(state): State<Arc<SimState>>,
+    Path((model_id, operation)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match serve(&state, &model_id, &operation, &headers, &body).await {
+        Ok(response) => response,
+        Err(error) => {
+            state.stats.record_error();
+            error.into_response()
+        }
+    }
+}
+
+async fn serve(
+    state: &SimState,
+    model_id: &str,
+    operation: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, SimError> {
+    let operation = Operation::parse(operation)
+        .ok_or_else(|| SimError::UnknownOperation(operation.to_string()))?;
+    let (model, suffix_fault) =
+        split_model_id(model_id).map_err(|e| SimError::Validation(e.to_string()))?;
+    let header_fault = headers
+        .get(FAULT_HEADER)
+        .map(|value| {
+            value
+                .to_str()
+                .unwrap_or_default()
+                .parse::<Fault>()
+                .map_err(|e| SimError::Validation(e.to_string()))
+        })
+        .transpose()?;
+    let fault = header_fault.or(suffix_fault);
+    state
+        .stats
+        .record_request(operation.name(), model_id, fault.map(|f| f.to_string()));
+    if let Some(Fault::Http(http_fault)) = fault {
+        return Err(SimError::Injected(http_fault));
+    }
+
+    let prompt = parse_prompt(operation, body)?;
+    prompt.check().map_err(SimError::Validation)?;
+    let answer = Answer::plan(&state.config, model, &prompt);
+    let request_id = format!("{:016x}", fastrand::u64(..));
+
+    let response = match operation {
+        Operation::Converse | Operation::Invoke => {
+            one_shot(operation, answer, fault, &request_id).await?
+        }
+        Operation::ConverseStream => stream_response(
+            spawn_stream(
+                answer,
+                fault,
+                StreamFormat::Converse,
+                request_id.clone(),
+                state.stats.clone(),
+            ),
+            false,
+        ),
+        Operation::InvokeStream => stream_response(
+            spawn_stream(
+                answer,
+                fault,
+                StreamFormat::Invoke,
+                request_id.clone(),
+                state.stats.clone(),
+            ),
+            true,
+        ),
+    };
+    Ok(with_request_id(response, &request_id))
+}
+
+fn parse_prompt(operation: Operation, body: &[u8]) -> Result<Prompt, SimError> {
+    let invalid =
+        |e: serde_json::Error| SimError::Validation(format!("Malformed input request: {e}"));
+    match operation {
+        Operation::Converse | Operation::ConverseStream => {
+            let request: ConverseRequest = serde_json::from_slice(body).map_err(invalid)?;
+            Ok(request.into())
+        }
+        Operation::Invoke | Operation::InvokeStream => {
+            let request: AnthropicRequest = serde_json::from_slice(body).map_err(invalid)?;
+            Prompt::try_from(request).map_err(SimError::Validation)
+        }
+    }
+}
+
+/// Converse and InvokeModel: wait as long as generating the answer would take, then send it.
+async fn one_shot(
+    operation: Operation,
+    answer: Answer,
+    fault: Option<Fault>,
+    request_id: &str,
+) -> Result<Response, SimError> {
+    let generation = generation_time(&answer);
+    match fault {
+        Some(Fault::Stall { .. }) => std::future::pending::<()>().await,
+        Some(Fault::StreamException { exception, .. }) => {
+            tokio::time::sleep(answer.profile.first_token_delay()).await;
+            return Err(SimError::Injected(exception.as_http()));
+        }
+        _ => {}
+    }
+    tokio::time::sleep(generation).await;
+    let latency_ms = generation.as_millis() as u64;
+    let output_tokens = answer.output_tokens();
+    let text = answer.text();
+    let response = if operation == Operation::Converse {
+        Json(json!({
+            "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+            "stopReason": answer.stop.as_str(),
+            "usage": {
+                "inputTokens": answer.input_tokens,
+                "outputTokens": output_tokens,
+                "totalTokens": answer.input_tokens + output_tokens,
+            },
+            "metrics": {"latencyMs": latency_ms},
+        }))
+        .into_response()
+    } else {
+        let mut response = Json(json!({
+            "id": format!("msg_bdrk_{request_id}"),
+            "type": "message",
+            "role": "assistant",
+            "model": answer.model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": answer.stop.as_str(),
+            "stop_sequence": answer.stop.stop_sequence(),
+            "usage": {"input_tokens": answer.input_tokens, "output_tokens": output_tokens},
+        }))
+        .into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            "x-amzn-bedrock-input-token-count",
+            answer.input_tokens.into(),
+        );
+        headers.insert("x-amzn-bedrock-output-token-count", output_tokens.into());
+        headers.insert("x-amzn-bedrock-invocation-latency", latency_ms.into());
+        response
+    };
+    Ok(response)
+}
+
+fn stream_response(body: Body, invoke: bool) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/vnd.amazon.eventstream"),
+    );
+    if invoke {
+        headers.insert(
+            "x-amzn-bedrock-content-type",
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    response
+}
+
+fn with_request_id(mut response: Response, request_id: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert("x-amzn-requestid", value);
+    }
+    response
+}
+
+/// How long generating `answer` takes: the first token's delay, then one interval per token.
+fn generation_time(answer: &Answer) -> Duration {
+    answer.profile.first_token_delay()
+        + answer.profile.token_interval() * answer.output_tokens().saturating_sub(1)
+}

@@ -1,0 +1,230 @@
+//! Streaming an [`Answer`] as event-stream frames, in the shape of ConverseStream or of
+//! InvokeModelWithResponseStream (Anthropic events, base64 inside `chunk` frames), paced by the
+//! model's profile and interrupted where a scripted fault says so.
+//!
+//! A producer task writes frames into a small channel that backs the HTTP body. When the client
+//! goes away, hyper drops the body, the channel closes, and the producer notices at its next send
+//! or while it waits, and records the stream as cancelled.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::answer::Answer;
+use crate::eventstream::{event_frame, exception_frame};
+use crate::fault::Fault;
+use crate::stats::SimStats;
+
+/// Which operation's event shapes to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFormat {
+    Converse,
+    /// Anthropic Messages events inside InvokeModelWithResponseStream chunks.
+    Invoke,
+}
+
+/// The client hung up.
+struct Closed;
+
+struct Producer {
+    tx: mpsc::Sender<Bytes>,
+    format: StreamFormat,
+    request_id: String,
+}
+
+/// Starts producing `answer` and returns the body that carries it.
+pub fn spawn_stream(
+    answer: Answer,
+    fault: Option<Fault>,
+    format: StreamFormat,
+    request_id: String,
+    stats: Arc<SimStats>,
+) -> Body {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+    stats.record_stream_start();
+    tokio::spawn(async move {
+        let producer = Producer {
+            tx,
+            format,
+            request_id,
+        };
+        let outcome = producer.run(&answer, fault).await;
+        stats.record_stream_end(outcome.is_err());
+    });
+    Body::from_stream(futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|frame| frame.map(Ok::<_, Infallible>))
+    }))
+}
+
+impl Producer {
+    async fn send(&self, frame: Bytes) -> Result<(), Closed> {
+        self.tx.send(frame).await.map_err(|_| Closed)
+    }
+
+    async fn wait_until(&self, due: Instant) -> Result<(), Closed> {
+        if due <= Instant::now() {
+            return if self.tx.is_closed() {
+                Err(Closed)
+            } else {
+                Ok(())
+            };
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(due.into()) => Ok(()),
+            () = self.tx.closed() => Err(Closed),
+        }
+    }
+
+    async fn run(&self, answer: &Answer, fault: Option<Fault>) -> Result<(), Closed> {
+        let started = Instant::now();
+        let first_token_at = started + answer.profile.first_token_delay();
+        let interval = answer.profile.token_interval();
+        let fault_at = fault.and_then(|f| match f {
+            Fault::Http(_) => None,
+            Fault::StreamException { after_tokens, .. }
+            | Fault::Stall { after_tokens }
+            | Fault::Cut { after_tokens } => Some((after_tokens as usize).min(answer.tokens.len())),
+        });
+
+        self.wait_until(first_token_at).await?;
+        for frame in self.opening(answer) {
+            self.send(frame).await?;
+        }
+        for index in 0..=answer.tokens.len() {
+            if fault_at == Some(index) {
+                return self.fail(fault).await;
+            }
+            let Some(token) = answer.tokens.get(index) else {
+                break;
+            };
+            self.wait_until(first_token_at + interval * index as u32)
+                .await?;
+            self.send(self.delta(token)).await?;
+        }
+        let latency_ms = started.elapsed().as_millis() as u64;
+        for frame in self.closing(answer, latency_ms, started, first_token_at) {
+            self.send(frame).await?;
+        }
+        Ok(())
+    }
+
+    async fn fail(&self, fault: Option<Fault>) -> Result<(), Closed> {
+        match fault {
+            Some(Fault::StreamException { exception, .. }) => {
+                self.send(exception_frame(
+                    exception.exception_type(),
+                    exception.message(),
+                ))
+                .await
+            }
+            Some(Fault::Stall { .. }) => {
+                self.tx.closed().await;
+                Err(Closed)
+            }
+            // A cut stream simply ends: dropping the sender ends the body.
+            _ => Ok(()),
+        }
+    }
+
+    fn opening(&self, answer: &Answer) -> Vec<Bytes> {
+        match self.format {
+            StreamFormat::Converse => {
+                vec![event_frame("messageStart", &json!({"role": "assistant"}))]
+            }
+            StreamFormat::Invoke => vec![
+                chunk(&json!({
+                    "type": "message_start",
+                    "message": {
+                        "id": format!("msg_bdrk_{}", self.request_id),
+                        "type": "message",
+                        "role": "assistant",
+                        "model": answer.model,
+                        "content": [],
+                        "stop_reason": null,
+                        "stop_sequence": null,
+                        "usage": {"input_tokens": answer.input_tokens, "output_tokens": 1},
+                    },
+                })),
+                chunk(&json!({
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                })),
+            ],
+        }
+    }
+
+    fn delta(&self, token: &str) -> Bytes {
+        match self.format {
+            StreamFormat::Converse => event_frame(
+                "contentBlockDelta",
+                &json!({"contentBlockIndex": 0, "delta": {"text": token}}),
+            ),
+            StreamFormat::Invoke => chunk(&json!({
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": token},
+            })),
+        }
+    }
+
+    fn closing(
+        &self,
+        answer: &Answer,
+        latency_ms: u64,
+        started: Instant,
+        first_token_at: Instant,
+    ) -> Vec<Bytes> {
+        let output_tokens = answer.output_tokens();
+        match self.format {
+            StreamFormat::Converse => vec![
+                event_frame("contentBlockStop", &json!({"contentBlockIndex": 0})),
+                event_frame("messageStop", &json!({"stopReason": answer.stop.as_str()})),
+                event_frame(
+                    "metadata",
+                    &json!({
+                        "usage": {
+                            "inputTokens": answer.input_tokens,
+                            "outputTokens": output_tokens,
+                            "totalTokens": answer.input_tokens + output_tokens,
+                        },
+                        "metrics": {"latencyMs": latency_ms},
+                    }),
+                ),
+            ],
+            StreamFormat::Invoke => vec![
+                chunk(&json!({"type": "content_block_stop", "index": 0})),
+                chunk(&json!({
+                    "type": "message_delta",
+                    "delta": {
+                        "stop_reason": answer.stop.as_str(),
+                        "stop_sequence": answer.stop.stop_sequence(),
+                    },
+                    "usage": {"output_tokens": output_tokens},
+                })),
+                chunk(&json!({
+                    "type": "message_stop",
+                    "amazon-bedrock-invocationMetrics": {
+                        "inputTokenCount": answer.input_tokens,
+                        "outputTokenCount": output_tokens,
+                        "invocationLatency": latency_ms,
+                        "firstByteLatency": first_token_at.duration_since(started).as_millis() as u64,
+                    },
+                })),
+            ],
+        }
+    }
+}
+
+/// An InvokeModelWithResponseStream `chunk` frame carrying one Anthropic event.
+fn chunk(event: &serde_json::Value) -> Bytes {
+    let encoded = base64::engine::general_purpose::STANDARD
+        .encode(serde_json::to_vec(event).unwrap_or_default());
+    event_frame("chunk", &json!({ "bytes": encoded }))
+}

@@ -1,0 +1,131 @@
+//! Deterministic, plausible answer text: sentences drawn from a small vocabulary with a PRNG
+//! seeded from the request, so the same prompt always yields the same answer and tests can
+//! compare what went through the relay with what the simulator produced.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+const SUBJECTS: &[&str] = &[
+    "the relay",
+    "a model",
+    "the request",
+    "this answer",
+    "the stream",
+    "each token",
+    "the gateway",
+    "a retry",
+    "the region",
+    "the cache",
+    "every client",
+    "the router",
+];
+const VERBS: &[&str] = &[
+    "carries", "returns", "measures", "shapes", "routes", "protects", "explains", "balances",
+    "observes", "delivers", "retries", "records",
+];
+const OBJECTS: &[&str] = &[
+    "the first token",
+    "a steady stream",
+    "useful context",
+    "the final usage",
+    "a clear error",
+    "every deadline",
+    "the budget",
+    "the latency",
+    "careful backoff",
+    "a fallback plan",
+    "the prompt",
+    "quiet progress",
+];
+const TAILS: &[&str] = &[
+    "without delay",
+    "under load",
+    "with care",
+    "as promised",
+    "in order",
+    "across regions",
+    "for the user",
+    "at the edge",
+    "on time",
+    "when it matters",
+];
+
+/// A seed for one prompt: stable for the same inputs within one build of the simulator. The
+/// answer's length limit is not part of it, so a lower `max_tokens` cuts the same answer short.
+pub fn seed_for(parts: &[&str], config_seed: u64) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    config_seed.hash(&mut hasher);
+    for part in parts {
+        part.hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// A seeded length between 40 and 160 tokens.
+pub fn natural_length(seed: u64) -> u32 {
+    fastrand::Rng::with_seed(seed ^ 0x5eed).u32(40..=160)
+}
+
+/// `count` tokens of text; concatenated they read as sentences.
+pub fn generate_tokens(seed: u64, count: u32) -> Vec<String> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut tokens = Vec::with_capacity(count as usize);
+    let mut sentence: Vec<&str> = Vec::new();
+    while tokens.len() < count as usize {
+        if sentence.is_empty() {
+            for list in [SUBJECTS, VERBS, OBJECTS, TAILS] {
+                sentence.extend(list[rng.usize(..list.len())].split(' '));
+            }
+            sentence.reverse();
+        }
+        let word = sentence.pop().unwrap_or("and");
+        let start_of_sentence =
+            tokens.is_empty() || tokens.last().is_some_and(|t: &String| t.ends_with('.'));
+        let mut token = String::with_capacity(word.len() + 2);
+        if !tokens.is_empty() {
+            token.push(' ');
+        }
+        if start_of_sentence {
+            let mut chars = word.chars();
+            if let Some(first) = chars.next() {
+                token.extend(first.to_uppercase());
+                token.push_str(chars.as_str());
+            }
+        } else {
+            token.push_str(word);
+        }
+        if sentence.is_empty() {
+            token.push('.');
+        }
+        tokens.push(token);
+    }
+    tokens
+}
+
+/// A rough token count of text, as the usage numbers need: one token per four characters.
+pub fn estimate_tokens(texts: &[&str]) -> u32 {
+    let chars: usize = texts.iter().map(|t| t.chars().count()).sum();
+    u32::try_from(chars.div_ceil(4)).unwrap_or(u32::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_text_and_exact_length() {
+        let a = generate_tokens(7, 50);
+        assert_eq!(a, generate_tokens(7, 50));
+        assert_eq!(a.len(), 50);
+        assert_ne!(a, generate_tokens(8, 50));
+        let text: String = a.concat();
+        assert!(text.starts_with(char::is_uppercase), "{text}");
+        assert!(text.contains(". "), "{text}");
+    }
+
+    #[test]
+    fn lengths_are_in_range() {
+        for seed in 0..200 {
+            assert!((40..=160).contains(&natural_length(seed)));
+        }
+    }
+}
