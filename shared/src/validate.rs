@@ -10,6 +10,7 @@
 use std::fmt;
 
 use crate::chat::{ChatRequest, Role};
+use crate::error::ErrorCode;
 
 /// The numbers behind the rules.
 pub mod limits {
@@ -40,6 +41,9 @@ pub struct ValidationError {
     pub field: String,
     /// What is wrong, in words for people.
     pub message: String,
+    /// [`ErrorCode::UnknownModel`] for a model the relay does not serve,
+    /// [`ErrorCode::InvalidRequest`] for every other broken rule.
+    pub code: ErrorCode,
 }
 
 impl ValidationError {
@@ -47,6 +51,7 @@ impl ValidationError {
         ValidationError {
             field: field.into(),
             message: message.into(),
+            code: ErrorCode::InvalidRequest,
         }
     }
 }
@@ -111,10 +116,13 @@ pub fn validate_chat_request(
     if let Some(model) = &request.model
         && !is_known_model(model)
     {
-        return Err(ValidationError::new(
-            "model",
-            format!("unknown model `{model}`; GET /v1/models lists the models served"),
-        ));
+        return Err(ValidationError {
+            code: ErrorCode::UnknownModel,
+            ..ValidationError::new(
+                "model",
+                format!("unknown model `{model}`; GET /v1/models lists the models served"),
+            )
+        });
     }
     if let Some(max_tokens) = request.max_tokens
         && !(1..=MAX_TOKENS).contains(&max_tokens)

@@ -1,0 +1,122 @@
+//! The HTTP surfaces, one file each: [`chat`] (`POST /v1/chat`), [`sse`]
+//! (`POST /v1/chat/stream`), [`ws`] (`GET /v1/ws`) and [`meta`] (`/healthz`, `/v1/models`).
+//! This is the only module that knows HTTP; it admits a request ([`admit`]: shutdown check,
+//! validation, routing) and hands it to the executor.
+
+pub mod chat;
+pub mod extract;
+pub mod meta;
+pub mod sse;
+pub mod ws;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Uri};
+use fm_protocol::{ChatRequest, limits::MAX_BODY_BYTES, validate_chat_request};
+use tokio_util::task::TaskTracker;
+
+use crate::config::RelayConfig;
+use crate::error::{RelayError, RequestError};
+use crate::resilience::{Executor, RequestContext};
+use crate::routing::{ModelCatalog, RouteDecision};
+use crate::shutdown::{Phase, Shutdown};
+use extract::RequestId;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<AppInner>,
+}
+
+#[derive(Debug)]
+struct AppInner {
+    config: RelayConfig,
+    catalog: ModelCatalog,
+    executor: Executor,
+    shutdown: Shutdown,
+    /// WebSocket sessions outlive their HTTP request; shutdown waits for them here.
+    ws_sessions: TaskTracker,
+}
+
+impl AppState {
+    pub fn new(config: RelayConfig, catalog: ModelCatalog, shutdown: Shutdown) -> Self {
+        let executor = Executor::new(config.timeouts, shutdown.clone());
+        AppState {
+            inner: Arc::new(AppInner {
+                config,
+                catalog,
+                executor,
+                shutdown,
+                ws_sessions: TaskTracker::new(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &RelayConfig {
+        &self.inner.config
+    }
+
+    pub fn catalog(&self) -> &ModelCatalog {
+        &self.inner.catalog
+    }
+
+    pub fn executor(&self) -> &Executor {
+        &self.inner.executor
+    }
+
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.inner.shutdown
+    }
+
+    /// The tracker of open WebSocket sessions.
+    pub fn ws_tracker(&self) -> &TaskTracker {
+        &self.inner.ws_sessions
+    }
+}
+
+/// Lets a request in: refuses new work while shutting down, validates it with the same function
+/// the clients run, and routes it.
+pub fn admit(
+    state: &AppState,
+    request_id: String,
+    request: &ChatRequest,
+) -> Result<(RequestContext, RouteDecision), RelayError> {
+    let ctx = RequestContext::new(request_id);
+    if state.shutdown().phase() != Phase::Running {
+        return Err(RelayError::ShuttingDown);
+    }
+    validate_chat_request(request, |model| state.catalog().contains(model))
+        .map_err(RelayError::Invalid)?;
+    Ok((ctx, state.catalog().route(request)))
+}
+
+/// The whole API.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(chat::routes())
+        .merge(sse::routes())
+        .merge(ws::routes())
+        .merge(meta::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(extract::assign_request_id))
+        .with_state(state)
+}
+
+async fn not_found(RequestId(id): RequestId, method: Method, uri: Uri) -> RequestError {
+    RelayError::NotFound {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+    .with_request_id(&id)
+}
+
+async fn method_not_allowed(RequestId(id): RequestId, method: Method) -> RequestError {
+    RelayError::MethodNotAllowed {
+        method: method.to_string(),
+    }
+    .with_request_id(&id)
+}

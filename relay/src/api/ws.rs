@@ -1,0 +1,180 @@
+//! `GET /v1/ws`: chat over a WebSocket. Each text frame the client sends is one
+//! [`ChatRequest`]; the relay answers with the same [`StreamEvent`]s as the SSE route, one JSON
+//! text frame each, ending in exactly one terminal event (`done` or `error`) per request. Several
+//! requests can use one connection: every frame is answered in the order it arrived (a frame that
+//! is not a valid request gets an `error` event in its turn), so the n-th terminal event answers
+//! the n-th frame. Frames that arrive while an answer streams wait in a bounded queue
+//! (`server.ws_max_queued_requests`); when it is full the relay stops reading the socket until
+//! there is room, which pushes back on the client through TCP.
+//!
+//! Closing the socket cancels the answer in progress (and its upstream call). While the relay
+//! drains for shutdown, new requests get a `shutting_down` error and an idle socket is closed
+//! with code 1001 (going away).
+
+use std::collections::VecDeque;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::response::Response;
+use axum::routing::get;
+use fm_protocol::{ChatRequest, StreamEvent};
+use futures_util::StreamExt;
+
+use super::extract::{RequestId, parse_json};
+use super::{AppState, admit};
+use crate::error::RelayError;
+use crate::resilience::ChatEventStream;
+use crate::shutdown::Phase;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/ws", get(upgrade))
+}
+
+async fn upgrade(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade
+        .max_message_size(fm_protocol::limits::MAX_BODY_BYTES)
+        .on_upgrade(move |socket| {
+            let tracker = state.ws_tracker().clone();
+            tracker.track_future(Session::new(state, socket).run())
+        })
+}
+
+/// One WebSocket connection.
+struct Session {
+    state: AppState,
+    socket: WebSocket,
+    /// Frames waiting for their turn: a request, or the error that answers a bad frame.
+    queue: VecDeque<Result<ChatRequest, RelayError>>,
+    current: Option<ChatEventStream>,
+}
+
+/// What the socket or the answer in progress produced.
+enum Input {
+    Frame(Option<Result<Message, axum::Error>>),
+    Event(Option<StreamEvent>),
+    Draining,
+}
+
+impl Session {
+    fn new(state: AppState, socket: WebSocket) -> Self {
+        Session {
+            state,
+            socket,
+            queue: VecDeque::new(),
+            current: None,
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            if self.current.is_none()
+                && let Some(next) = self.queue.pop_front()
+            {
+                let started = match next {
+                    Ok(request) => self.start(request).await,
+                    Err(err) => self.send_error(err).await,
+                };
+                if !started {
+                    return;
+                }
+                continue;
+            }
+            let draining =
+                self.current.is_none() && self.state.shutdown().phase() != Phase::Running;
+            if draining {
+                let _ = self
+                    .socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code: close_code::AWAY,
+                        reason: Utf8Bytes::from_static("the relay is shutting down"),
+                    })))
+                    .await;
+                return;
+            }
+            let shutdown = self.state.shutdown().clone();
+            let room = self.queue.len() < self.state.config().server.ws_max_queued_requests;
+            let input = tokio::select! {
+                frame = self.socket.recv(), if room => Input::Frame(frame),
+                event = next_event(&mut self.current) => Input::Event(event),
+                () = shutdown.reached(Phase::Draining), if self.current.is_none() => Input::Draining,
+            };
+            let keep_going = match input {
+                Input::Frame(Some(Ok(message))) => self.on_message(message),
+                // The client left or the connection broke: dropping `current` cancels upstream.
+                Input::Frame(_) => false,
+                Input::Event(Some(event)) => {
+                    if event.is_terminal() {
+                        self.current = None;
+                    }
+                    self.send(&event).await
+                }
+                Input::Event(None) => {
+                    self.current = None;
+                    true
+                }
+                Input::Draining => true,
+            };
+            if !keep_going {
+                return;
+            }
+        }
+    }
+
+    /// Queues one client frame; returns whether the session goes on.
+    fn on_message(&mut self, message: Message) -> bool {
+        let entry = match message {
+            Message::Text(text) => parse_json::<ChatRequest>(text.as_bytes()),
+            Message::Close(_) => return false,
+            // Pings are answered by the socket itself.
+            Message::Ping(_) | Message::Pong(_) => return true,
+            Message::Binary(_) => Err(RelayError::MalformedJson {
+                message:
+                    "binary frames are not supported; send each ChatRequest as a JSON text frame"
+                        .into(),
+                field: None,
+            }),
+        };
+        self.queue.push_back(entry);
+        true
+    }
+
+    /// Opens the stream for `request`; a failure becomes its terminal error event.
+    async fn start(&mut self, request: ChatRequest) -> bool {
+        let RequestId(request_id) = RequestId::generate();
+        let opened = async {
+            let (ctx, decision) = admit(&self.state, request_id, &request)?;
+            self.state
+                .executor()
+                .open_stream(ctx, decision, &request)
+                .await
+        }
+        .await;
+        match opened {
+            Ok(stream) => {
+                self.current = Some(stream);
+                true
+            }
+            Err(err) => self.send_error(err).await,
+        }
+    }
+
+    async fn send_error(&mut self, err: RelayError) -> bool {
+        self.send(&err.to_event()).await
+    }
+
+    /// Sends one event; returns false when the socket is gone.
+    async fn send(&mut self, event: &StreamEvent) -> bool {
+        self.socket
+            .send(Message::Text(event.to_json().into()))
+            .await
+            .is_ok()
+    }
+}
+
+async fn next_event(current: &mut Option<ChatEventStream>) -> Option<StreamEvent> {
+    match current {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,382 @@
+//! The relay's configuration: one TOML file (a documented default is embedded in the binary and
+//! printed by `fm-relay --print-config`), then environment variables, then flags. The env and
+//! flag overrides are declared in `main.rs` with clap and applied here by [`Overrides`]. Unknown
+//! keys are errors, and [`RelayConfig::validate`] checks what TOML types cannot (unique model
+//! ids, a default model that exists, non-zero timeouts).
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::RelayError;
+
+/// The embedded default configuration, with comments.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// The model that answers requests which name none.
+    pub default_model: String,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub timeouts: TimeoutConfig,
+    #[serde(default)]
+    pub bedrock: BedrockConfig,
+    #[serde(default)]
+    pub simulator: SimulatorConfig,
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub host: IpAddr,
+    pub port: u16,
+    pub shutdown_grace_secs: u64,
+    pub sse_keep_alive_secs: u64,
+    pub ws_max_queued_requests: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 8080,
+            shutdown_grace_secs: 10,
+            sse_keep_alive_secs: 15,
+            ws_max_queued_requests: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutConfig {
+    pub connect_ms: u64,
+    pub first_token_ms: u64,
+    pub idle_ms: u64,
+    pub total_ms: u64,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig {
+            connect_ms: 3_000,
+            first_token_ms: 30_000,
+            idle_ms: 15_000,
+            total_ms: 120_000,
+        }
+    }
+}
+
+impl TimeoutConfig {
+    pub fn connect(&self) -> Duration {
+        Duration::from_millis(self.connect_ms)
+    }
+    pub fn first_token(&self) -> Duration {
+        Duration::from_millis(self.first_token_ms)
+    }
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms)
+    }
+    pub fn total(&self) -> Duration {
+        Duration::from_millis(self.total_ms)
+    }
+}
+
+/// Where Bedrock calls go; see the embedded default for the meaning of each mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum BedrockMode {
+    Auto,
+    Aws,
+    Sim,
+    Endpoint,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BedrockConfig {
+    pub mode: BedrockMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+impl Default for BedrockConfig {
+    fn default() -> Self {
+        BedrockConfig {
+            mode: BedrockMode::Auto,
+            endpoint: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulatorConfig {
+    pub first_token_ms: u64,
+    pub tokens_per_second: f64,
+    pub seed: u64,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        SimulatorConfig {
+            first_token_ms: 200,
+            tokens_per_second: 60.0,
+            seed: 42,
+        }
+    }
+}
+
+/// The provider kinds a model can be served by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Bedrock,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Bedrock => "bedrock",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The id clients use.
+    pub id: String,
+    pub provider: ProviderKind,
+    /// The provider's model or inference-profile id; defaults to `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_id: Option<String>,
+    pub region: String,
+    pub input_price_per_1k: f64,
+    pub output_price_per_1k: f64,
+    pub context_window: u32,
+}
+
+impl ModelConfig {
+    pub fn upstream_id(&self) -> &str {
+        self.upstream_id.as_deref().unwrap_or(&self.id)
+    }
+}
+
+/// Values from the environment or the command line that replace the file's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub host: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub bedrock_mode: Option<BedrockMode>,
+    pub bedrock_endpoint: Option<String>,
+    pub connect_timeout_ms: Option<u64>,
+    pub first_token_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub total_timeout_ms: Option<u64>,
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+impl RelayConfig {
+    /// The embedded default.
+    pub fn embedded_default() -> RelayConfig {
+        Self::from_toml(DEFAULT_CONFIG_TOML, "the embedded default")
+            .expect("the embedded default configuration is valid")
+    }
+
+    /// Parses and validates a configuration; `origin` names the source in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<RelayConfig, RelayError> {
+        let config: RelayConfig = toml::from_str(text).map_err(|err| RelayError::Config {
+            origin: origin.to_string(),
+            message: err.to_string(),
+        })?;
+        config.validate().map_err(|message| RelayError::Config {
+            origin: origin.to_string(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Reads `path`, or the embedded default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<RelayConfig, RelayError> {
+        match path {
+            None => Ok(Self::embedded_default()),
+            Some(path) => {
+                let origin = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|err| RelayError::Config {
+                    origin: origin.clone(),
+                    message: format!("cannot read the file: {err}"),
+                })?;
+                Self::from_toml(&text, &origin)
+            }
+        }
+    }
+
+    /// Applies environment and flag overrides, then validates again.
+    pub fn apply(mut self, overrides: &Overrides) -> Result<RelayConfig, RelayError> {
+        let server = &mut self.server;
+        set(&mut server.host, overrides.host);
+        set(&mut server.port, overrides.port);
+        set(
+            &mut server.shutdown_grace_secs,
+            overrides.shutdown_grace_secs,
+        );
+        let timeouts = &mut self.timeouts;
+        set(&mut timeouts.connect_ms, overrides.connect_timeout_ms);
+        set(
+            &mut timeouts.first_token_ms,
+            overrides.first_token_timeout_ms,
+        );
+        set(&mut timeouts.idle_ms, overrides.idle_timeout_ms);
+        set(&mut timeouts.total_ms, overrides.total_timeout_ms);
+        set(&mut self.bedrock.mode, overrides.bedrock_mode);
+        if let Some(endpoint) = &overrides.bedrock_endpoint {
+            self.bedrock.endpoint = Some(endpoint.clone());
+        }
+        self.validate().map_err(|message| RelayError::Config {
+            origin: "the environment and flags".into(),
+            message,
+        })?;
+        Ok(self)
+    }
+
+    /// Checks what the types alone cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.models.is_empty() {
+            return Err("`models` must declare at least one model".into());
+        }
+        let mut seen = HashSet::new();
+        for model in &self.models {
+            if model.id.trim().is_empty() {
+                return Err("a model has an empty `id`".into());
+            }
+            if !seen.insert(model.id.as_str()) {
+                return Err(format!("model id `{}` is declared twice", model.id));
+            }
+            if model.region.trim().is_empty() {
+                return Err(format!("model `{}` has an empty `region`", model.id));
+            }
+            let prices = [model.input_price_per_1k, model.output_price_per_1k];
+            if prices.iter().any(|p| !p.is_finite() || *p < 0.0) {
+                return Err(format!(
+                    "model `{}` has a negative or invalid price",
+                    model.id
+                ));
+            }
+            if model.context_window == 0 {
+                return Err(format!("model `{}` has a zero `context_window`", model.id));
+            }
+        }
+        if !seen.contains(self.default_model.as_str()) {
+            return Err(format!(
+                "`default_model` is `{}`, which is not one of the declared models",
+                self.default_model
+            ));
+        }
+        let t = &self.timeouts;
+        for (name, value) in [
+            ("connect_ms", t.connect_ms),
+            ("first_token_ms", t.first_token_ms),
+            ("idle_ms", t.idle_ms),
+            ("total_ms", t.total_ms),
+        ] {
+            if value == 0 {
+                return Err(format!("`timeouts.{name}` must be greater than 0"));
+            }
+        }
+        if self.server.sse_keep_alive_secs == 0 {
+            return Err("`server.sse_keep_alive_secs` must be greater than 0".into());
+        }
+        if self.server.ws_max_queued_requests == 0 {
+            return Err("`server.ws_max_queued_requests` must be greater than 0".into());
+        }
+        if self.bedrock.mode == BedrockMode::Endpoint && self.bedrock.endpoint.is_none() {
+            return Err("`bedrock.mode` is \"endpoint\" but `bedrock.endpoint` is not set".into());
+        }
+        if !(self.simulator.tokens_per_second.is_finite()
+            && self.simulator.tokens_per_second >= 0.0)
+        {
+            return Err("`simulator.tokens_per_second` must be 0 or more".into());
+        }
+        Ok(())
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_is_valid() {
+        let config = RelayConfig::embedded_default();
+        assert_eq!(config.default_model, "claude-3-5-haiku");
+        assert_eq!(config.models.len(), 3);
+        assert_eq!(config.timeouts, TimeoutConfig::default());
+        assert_eq!(config.server, ServerConfig::default());
+        assert_eq!(config.simulator, SimulatorConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let text = DEFAULT_CONFIG_TOML.replace("idle_ms = 15000", "idle_ms = 15000\nidel_ms = 3");
+        let err = RelayConfig::from_toml(&text, "test")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("idel_ms"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_are_reported() {
+        let text = DEFAULT_CONFIG_TOML.replace(
+            "default_model = \"claude-3-5-haiku\"",
+            "default_model = \"nope\"",
+        );
+        let err = RelayConfig::from_toml(&text, "test")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`nope`"), "{err}");
+        let text = DEFAULT_CONFIG_TOML.replace("id = \"nova-lite\"", "id = \"claude-sonnet-4\"");
+        let err = RelayConfig::from_toml(&text, "test")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("declared twice"), "{err}");
+    }
+
+    #[test]
+    fn overrides_replace_file_values() {
+        let config = RelayConfig::embedded_default()
+            .apply(&Overrides {
+                port: Some(9999),
+                idle_timeout_ms: Some(250),
+                bedrock_endpoint: Some("http://127.0.0.1:1".into()),
+                ..Overrides::default()
+            })
+            .unwrap();
+        assert_eq!(config.server.port, 9999);
+        assert_eq!(config.timeouts.idle_ms, 250);
+        assert_eq!(
+            config.bedrock.endpoint.as_deref(),
+            Some("http://127.0.0.1:1")
+        );
+        let err = RelayConfig::embedded_default()
+            .apply(&Overrides {
+                total_timeout_ms: Some(0),
+                ..Overrides::default()
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("total_ms"), "{err}");
+    }
+}

@@ -1,0 +1,256 @@
+//! [`RelayError`], the relay's one error type, and its mapping to HTTP answers and stream error
+//! events — in one place, so every surface speaks the same codes.
+//!
+//! Every error knows its status, its stable [`ErrorCode`], whether retrying could help, and whose
+//! fault it is: a client's mistake is always a 4xx, never a 5xx.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use fm_protocol::{ApiError, ApiErrorBody, ErrorCode, StreamEvent, ValidationError};
+
+/// How an upstream call failed, as far as a caller needs to know to react.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamFailure {
+    /// 429 / ThrottlingException, before or inside the stream.
+    Throttled,
+    /// 5xx, ModelNotReady, connection refused or reset.
+    Unavailable,
+    /// No answer (or no first token) in time, or the model itself timed out.
+    Timeout,
+    /// The stream went silent for longer than the idle timeout.
+    Stalled,
+    /// The upstream found the request invalid (the client's fault: e.g. prompt too long).
+    Rejected,
+    /// The upstream does not know the model or refuses our credentials (the operator's fault).
+    Misconfigured,
+    /// The upstream's answer was malformed or ended without its closing events.
+    Protocol,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The request broke a validation rule.
+    #[error("{0}")]
+    Invalid(ValidationError),
+    /// The body is not JSON, or not the expected shape.
+    #[error("{message}")]
+    MalformedJson {
+        message: String,
+        field: Option<String>,
+    },
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("no route for {method} {path}; the API lives under /v1 (see GET /v1/models)")]
+    NotFound { method: String, path: String },
+    #[error("{method} is not allowed on this route")]
+    MethodNotAllowed { method: String },
+    /// The upstream failed; `message` says how.
+    #[error("upstream {provider} ({target}): {message}")]
+    Upstream {
+        failure: UpstreamFailure,
+        provider: &'static str,
+        target: String,
+        message: String,
+        /// How long the upstream asked us to wait, if it said.
+        retry_after: Option<Duration>,
+    },
+    #[error("the request took longer than its deadline of {0:?}")]
+    DeadlineExceeded(Duration),
+    #[error("the relay is shutting down and accepts no new work; retry on another instance")]
+    ShuttingDown,
+    /// The configuration is invalid (only at start-up).
+    #[error("invalid configuration ({origin}): {message}")]
+    Config { origin: String, message: String },
+    /// The relay could not start (bind, TLS, simulator).
+    #[error("cannot start: {0}")]
+    Startup(String),
+    /// A bug: something that should not happen did.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl RelayError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RelayError::Invalid(err) => err.code,
+            RelayError::MalformedJson { .. } => ErrorCode::MalformedJson,
+            RelayError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            RelayError::NotFound { .. } => ErrorCode::NotFound,
+            RelayError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
+            RelayError::Upstream { failure, .. } => match failure {
+                UpstreamFailure::Throttled => ErrorCode::UpstreamThrottled,
+                UpstreamFailure::Unavailable => ErrorCode::UpstreamUnavailable,
+                UpstreamFailure::Timeout => ErrorCode::UpstreamTimeout,
+                UpstreamFailure::Stalled => ErrorCode::UpstreamStalled,
+                UpstreamFailure::Rejected => ErrorCode::UpstreamRejected,
+                UpstreamFailure::Misconfigured => ErrorCode::UpstreamMisconfigured,
+                UpstreamFailure::Protocol => ErrorCode::UpstreamError,
+            },
+            RelayError::DeadlineExceeded(_) => ErrorCode::DeadlineExceeded,
+            RelayError::ShuttingDown => ErrorCode::ShuttingDown,
+            RelayError::Config { .. } | RelayError::Startup(_) | RelayError::Internal(_) => {
+                ErrorCode::Internal
+            }
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self.code() {
+            ErrorCode::InvalidRequest
+            | ErrorCode::MalformedJson
+            | ErrorCode::UnknownModel
+            | ErrorCode::UpstreamRejected => StatusCode::BAD_REQUEST,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::UpstreamThrottled => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::UpstreamUnavailable | ErrorCode::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ErrorCode::UpstreamTimeout
+            | ErrorCode::UpstreamStalled
+            | ErrorCode::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::UpstreamError | ErrorCode::UpstreamMisconfigured => StatusCode::BAD_GATEWAY,
+            ErrorCode::Internal | ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Whether the same request, sent again, could succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.code().is_retryable()
+    }
+
+    /// Whether the client caused this error (and so must not count against the upstream).
+    pub fn is_client_fault(&self) -> bool {
+        self.status().is_client_error()
+    }
+
+    fn field(&self) -> Option<String> {
+        match self {
+            RelayError::Invalid(err) => Some(err.field.clone()),
+            RelayError::MalformedJson { field, .. } => field.clone(),
+            _ => None,
+        }
+    }
+
+    /// The error as the JSON body of an HTTP answer.
+    pub fn to_body(&self, request_id: Option<&str>) -> ApiErrorBody {
+        ApiErrorBody {
+            error: ApiError {
+                code: self.code(),
+                message: self.to_string(),
+                field: self.field(),
+                retryable: self.is_retryable(),
+                request_id: request_id.map(str::to_string),
+            },
+        }
+    }
+
+    /// The error as the terminal event of a stream.
+    pub fn to_event(&self) -> StreamEvent {
+        StreamEvent::Error {
+            code: self.code(),
+            message: self.to_string(),
+            retryable: self.is_retryable(),
+        }
+    }
+
+    /// Attaches the request id, so the answer can quote it.
+    pub fn with_request_id(self, request_id: &str) -> RequestError {
+        RequestError {
+            error: self,
+            request_id: Some(request_id.to_string()),
+        }
+    }
+}
+
+/// A [`RelayError`] with the id of the request it ended, ready to become an HTTP answer.
+#[derive(Debug)]
+pub struct RequestError {
+    pub error: RelayError,
+    pub request_id: Option<String>,
+}
+
+impl From<RelayError> for RequestError {
+    fn from(error: RelayError) -> Self {
+        RequestError {
+            error,
+            request_id: None,
+        }
+    }
+}
+
+impl IntoResponse for RequestError {
+    fn into_response(self) -> Response {
+        let status = self.error.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self.error, request_id = ?self.request_id, "request failed");
+        } else {
+            tracing::debug!(error = %self.error, request_id = ?self.request_id, "request rejected");
+        }
+        let body = self.error.to_body(self.request_id.as_deref());
+        let mut response = (status, axum::Json(body)).into_response();
+        if let RelayError::Upstream {
+            retry_after: Some(wait),
+            ..
+        } = &self.error
+        {
+            let seconds = wait.as_secs().max(1).to_string();
+            if let Ok(value) = HeaderValue::from_str(&seconds) {
+                response.headers_mut().insert("retry-after", value);
+            }
+        }
+        response
+    }
+}
+
+impl IntoResponse for RelayError {
+    fn into_response(self) -> Response {
+        RequestError::from(self).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_mistakes_are_4xx_and_not_retryable() {
+        let invalid = RelayError::Invalid(ValidationError {
+            field: "model".into(),
+            message: "unknown".into(),
+            code: ErrorCode::UnknownModel,
+        });
+        assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(invalid.code(), ErrorCode::UnknownModel);
+        assert!(invalid.is_client_fault() && !invalid.is_retryable());
+        let too_big = RelayError::PayloadTooLarge { limit: 10 };
+        assert_eq!(too_big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn upstream_failures_map_to_gateway_statuses() {
+        let upstream = |failure| RelayError::Upstream {
+            failure,
+            provider: "bedrock",
+            target: "m".into(),
+            message: "x".into(),
+            retry_after: None,
+        };
+        for (failure, status, retryable) in [
+            (UpstreamFailure::Throttled, 429, true),
+            (UpstreamFailure::Unavailable, 503, true),
+            (UpstreamFailure::Timeout, 504, true),
+            (UpstreamFailure::Stalled, 504, true),
+            (UpstreamFailure::Rejected, 400, false),
+            (UpstreamFailure::Misconfigured, 502, false),
+            (UpstreamFailure::Protocol, 502, true),
+        ] {
+            let err = upstream(failure);
+            assert_eq!(err.status().as_u16(), status, "{failure:?}");
+            assert_eq!(err.is_retryable(), retryable, "{failure:?}");
+        }
+    }
+}

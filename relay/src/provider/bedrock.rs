@@ -1,0 +1,462 @@
+//! AWS Bedrock through `aws-sdk-bedrockruntime`: Converse for one-shot answers, ConverseStream
+//! for streams. The SDK's own retries are off (one attempt per call: the relay's resilience layer
+//! decides about retries) and so is its stalled-stream protection (the relay wraps every read in
+//! its own idle timeout, which also covers event streams, where the SDK has none).
+//!
+//! Errors are classified here, at the edge, into [`UpstreamFailure`]s: by the Bedrock error code
+//! (`ThrottlingException`, ...), the in-stream exception variant, or the transport failure.
+
+use std::time::Duration;
+
+use aws_sdk_bedrockruntime::Client;
+use aws_sdk_bedrockruntime::config::retry::{RetryConfig, RetryPartition};
+use aws_sdk_bedrockruntime::config::timeout::TimeoutConfig;
+use aws_sdk_bedrockruntime::config::{
+    BehaviorVersion, Credentials, Region, SharedHttpClient, StalledStreamProtectionConfig,
+};
+use aws_sdk_bedrockruntime::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError;
+use aws_sdk_bedrockruntime::types::{
+    self as bedrock, ContentBlock, ConversationRole, ConverseStreamOutput, InferenceConfiguration,
+    SystemContentBlock, TokenUsage,
+};
+use aws_smithy_http_client::tls::{Provider as TlsProvider, rustls_provider::CryptoMode};
+use fm_protocol::{ChatRequest, Role, StopReason, Usage};
+
+use super::{ChatProvider, ProviderAnswer, ProviderEvent, ProviderStream};
+use crate::error::{RelayError, UpstreamFailure};
+
+const KIND: &str = "bedrock";
+
+/// Where the SDK sends its calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BedrockEndpoint {
+    /// AWS itself, with the standard credential chain.
+    Aws,
+    /// A fixed URL (the embedded simulator, a standalone fm-sim, a VPC endpoint...).
+    Url(String),
+}
+
+/// A Bedrock Runtime client for one region.
+#[derive(Debug, Clone)]
+pub struct BedrockProvider {
+    client: Client,
+    region: String,
+}
+
+/// One HTTP client (and so one connection pool) for every Bedrock region: hyper + rustls with
+/// the `ring` provider, TCP_NODELAY on every upstream connection (the smithy default).
+pub fn http_client() -> SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(TlsProvider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
+impl BedrockProvider {
+    /// Builds a client for `region` that sends its calls to `endpoint`.
+    pub async fn connect(
+        endpoint: &BedrockEndpoint,
+        region: &str,
+        http: SharedHttpClient,
+        connect_timeout: Duration,
+    ) -> BedrockProvider {
+        let region_value = Region::new(region.to_string());
+        let mut builder = match endpoint {
+            BedrockEndpoint::Aws => {
+                let shared = aws_config::defaults(BehaviorVersion::latest())
+                    .region(region_value)
+                    .http_client(http)
+                    .load()
+                    .await;
+                aws_sdk_bedrockruntime::config::Builder::from(&shared)
+            }
+            BedrockEndpoint::Url(url) => {
+                let mut builder = aws_sdk_bedrockruntime::Config::builder()
+                    .behavior_version(BehaviorVersion::latest())
+                    .region(region_value)
+                    .http_client(http)
+                    .endpoint_url(url);
+                builder = match env_credentials() {
+                    Some(credentials) => builder.credentials_provider(credentials),
+                    None => builder.credentials_provider(Credentials::new(
+                        "fm-relay-local",
+                        "fm-relay-local",
+                        None,
+                        None,
+                        "fm-relay placeholder",
+                    )),
+                };
+                builder
+            }
+        };
+        builder = builder
+            .retry_config(RetryConfig::standard().with_max_attempts(1))
+            .retry_partition(RetryPartition::new(format!("fm-relay-{region}")))
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(connect_timeout)
+                    .build(),
+            );
+        BedrockProvider {
+            client: Client::from_conf(builder.build()),
+            region: region.to_string(),
+        }
+    }
+}
+
+/// Static credentials from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (/ `AWS_SESSION_TOKEN`).
+fn env_credentials() -> Option<Credentials> {
+    let key = std::env::var("AWS_ACCESS_KEY_ID").ok()?;
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").ok()?;
+    let token = std::env::var("AWS_SESSION_TOKEN").ok();
+    Some(Credentials::new(key, secret, token, None, "environment"))
+}
+
+impl ChatProvider for BedrockProvider {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn location(&self) -> &str {
+        &self.region
+    }
+
+    async fn complete(
+        &self,
+        upstream_id: &str,
+        request: &ChatRequest,
+    ) -> Result<ProviderAnswer, RelayError> {
+        let (messages, system, inference) = to_converse(request);
+        let output = self
+            .client
+            .converse()
+            .model_id(upstream_id)
+            .set_messages(Some(messages))
+            .set_system(system)
+            .inference_config(inference)
+            .send()
+            .await
+            .map_err(|err| self.classify(upstream_id, err))?;
+        let text = output
+            .output()
+            .and_then(|o| o.as_message().ok())
+            .map(|message| {
+                message
+                    .content()
+                    .iter()
+                    .filter_map(|block| block.as_text().ok())
+                    .map(String::as_str)
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
+        Ok(ProviderAnswer {
+            text,
+            stop_reason: stop_reason(output.stop_reason()),
+            usage: output.usage().map(usage).unwrap_or_default(),
+        })
+    }
+
+    async fn open_stream(
+        &self,
+        upstream_id: &str,
+        request: &ChatRequest,
+    ) -> Result<ProviderStream, RelayError> {
+        let (messages, system, inference) = to_converse(request);
+        let output = self
+            .client
+            .converse_stream()
+            .model_id(upstream_id)
+            .set_messages(Some(messages))
+            .set_system(system)
+            .inference_config(inference)
+            .send()
+            .await
+            .map_err(|err| self.classify(upstream_id, err))?;
+        let target = self.target(upstream_id);
+        let events = futures_util::stream::unfold(Some(output.stream), move |receiver| {
+            let target = target.clone();
+            async move {
+                let mut receiver = receiver?;
+                loop {
+                    let event = match receiver.recv().await {
+                        Ok(Some(event)) => event,
+                        Ok(None) => return None,
+                        Err(err) => return Some((Err(classify_stream_error(target, err)), None)),
+                    };
+                    let converted = match event {
+                        ConverseStreamOutput::ContentBlockDelta(delta) => match delta.delta {
+                            Some(bedrock::ContentBlockDelta::Text(text)) => {
+                                Some(ProviderEvent::TextDelta(text))
+                            }
+                            _ => None,
+                        },
+                        ConverseStreamOutput::MessageStop(stop) => {
+                            Some(ProviderEvent::Stop(stop_reason(&stop.stop_reason)))
+                        }
+                        ConverseStreamOutput::Metadata(metadata) => {
+                            metadata.usage().map(|u| ProviderEvent::Usage(usage(u)))
+                        }
+                        _ => None,
+                    };
+                    if let Some(event) = converted {
+                        return Some((Ok(event), Some(receiver)));
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(events))
+    }
+}
+
+impl BedrockProvider {
+    fn target(&self, upstream_id: &str) -> String {
+        format!("{upstream_id} in {}", self.region)
+    }
+
+    /// Classifies an operation error (before any stream event).
+    fn classify<E, R>(&self, upstream_id: &str, err: SdkError<E, R>) -> RelayError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + HttpStatus,
+    {
+        let (failure, message) = match &err {
+            SdkError::TimeoutError(_) => (UpstreamFailure::Timeout, "no response in time".into()),
+            SdkError::DispatchFailure(failure) => {
+                let kind = if failure.is_timeout() {
+                    UpstreamFailure::Timeout
+                } else {
+                    UpstreamFailure::Unavailable
+                };
+                (kind, DisplayErrorContext(&err).to_string())
+            }
+            SdkError::ResponseError(_) => (
+                UpstreamFailure::Protocol,
+                DisplayErrorContext(&err).to_string(),
+            ),
+            SdkError::ServiceError(service) => {
+                let status = service.raw().status();
+                let failure = err
+                    .code()
+                    .and_then(failure_for_code)
+                    .unwrap_or_else(|| failure_for_status(status));
+                let code = err.code().unwrap_or("error");
+                let detail = err.message().unwrap_or("no message");
+                (failure, format!("{code} (HTTP {status}): {detail}"))
+            }
+            _ => {
+                return RelayError::Internal(format!(
+                    "building the Bedrock request failed: {}",
+                    DisplayErrorContext(&err)
+                ));
+            }
+        };
+        RelayError::Upstream {
+            failure,
+            provider: KIND,
+            target: self.target(upstream_id),
+            message,
+            retry_after: None,
+        }
+    }
+}
+
+/// The HTTP status of a raw response, for errors without a known code.
+trait HttpStatus {
+    fn status(&self) -> u16;
+}
+
+impl HttpStatus for aws_smithy_runtime_api::http::Response {
+    fn status(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+fn failure_for_code(code: &str) -> Option<UpstreamFailure> {
+    // In-stream exceptions are spelled in lower camel case; compare without case.
+    let code = code.to_ascii_lowercase();
+    Some(match code.as_str() {
+        "throttlingexception" | "servicequotaexceededexception" | "toomanyrequestsexception" => {
+            UpstreamFailure::Throttled
+        }
+        "serviceunavailableexception"
+        | "internalserverexception"
+        | "modelnotreadyexception"
+        | "modelerrorexception"
+        | "modelstreamerrorexception" => UpstreamFailure::Unavailable,
+        "modeltimeoutexception" => UpstreamFailure::Timeout,
+        "validationexception" => UpstreamFailure::Rejected,
+        "resourcenotfoundexception"
+        | "accessdeniedexception"
+        | "unrecognizedclientexception"
+        | "expiredtokenexception" => UpstreamFailure::Misconfigured,
+        _ => return None,
+    })
+}
+
+fn failure_for_status(status: u16) -> UpstreamFailure {
+    match status {
+        429 => UpstreamFailure::Throttled,
+        408 => UpstreamFailure::Timeout,
+        401 | 403 | 404 => UpstreamFailure::Misconfigured,
+        400..=499 => UpstreamFailure::Rejected,
+        _ => UpstreamFailure::Unavailable,
+    }
+}
+
+/// Classifies an error raised inside an event stream.
+fn classify_stream_error<R: std::fmt::Debug>(
+    target: String,
+    err: SdkError<ConverseStreamOutputError, R>,
+) -> RelayError {
+    let (failure, message) = match &err {
+        SdkError::ServiceError(service) => {
+            let inner = service.err();
+            let failure = match inner {
+                ConverseStreamOutputError::ThrottlingException(_) => UpstreamFailure::Throttled,
+                ConverseStreamOutputError::ValidationException(_) => UpstreamFailure::Rejected,
+                ConverseStreamOutputError::ServiceUnavailableException(_)
+                | ConverseStreamOutputError::InternalServerException(_)
+                | ConverseStreamOutputError::ModelStreamErrorException(_) => {
+                    UpstreamFailure::Unavailable
+                }
+                _ => inner
+                    .code()
+                    .and_then(failure_for_code)
+                    .unwrap_or(UpstreamFailure::Unavailable),
+            };
+            (
+                failure,
+                format!(
+                    "in-stream {}: {}",
+                    exception_name(inner),
+                    inner.message().unwrap_or("no message")
+                ),
+            )
+        }
+        SdkError::TimeoutError(_) => (UpstreamFailure::Timeout, "stream timed out".into()),
+        _ => (
+            UpstreamFailure::Protocol,
+            format!("the stream broke: {}", DisplayErrorContext(&err)),
+        ),
+    };
+    RelayError::Upstream {
+        failure,
+        provider: KIND,
+        target,
+        message,
+        retry_after: None,
+    }
+}
+
+fn exception_name(err: &ConverseStreamOutputError) -> &'static str {
+    match err {
+        ConverseStreamOutputError::ThrottlingException(_) => "ThrottlingException",
+        ConverseStreamOutputError::ValidationException(_) => "ValidationException",
+        ConverseStreamOutputError::ServiceUnavailableException(_) => "ServiceUnavailableException",
+        ConverseStreamOutputError::InternalServerException(_) => "InternalServerException",
+        ConverseStreamOutputError::ModelStreamErrorException(_) => "ModelStreamErrorException",
+        _ => "exception",
+    }
+}
+
+type ConverseParts = (
+    Vec<bedrock::Message>,
+    Option<Vec<SystemContentBlock>>,
+    InferenceConfiguration,
+);
+
+/// The Converse request for a chat request.
+fn to_converse(request: &ChatRequest) -> ConverseParts {
+    let messages = request
+        .messages
+        .iter()
+        .filter_map(|message| {
+            bedrock::Message::builder()
+                .role(match message.role {
+                    Role::User => ConversationRole::User,
+                    Role::Assistant => ConversationRole::Assistant,
+                })
+                .content(ContentBlock::Text(message.content.clone()))
+                .build()
+                .ok()
+        })
+        .collect();
+    let system = request
+        .system
+        .as_ref()
+        .map(|text| vec![SystemContentBlock::Text(text.clone())]);
+    let inference = InferenceConfiguration::builder()
+        .max_tokens(i32::try_from(request.max_tokens_or_default()).unwrap_or(i32::MAX))
+        .set_temperature(request.temperature)
+        .set_stop_sequences(
+            (!request.stop_sequences.is_empty()).then(|| request.stop_sequences.clone()),
+        )
+        .build();
+    (messages, system, inference)
+}
+
+fn stop_reason(reason: &bedrock::StopReason) -> StopReason {
+    match reason {
+        bedrock::StopReason::EndTurn => StopReason::EndTurn,
+        bedrock::StopReason::MaxTokens => StopReason::MaxTokens,
+        bedrock::StopReason::StopSequence => StopReason::StopSequence,
+        bedrock::StopReason::ContentFiltered | bedrock::StopReason::GuardrailIntervened => {
+            StopReason::ContentFiltered
+        }
+        bedrock::StopReason::ToolUse => StopReason::ToolUse,
+        _ => StopReason::Other,
+    }
+}
+
+fn usage(usage: &TokenUsage) -> Usage {
+    let count = |n: i32| u32::try_from(n).unwrap_or(0);
+    Usage {
+        input_tokens: count(usage.input_tokens()),
+        output_tokens: count(usage.output_tokens()),
+        total_tokens: count(usage.total_tokens()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_classify_case_insensitively() {
+        assert_eq!(
+            failure_for_code("ThrottlingException"),
+            Some(UpstreamFailure::Throttled)
+        );
+        assert_eq!(
+            failure_for_code("modelStreamErrorException"),
+            Some(UpstreamFailure::Unavailable)
+        );
+        assert_eq!(
+            failure_for_code("ValidationException"),
+            Some(UpstreamFailure::Rejected)
+        );
+        assert_eq!(failure_for_code("SomethingNew"), None);
+        assert_eq!(failure_for_status(503), UpstreamFailure::Unavailable);
+        assert_eq!(failure_for_status(429), UpstreamFailure::Throttled);
+        assert_eq!(failure_for_status(418), UpstreamFailure::Rejected);
+    }
+
+    #[test]
+    fn chat_requests_become_converse_requests() {
+        let request = ChatRequest {
+            system: Some("be brief".into()),
+            max_tokens: Some(64),
+            temperature: Some(0.5),
+            stop_sequences: vec!["END".into()],
+            ..ChatRequest::from_prompt("hello")
+        };
+        let (messages, system, inference) = to_converse(&request);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].role(), &ConversationRole::User);
+        assert_eq!(system.unwrap().len(), 1);
+        assert_eq!(inference.max_tokens(), Some(64));
+        assert_eq!(inference.temperature(), Some(0.5));
+        assert_eq!(inference.stop_sequences(), ["END".to_string()]);
+    }
+}

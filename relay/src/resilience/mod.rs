@@ -1,0 +1,175 @@
+//! Running a routed request against its upstream under deadlines.
+//!
+//! Every request has a total deadline from its arrival; a stream also has a first-token deadline
+//! and an idle timeout on every read (the Bedrock SDK detects no stall on event streams). The
+//! [`Executor`] applies them around the provider calls and turns a provider stream into the
+//! client-facing [`StreamEvent`](fm_protocol::StreamEvent) sequence ([`stream::ChatEventStream`]),
+//! which never ends a truncated answer as a success.
+
+pub mod stream;
+
+use std::time::{Duration, Instant};
+
+use fm_protocol::{ChatRequest, ChatResponse, ResponseSource, RouteInfo, Timings};
+
+use crate::config::TimeoutConfig;
+use crate::error::{RelayError, UpstreamFailure};
+use crate::provider::ChatProvider;
+use crate::routing::RouteDecision;
+use crate::shutdown::Shutdown;
+
+pub use stream::ChatEventStream;
+
+/// One request's identity and clock.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    /// When the relay received the request: every timing is measured from here.
+    pub received: Instant,
+}
+
+impl RequestContext {
+    pub fn new(request_id: String) -> Self {
+        RequestContext {
+            request_id,
+            received: Instant::now(),
+        }
+    }
+
+    pub fn elapsed_ms(&self) -> f64 {
+        self.received.elapsed().as_secs_f64() * 1000.0
+    }
+}
+
+/// Runs requests against providers under the configured deadlines.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    timeouts: TimeoutConfig,
+    shutdown: Shutdown,
+}
+
+/// Which deadline ends a wait first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeadlineKind {
+    Total,
+    FirstToken,
+    Idle,
+}
+
+impl Executor {
+    pub fn new(timeouts: TimeoutConfig, shutdown: Shutdown) -> Self {
+        Executor { timeouts, shutdown }
+    }
+
+    fn total_deadline(&self, ctx: &RequestContext) -> Instant {
+        ctx.received + self.timeouts.total()
+    }
+
+    /// One-shot answer, under the total deadline.
+    pub async fn complete(
+        &self,
+        ctx: &RequestContext,
+        decision: &RouteDecision,
+        request: &ChatRequest,
+    ) -> Result<ChatResponse, RelayError> {
+        let entry = &decision.model;
+        let call = entry.provider.complete(entry.config.upstream_id(), request);
+        let answer = tokio::time::timeout_at(self.total_deadline(ctx).into(), call)
+            .await
+            .map_err(|_| RelayError::DeadlineExceeded(self.timeouts.total()))??;
+        Ok(ChatResponse {
+            request_id: ctx.request_id.clone(),
+            model: entry.config.id.clone(),
+            text: answer.text,
+            stop_reason: answer.stop_reason,
+            usage: answer.usage,
+            route: route_info(decision, 1),
+            timings: Timings {
+                ttft_ms: None,
+                total_ms: ctx.elapsed_ms(),
+            },
+        })
+    }
+
+    /// Opens the upstream stream (so that failures before the first event are ordinary HTTP
+    /// errors) and returns the client-facing event stream, which starts with `start`.
+    pub async fn open_stream(
+        &self,
+        ctx: RequestContext,
+        decision: RouteDecision,
+        request: &ChatRequest,
+    ) -> Result<ChatEventStream, RelayError> {
+        let entry = &decision.model;
+        let first_token_deadline = ctx.received + self.timeouts.first_token();
+        let (deadline, kind) = earliest(&[
+            (self.total_deadline(&ctx), DeadlineKind::Total),
+            (first_token_deadline, DeadlineKind::FirstToken),
+        ]);
+        let open = entry
+            .provider
+            .open_stream(entry.config.upstream_id(), request);
+        let upstream = tokio::time::timeout_at(deadline.into(), open)
+            .await
+            .map_err(|_| self.deadline_error(kind, &decision))??;
+        Ok(ChatEventStream::new(
+            upstream,
+            ctx,
+            decision,
+            self.clone(),
+            first_token_deadline,
+        ))
+    }
+
+    /// The error for a passed deadline.
+    pub(crate) fn deadline_error(
+        &self,
+        kind: DeadlineKind,
+        decision: &RouteDecision,
+    ) -> RelayError {
+        let (failure, message) = match kind {
+            DeadlineKind::Total => return RelayError::DeadlineExceeded(self.timeouts.total()),
+            DeadlineKind::FirstToken => (
+                UpstreamFailure::Timeout,
+                format!("no first token within {:?}", self.timeouts.first_token()),
+            ),
+            DeadlineKind::Idle => (
+                UpstreamFailure::Stalled,
+                format!(
+                    "the stream stalled: nothing received for {:?}",
+                    self.timeouts.idle()
+                ),
+            ),
+        };
+        decision.model.upstream_error(failure, message)
+    }
+
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        self.timeouts.idle()
+    }
+
+    pub(crate) fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+}
+
+/// The earliest of several deadlines, with its kind.
+pub(crate) fn earliest(deadlines: &[(Instant, DeadlineKind)]) -> (Instant, DeadlineKind) {
+    deadlines
+        .iter()
+        .copied()
+        .min_by_key(|(at, _)| *at)
+        .unwrap_or((Instant::now(), DeadlineKind::Total))
+}
+
+/// How the answer was reached.
+pub(crate) fn route_info(decision: &RouteDecision, attempts: u32) -> RouteInfo {
+    let entry = &decision.model;
+    RouteInfo {
+        model: entry.config.id.clone(),
+        provider: entry.provider.kind().to_string(),
+        region: entry.provider.location().to_string(),
+        source: ResponseSource::Primary,
+        attempts,
+        reason: decision.reason.clone(),
+    }
+}

@@ -1,0 +1,195 @@
+//! [`ChatEventStream`]: a provider stream turned into the client-facing event sequence —
+//! `start`, text deltas and usage as they arrive, then exactly one terminal event.
+//!
+//! Each read of the upstream waits for the earliest of: the total deadline, the first-token
+//! deadline (until a token arrived), and the idle timeout since the last upstream event. A stream
+//! that ends without the upstream's stop event ends with an `upstream_error` event, never `done`:
+//! a truncated answer is not a success. Dropping the stream (the client went away) drops the
+//! upstream call with it.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use fm_protocol::{StopReason, StreamEvent, Timings, Usage};
+use futures_util::{Stream, StreamExt};
+
+use super::{DeadlineKind, Executor, RequestContext, earliest, route_info};
+use crate::error::{RelayError, UpstreamFailure};
+use crate::provider::{ProviderEvent, ProviderStream};
+use crate::routing::RouteDecision;
+use crate::shutdown::Phase;
+
+/// The state of one streaming answer.
+struct StreamState {
+    upstream: ProviderStream,
+    ctx: RequestContext,
+    decision: RouteDecision,
+    executor: Executor,
+    first_token_deadline: Instant,
+    last_activity: Instant,
+    started: bool,
+    finished: bool,
+    ttft_ms: Option<f64>,
+    usage: Option<Usage>,
+    stop: Option<StopReason>,
+}
+
+/// The client-facing events of one streaming answer.
+pub struct ChatEventStream {
+    inner: Pin<Box<dyn Stream<Item = StreamEvent> + Send>>,
+}
+
+impl std::fmt::Debug for ChatEventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatEventStream").finish_non_exhaustive()
+    }
+}
+
+impl ChatEventStream {
+    pub(super) fn new(
+        upstream: ProviderStream,
+        ctx: RequestContext,
+        decision: RouteDecision,
+        executor: Executor,
+        first_token_deadline: Instant,
+    ) -> Self {
+        let state = StreamState {
+            upstream,
+            ctx,
+            decision,
+            executor,
+            first_token_deadline,
+            last_activity: Instant::now(),
+            started: false,
+            finished: false,
+            ttft_ms: None,
+            usage: None,
+            stop: None,
+        };
+        let inner = futures_util::stream::unfold(state, |mut state| async move {
+            let event = state.next_event().await?;
+            Some((event, state))
+        });
+        ChatEventStream {
+            inner: Box::pin(inner),
+        }
+    }
+}
+
+impl Stream for ChatEventStream {
+    type Item = StreamEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StreamEvent>> {
+        self.inner.poll_next_unpin(cx)
+    }
+}
+
+/// What one wait on the upstream produced.
+enum Step {
+    Event(Option<Result<ProviderEvent, RelayError>>),
+    Deadline(DeadlineKind),
+    Stopped,
+}
+
+impl StreamState {
+    async fn next_event(&mut self) -> Option<StreamEvent> {
+        if self.finished {
+            return None;
+        }
+        if !self.started {
+            self.started = true;
+            return Some(StreamEvent::Start {
+                request_id: self.ctx.request_id.clone(),
+                model: self.decision.model.config.id.clone(),
+            });
+        }
+        loop {
+            let step = self.wait_upstream().await;
+            let event = match step {
+                Step::Event(Some(Ok(event))) => {
+                    self.last_activity = Instant::now();
+                    match event {
+                        ProviderEvent::TextDelta(text) => {
+                            self.ttft_ms.get_or_insert_with(|| self.ctx.elapsed_ms());
+                            StreamEvent::TextDelta { text }
+                        }
+                        ProviderEvent::Usage(usage) => {
+                            self.usage = Some(usage);
+                            StreamEvent::Usage { usage }
+                        }
+                        ProviderEvent::Stop(reason) => {
+                            self.stop = Some(reason);
+                            continue;
+                        }
+                    }
+                }
+                Step::Event(None) => self.finish_at_end(),
+                Step::Event(Some(Err(err))) => self.fail(err),
+                Step::Deadline(kind) => {
+                    let err = self.executor.deadline_error(kind, &self.decision);
+                    self.fail(err)
+                }
+                Step::Stopped => self.fail(RelayError::ShuttingDown),
+            };
+            return Some(event);
+        }
+    }
+
+    async fn wait_upstream(&mut self) -> Step {
+        let mut deadlines = vec![
+            (
+                self.ctx.received + self.executor.timeouts.total(),
+                DeadlineKind::Total,
+            ),
+            (
+                self.last_activity + self.executor.idle_timeout(),
+                DeadlineKind::Idle,
+            ),
+        ];
+        if self.ttft_ms.is_none() {
+            deadlines.push((self.first_token_deadline, DeadlineKind::FirstToken));
+        }
+        let (deadline, kind) = earliest(&deadlines);
+        let shutdown = self.executor.shutdown().clone();
+        tokio::select! {
+            biased;
+            () = shutdown.reached(Phase::Stopped) => Step::Stopped,
+            item = tokio::time::timeout_at(deadline.into(), self.upstream.next()) => match item {
+                Ok(item) => Step::Event(item),
+                Err(_) => Step::Deadline(kind),
+            },
+        }
+    }
+
+    /// The upstream ended: `done` if it said why, an error if it was cut off.
+    fn finish_at_end(&mut self) -> StreamEvent {
+        match self.stop {
+            Some(stop_reason) => {
+                self.finished = true;
+                StreamEvent::Done {
+                    stop_reason,
+                    usage: self.usage.unwrap_or_default(),
+                    timings: Timings {
+                        ttft_ms: self.ttft_ms,
+                        total_ms: self.ctx.elapsed_ms(),
+                    },
+                    route: route_info(&self.decision, 1),
+                }
+            }
+            None => {
+                let err = self.decision.model.upstream_error(
+                    UpstreamFailure::Protocol,
+                    "the stream ended before the answer was complete".into(),
+                );
+                self.fail(err)
+            }
+        }
+    }
+
+    fn fail(&mut self, err: RelayError) -> StreamEvent {
+        self.finished = true;
+        tracing::warn!(request_id = %self.ctx.request_id, error = %err, "stream failed");
+        err.to_event()
+    }
+}

@@ -1,0 +1,127 @@
+//! Model routing: from a request to a [`RouteDecision`] — which configured model answers and why.
+//!
+//! The catalog holds the configured models with their provider clients. Today a route is static:
+//! the model the request names, or the default model. The decision always carries a sentence
+//! that explains it, which reaches the client in `RouteInfo::reason`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fm_protocol::{ChatRequest, ModelInfo, ModelList};
+
+use crate::config::ModelConfig;
+use crate::error::{RelayError, UpstreamFailure};
+use crate::provider::{ChatProvider, Provider};
+
+/// A configured model and the client that reaches it.
+#[derive(Debug)]
+pub struct ModelEntry {
+    pub config: ModelConfig,
+    pub provider: Provider,
+}
+
+impl ModelEntry {
+    /// The upstream call's target, as error messages name it: `upstream-id in region`.
+    pub fn target(&self) -> String {
+        format!(
+            "{} in {}",
+            self.config.upstream_id(),
+            self.provider.location()
+        )
+    }
+
+    /// An upstream failure of a call to this model.
+    pub fn upstream_error(&self, failure: UpstreamFailure, message: String) -> RelayError {
+        RelayError::Upstream {
+            failure,
+            provider: self.provider.kind(),
+            target: self.target(),
+            message,
+            retry_after: None,
+        }
+    }
+}
+
+/// Every model the relay serves.
+#[derive(Debug)]
+pub struct ModelCatalog {
+    models: Vec<Arc<ModelEntry>>,
+    by_id: HashMap<String, usize>,
+    default_index: usize,
+}
+
+/// Where one request goes, and why.
+#[derive(Debug, Clone)]
+pub struct RouteDecision {
+    pub model: Arc<ModelEntry>,
+    pub reason: String,
+}
+
+impl ModelCatalog {
+    /// Builds the catalog; `default_model` must be one of `entries` (the config guarantees it).
+    pub fn new(entries: Vec<ModelEntry>, default_model: &str) -> ModelCatalog {
+        let models: Vec<Arc<ModelEntry>> = entries.into_iter().map(Arc::new).collect();
+        let by_id: HashMap<String, usize> = models
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| (entry.config.id.clone(), index))
+            .collect();
+        let default_index = by_id.get(default_model).copied().unwrap_or(0);
+        ModelCatalog {
+            models,
+            by_id,
+            default_index,
+        }
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// The listing of `GET /v1/models`.
+    pub fn list(&self) -> ModelList {
+        ModelList {
+            models: self
+                .models
+                .iter()
+                .enumerate()
+                .map(|(index, entry)| ModelInfo {
+                    id: entry.config.id.clone(),
+                    provider: entry.provider.kind().to_string(),
+                    region: entry.config.region.clone(),
+                    input_price_per_1k: entry.config.input_price_per_1k,
+                    output_price_per_1k: entry.config.output_price_per_1k,
+                    context_window: entry.config.context_window,
+                    default: index == self.default_index,
+                })
+                .collect(),
+        }
+    }
+
+    /// Chooses the model for a validated request.
+    pub fn route(&self, request: &ChatRequest) -> RouteDecision {
+        let (index, mut reason) = match request
+            .model
+            .as_deref()
+            .and_then(|id| self.by_id.get(id).map(|&index| (id, index)))
+        {
+            Some((id, index)) => (index, format!("the request named model `{id}`")),
+            None => {
+                let id = &self.models[self.default_index].config.id;
+                (
+                    self.default_index,
+                    format!("the request named no model; `{id}` is the default"),
+                )
+            }
+        };
+        if let Some(hint) = &request.routing_hint {
+            reason.push_str(&format!(
+                "; routing hint `{hint}` noted, but no hint rules are configured"
+            ));
+        }
+        RouteDecision {
+            model: self.models[index].clone(),
+            reason,
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Starting and stopping the relay: resolve where Bedrock calls go (starting the embedded
+//! simulator when there is no AWS configuration), build the provider clients and the catalog,
+//! bind the listener (TCP_NODELAY on every accepted socket), serve, and shut down gracefully.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState};
+use crate::config::{BedrockMode, ProviderKind, RelayConfig};
+use crate::error::RelayError;
+use crate::provider::bedrock::{self, BedrockEndpoint};
+use crate::provider::{BedrockProvider, Provider};
+use crate::routing::{ModelCatalog, ModelEntry};
+use crate::shutdown::{Phase, Shutdown};
+
+/// How long after the grace period the relay waits for streams to send their final event.
+const FINAL_EVENT_MARGIN: Duration = Duration::from_secs(2);
+
+/// A relay bound to its port and serving.
+#[derive(Debug)]
+pub struct RunningRelay {
+    addr: SocketAddr,
+    shutdown: Shutdown,
+    task: JoinHandle<()>,
+    /// Where Bedrock calls go, for the start-up log and tests.
+    pub bedrock_endpoint: BedrockEndpoint,
+    /// The embedded simulator, when the relay started one; it lives as long as the relay.
+    pub simulator: Option<fm_sim::SimHandle>,
+}
+
+impl RunningRelay {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL of the API.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Begins a graceful shutdown, as SIGTERM does.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.advance(Phase::Draining);
+    }
+
+    /// Waits until the relay has stopped.
+    pub async fn stopped(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Whether this process has AWS configuration the SDK would use.
+pub fn aws_configured() -> bool {
+    const VARIABLES: &[&str] = &[
+        "AWS_ACCESS_KEY_ID",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME",
+    ];
+    if VARIABLES
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+    {
+        return true;
+    }
+    std::env::var_os("HOME").is_some_and(|home| {
+        let aws = Path::new(&home).join(".aws");
+        aws.join("config").is_file() || aws.join("credentials").is_file()
+    })
+}
+
+/// Resolves the Bedrock endpoint, starting the simulator if that is where calls go.
+async fn bedrock_endpoint(
+    config: &RelayConfig,
+) -> Result<(BedrockEndpoint, Option<fm_sim::SimHandle>), RelayError> {
+    let mode = match (config.bedrock.mode, &config.bedrock.endpoint) {
+        (BedrockMode::Auto, Some(_)) => BedrockMode::Endpoint,
+        (BedrockMode::Auto, None) if aws_configured() => BedrockMode::Aws,
+        (BedrockMode::Auto, None) => BedrockMode::Sim,
+        (mode, _) => mode,
+    };
+    Ok(match mode {
+        BedrockMode::Aws => (BedrockEndpoint::Aws, None),
+        BedrockMode::Endpoint => {
+            let url = config.bedrock.endpoint.clone().ok_or_else(|| {
+                RelayError::Startup("bedrock mode \"endpoint\" needs `bedrock.endpoint`".into())
+            })?;
+            (BedrockEndpoint::Url(url), None)
+        }
+        BedrockMode::Sim | BedrockMode::Auto => {
+            let sim_config = fm_sim::SimConfig {
+                seed: config.simulator.seed,
+                default_model: fm_sim::ModelProfile {
+                    first_token_ms: config.simulator.first_token_ms,
+                    tokens_per_second: config.simulator.tokens_per_second,
+                    answer_tokens: None,
+                },
+                models: Default::default(),
+            };
+            let sim = fm_sim::spawn(sim_config)
+                .await
+                .map_err(|err| RelayError::Startup(format!("the embedded simulator: {err}")))?;
+            (BedrockEndpoint::Url(sim.endpoint_url()), Some(sim))
+        }
+    })
+}
+
+/// Builds the app, binds `config.server.host:port` (port 0 picks one) and starts serving.
+pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
+    let (endpoint, simulator) = bedrock_endpoint(&config).await?;
+    match (&endpoint, &simulator) {
+        (BedrockEndpoint::Url(url), Some(_)) => tracing::info!(
+            endpoint = %url,
+            "no AWS configuration found: Bedrock calls go to the embedded simulator (fm-sim)"
+        ),
+        (BedrockEndpoint::Url(url), None) => {
+            tracing::info!(endpoint = %url, "Bedrock calls go to a custom endpoint")
+        }
+        (BedrockEndpoint::Aws, _) => tracing::info!("Bedrock calls go to AWS"),
+    }
+
+    let http = bedrock::http_client();
+    let mut clients: Vec<(String, BedrockProvider)> = Vec::new();
+    let mut entries = Vec::with_capacity(config.models.len());
+    for model in &config.models {
+        let provider = match model.provider {
+            ProviderKind::Bedrock => {
+                let existing = clients.iter().find(|(region, _)| *region == model.region);
+                let client = match existing {
+                    Some((_, client)) => client.clone(),
+                    None => {
+                        let client = BedrockProvider::connect(
+                            &endpoint,
+                            &model.region,
+                            http.clone(),
+                            config.timeouts.connect(),
+                        )
+                        .await;
+                        clients.push((model.region.clone(), client.clone()));
+                        client
+                    }
+                };
+                Provider::Bedrock(client)
+            }
+        };
+        entries.push(ModelEntry {
+            config: model.clone(),
+            provider,
+        });
+    }
+    let catalog = ModelCatalog::new(entries, &config.default_model);
+
+    let addr = SocketAddr::new(config.server.host, config.server.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|err| RelayError::Startup(format!("cannot listen on {addr}: {err}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|err| RelayError::Startup(err.to_string()))?;
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let shutdown = Shutdown::default();
+    let state = AppState::new(config, catalog, shutdown.clone());
+    let app = api::app(state.clone());
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::warn!(%err, "could not set TCP_NODELAY on an accepted socket");
+        }
+    });
+    let task = tokio::spawn(serve(listener, app, state, grace));
+    tracing::info!(url = %format!("http://{addr}"), "fm-relay listening");
+    Ok(RunningRelay {
+        addr,
+        shutdown,
+        task,
+        bedrock_endpoint: endpoint,
+        simulator,
+    })
+}
+
+async fn serve<L>(listener: L, app: axum::Router, state: AppState, grace: Duration)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let shutdown = state.shutdown().clone();
+    let draining = shutdown.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        draining.reached(Phase::Draining).await;
+        tracing::info!(
+            ?grace,
+            "shutting down: no new work; open streams may finish"
+        );
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    // Phase 2: when the grace period ends, streams still open end with an error event.
+    let grace_over = async {
+        shutdown.reached(Phase::Draining).await;
+        tokio::time::sleep(grace).await;
+    };
+    let finished = tokio::select! {
+        result = &mut server => Some(result),
+        () = grace_over => None,
+    };
+    let result = match finished {
+        Some(result) => result,
+        None => {
+            tracing::info!("grace period over: ending the streams still open");
+            shutdown.advance(Phase::Stopped);
+            match tokio::time::timeout(FINAL_EVENT_MARGIN, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("connections still open after the grace period: closing them");
+                    Ok(())
+                }
+            }
+        }
+    };
+    if let Err(err) = result {
+        tracing::error!(%err, "the HTTP server failed");
+    }
+    // WebSocket sessions are not HTTP requests: wait for them too, within the same bounds.
+    let sessions = state.ws_tracker().clone();
+    sessions.close();
+    let last_call = async {
+        shutdown.reached(Phase::Stopped).await;
+        tokio::time::sleep(FINAL_EVENT_MARGIN).await;
+    };
+    tokio::select! {
+        () = sessions.wait() => {}
+        () = last_call => tracing::warn!("some WebSocket sessions did not close in time"),
+    }
+    tracing::info!("fm-relay stopped");
+}
+
+/// Loads nothing, starts the relay and serves until SIGTERM or Ctrl-C, then shuts down.
+pub async fn run_until_signal(config: RelayConfig) -> Result<(), RelayError> {
+    let relay = start(config).await?;
+    wait_for_signal().await;
+    relay.begin_shutdown();
+    relay.stopped().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(%err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

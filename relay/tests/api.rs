@@ -1,0 +1,464 @@
+//! The relay over real sockets, in front of a real fm-sim reached through the real Bedrock SDK:
+//! sync, SSE and WebSocket answers, validation errors, upstream errors before and inside the
+//! stream, client disconnects cancelling upstream, and stalls caught by the idle timeout.
+
+mod common;
+
+use common::*;
+use fm_protocol::{ChatResponse, ErrorCode, ModelList, StopReason, StreamEvent};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+#[tokio::test]
+async fn sync_and_streamed_answers_agree() {
+    let harness = start().await;
+    let response = harness
+        .post("/v1/chat", chat_body(None, "Tell me a story"))
+        .await;
+    assert_eq!(response.status(), 200);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let answer: ChatResponse = response.json().await.unwrap();
+    assert_eq!(answer.request_id, request_id);
+    assert_eq!(answer.model, "plain");
+    assert_eq!(answer.stop_reason, StopReason::EndTurn);
+    assert!(answer.text.split(' ').count() >= 40, "{}", answer.text);
+    assert_eq!(answer.route.provider, "bedrock");
+    assert_eq!(answer.route.region, "us-east-1");
+    assert_eq!(answer.route.attempts, 1);
+    assert!(
+        answer.route.reason.contains("default"),
+        "{}",
+        answer.route.reason
+    );
+    assert_eq!(
+        answer.usage.total_tokens,
+        answer.usage.input_tokens + answer.usage.output_tokens
+    );
+
+    let events = sse_events(
+        harness
+            .post(
+                "/v1/chat/stream",
+                chat_body(Some("plain"), "Tell me a story"),
+            )
+            .await,
+    )
+    .await;
+    let StreamEvent::Start { model, .. } = &events[0] else {
+        panic!("first event {:?}", events[0])
+    };
+    assert_eq!(model, "plain");
+    assert_eq!(text_of(&events), answer.text);
+    let deltas = events
+        .iter()
+        .filter(|e| matches!(e, StreamEvent::TextDelta { .. }))
+        .count();
+    assert_eq!(deltas as u32, answer.usage.output_tokens);
+    match events.last().unwrap() {
+        StreamEvent::Done {
+            stop_reason,
+            usage,
+            timings,
+            route,
+        } => {
+            assert_eq!(*stop_reason, StopReason::EndTurn);
+            assert_eq!(*usage, answer.usage);
+            let ttft = timings.ttft_ms.unwrap();
+            assert!(ttft > 0.0 && ttft <= timings.total_ms, "{timings:?}");
+            assert!(
+                route.reason.contains("named model `plain`"),
+                "{}",
+                route.reason
+            );
+        }
+        other => panic!("last event {other:?}"),
+    }
+    assert_eq!(events.iter().filter(|e| e.is_terminal()).count(), 1);
+}
+
+#[tokio::test]
+async fn websocket_answers_several_requests_in_order() {
+    let harness = start().await;
+    let url = format!("ws://{}/v1/ws", harness.relay.addr());
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    // Two requests at once: the second waits for the first.
+    socket
+        .send(WsMessage::text(chat_body(None, "first question")))
+        .await
+        .unwrap();
+    socket
+        .send(WsMessage::text(chat_body(Some("plain"), "second question")))
+        .await
+        .unwrap();
+    socket.send(WsMessage::text("{not json")).await.unwrap();
+    socket
+        .send(WsMessage::text(chat_body(Some("gpt-9"), "third")))
+        .await
+        .unwrap();
+
+    // Every frame is answered in its turn: the n-th terminal event answers the n-th frame.
+    let mut answers: Vec<Vec<StreamEvent>> = vec![Vec::new()];
+    while answers.len() <= 4 {
+        let frame = socket.next().await.unwrap().unwrap();
+        let event: StreamEvent = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+        let terminal = event.is_terminal();
+        answers.last_mut().unwrap().push(event);
+        if terminal {
+            answers.push(Vec::new());
+        }
+    }
+    let direct = |prompt: &'static str| {
+        let harness = &harness;
+        async move {
+            let response = harness.post("/v1/chat", chat_body(None, prompt)).await;
+            response.json::<ChatResponse>().await.unwrap().text
+        }
+    };
+    for (answer, prompt) in answers[..2]
+        .iter()
+        .zip(["first question", "second question"])
+    {
+        assert!(matches!(answer[0], StreamEvent::Start { .. }), "{answer:?}");
+        assert!(
+            matches!(answer.last(), Some(StreamEvent::Done { .. })),
+            "{answer:?}"
+        );
+        assert_eq!(text_of(answer), direct(prompt).await);
+    }
+    assert!(
+        matches!(
+            answers[2][..],
+            [StreamEvent::Error {
+                code: ErrorCode::MalformedJson,
+                ..
+            }]
+        ),
+        "{:?}",
+        answers[2]
+    );
+    assert!(
+        matches!(
+            answers[3][..],
+            [StreamEvent::Error {
+                code: ErrorCode::UnknownModel,
+                ..
+            }]
+        ),
+        "{:?}",
+        answers[3]
+    );
+
+    // Binary frames are refused with an explanation, and the connection stays usable.
+    socket.send(WsMessage::binary(vec![1, 2, 3])).await.unwrap();
+    let frame = socket.next().await.unwrap().unwrap();
+    let event: StreamEvent = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+    assert!(matches!(
+        event,
+        StreamEvent::Error {
+            code: ErrorCode::MalformedJson,
+            ..
+        }
+    ));
+    socket
+        .send(WsMessage::text(chat_body(None, "still there?")))
+        .await
+        .unwrap();
+    loop {
+        let frame = socket.next().await.unwrap().unwrap();
+        let event: StreamEvent = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+        if event.is_terminal() {
+            assert!(matches!(event, StreamEvent::Done { .. }), "{event:?}");
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_get_4xx_answers_that_name_the_problem() {
+    let harness = start().await;
+    let fifty_one: Vec<serde_json::Value> = (0..51)
+        .map(|i| {
+            let role = if i % 2 == 0 { "user" } else { "assistant" };
+            serde_json::json!({"role": role, "content": "hi"})
+        })
+        .collect();
+    let huge = "x".repeat(fm_protocol::limits::MAX_BODY_BYTES + 1);
+    let cases: Vec<(String, u16, &str, Option<&str>)> = vec![
+        ("{\"messages\": [".into(), 400, "malformed_json", None),
+        (String::new(), 400, "malformed_json", None),
+        ("[1, 2]".into(), 400, "malformed_json", None),
+        (
+            r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":"lots"}"#.into(),
+            400,
+            "malformed_json",
+            Some("max_tokens"),
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"hi"}],"temprature":0.5}"#.into(),
+            400,
+            "malformed_json",
+            None,
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"hi"}],"model":"gpt-9"}"#.into(),
+            400,
+            "unknown_model",
+            Some("model"),
+        ),
+        (
+            serde_json::json!({"messages": fifty_one}).to_string(),
+            400,
+            "invalid_request",
+            Some("messages"),
+        ),
+        (
+            r#"{"messages":[]}"#.into(),
+            400,
+            "invalid_request",
+            Some("messages"),
+        ),
+        (
+            r#"{"messages":[{"role":"assistant","content":"hi"}]}"#.into(),
+            400,
+            "invalid_request",
+            Some("messages[0].role"),
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":5000}"#.into(),
+            400,
+            "invalid_request",
+            Some("max_tokens"),
+        ),
+        (
+            format!(r#"{{"messages":[{{"role":"user","content":"{huge}"}}]}}"#),
+            413,
+            "payload_too_large",
+            None,
+        ),
+    ];
+    for path in ["/v1/chat", "/v1/chat/stream"] {
+        for (body, status, code, field) in &cases {
+            let (got_status, got_code, got_field) =
+                error_of(harness.post(path, body.clone()).await).await;
+            let shown: String = body.chars().take(60).collect();
+            assert_eq!(got_status, *status, "{path} {shown}");
+            assert_eq!(got_code, *code, "{path} {shown}");
+            if field.is_some() {
+                assert_eq!(got_field.as_deref(), *field, "{path} {shown}");
+            }
+        }
+    }
+    // Unknown routes and wrong methods answer in the same JSON shape.
+    let response = harness
+        .http
+        .get(harness.url("/v1/chat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(response).await.1, "method_not_allowed");
+    let response = harness
+        .http
+        .get(harness.url("/v2/nothing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(response).await, (404, "not_found".into(), None));
+    // Nothing reached the upstream.
+    assert_eq!(harness.sim.stats().requests, 0);
+}
+
+#[tokio::test]
+async fn upstream_errors_before_the_stream_are_typed_http_errors() {
+    let harness = start().await;
+    for (model, status, code, retryable) in [
+        ("throttle", 429, "upstream_throttled", true),
+        ("unavailable", 503, "upstream_unavailable", true),
+        ("not-found", 502, "upstream_misconfigured", false),
+        ("validation", 400, "upstream_rejected", false),
+    ] {
+        for path in ["/v1/chat", "/v1/chat/stream"] {
+            let response = harness.post(path, chat_body(Some(model), "hello")).await;
+            let body: serde_json::Value = {
+                assert_eq!(response.status().as_u16(), status, "{model} {path}");
+                response.json().await.unwrap()
+            };
+            assert_eq!(body["error"]["code"], code, "{model} {path}");
+            assert_eq!(body["error"]["retryable"], retryable, "{model} {path}");
+        }
+    }
+    // One attempt each: the SDK does not retry behind the relay's back.
+    assert_eq!(harness.sim.stats().requests, 8);
+    // And the relay is healthy afterwards.
+    let response = harness.post("/v1/chat", chat_body(None, "hello")).await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn failures_inside_the_stream_end_with_a_typed_error_event_never_done() {
+    let harness = start().await;
+    let full = harness
+        .post("/v1/chat", chat_body(None, "hello"))
+        .await
+        .json::<ChatResponse>()
+        .await
+        .unwrap()
+        .text;
+    for (model, code, tokens) in [
+        ("stream-throttle", ErrorCode::UpstreamThrottled, 2),
+        ("cut", ErrorCode::UpstreamError, 3),
+    ] {
+        let events = sse_events(
+            harness
+                .post("/v1/chat/stream", chat_body(Some(model), "hello"))
+                .await,
+        )
+        .await;
+        assert!(matches!(events[0], StreamEvent::Start { .. }), "{model}");
+        let text = text_of(&events);
+        assert_eq!(text.split_inclusive(' ').count(), tokens, "{model}: {text}");
+        assert!(full.starts_with(&text), "{model}");
+        match events.last().unwrap() {
+            StreamEvent::Error {
+                code: got,
+                retryable,
+                ..
+            } => {
+                assert_eq!(*got, code, "{model}");
+                assert!(*retryable, "{model}");
+            }
+            other => panic!("{model}: last event {other:?}"),
+        }
+        assert!(
+            !events.iter().any(|e| matches!(e, StreamEvent::Done { .. })),
+            "{model}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_stream_is_caught_by_the_idle_timeout_and_cancelled_upstream() {
+    let harness = start_with(sim_config(), |config| config.timeouts.idle_ms = 300).await;
+    let events = sse_events(
+        harness
+            .post("/v1/chat/stream", chat_body(Some("stall"), "hello"))
+            .await,
+    )
+    .await;
+    assert_eq!(text_of(&events).split_inclusive(' ').count(), 2);
+    match events.last().unwrap() {
+        StreamEvent::Error { code, message, .. } => {
+            assert_eq!(*code, ErrorCode::UpstreamStalled);
+            assert!(message.contains("stalled"), "{message}");
+        }
+        other => panic!("last event {other:?}"),
+    }
+    harness.wait_for_cancelled_streams(1).await;
+}
+
+#[tokio::test]
+async fn a_missing_first_token_and_the_total_deadline_are_enforced() {
+    let harness = start_with(sim_config(), |config| {
+        config.timeouts.first_token_ms = 300;
+        config.timeouts.idle_ms = 60_000;
+    })
+    .await;
+    let events = sse_events(
+        harness
+            .post("/v1/chat/stream", chat_body(Some("slow"), "hi"))
+            .await,
+    )
+    .await;
+    assert!(
+        matches!(
+            events.last(),
+            Some(StreamEvent::Error {
+                code: ErrorCode::UpstreamTimeout,
+                ..
+            })
+        ),
+        "{events:?}"
+    );
+    assert_eq!(text_of(&events), "");
+
+    let harness = start_with(sim_config(), |config| config.timeouts.total_ms = 300).await;
+    let (status, code, _) = error_of(
+        harness
+            .post("/v1/chat", chat_body(Some("slow"), "hi"))
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (504, "deadline_exceeded"));
+}
+
+#[tokio::test]
+async fn a_client_disconnect_cancels_the_upstream_stream() {
+    let harness = start().await;
+    // SSE: read the first token, then hang up.
+    let response = harness
+        .post("/v1/chat/stream", chat_body(Some("paced"), "long answer"))
+        .await;
+    let mut body = response.bytes_stream();
+    let mut decoder = fm_protocol::SseDecoder::new();
+    'read: while let Some(chunk) = body.next().await {
+        for frame in decoder.feed(&chunk.unwrap()) {
+            if frame.event == "text_delta" {
+                break 'read;
+            }
+        }
+    }
+    drop(body);
+    harness.wait_for_cancelled_streams(1).await;
+
+    // WebSocket: the same when the socket closes mid-answer.
+    let url = format!("ws://{}/v1/ws", harness.relay.addr());
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    socket
+        .send(WsMessage::text(chat_body(
+            Some("paced"),
+            "another long answer",
+        )))
+        .await
+        .unwrap();
+    loop {
+        let frame = socket.next().await.unwrap().unwrap();
+        if frame.to_text().unwrap().contains("text_delta") {
+            break;
+        }
+    }
+    socket.close(None).await.unwrap();
+    drop(socket);
+    harness.wait_for_cancelled_streams(2).await;
+    let stats = harness.sim.stats();
+    assert_eq!((stats.streams_started, stats.streams_completed), (2, 0));
+}
+
+#[tokio::test]
+async fn health_and_models_describe_the_relay() {
+    let harness = start().await;
+    let health: serde_json::Value = harness
+        .http
+        .get(harness.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let models: ModelList = harness
+        .http
+        .get(harness.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models.models.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(&ids[..3], ["plain", "slow", "paced"]);
+    assert!(models.models[0].default && !models.models[1].default);
+    assert_eq!(models.models[0].context_window, 100_000);
+}

@@ -1,0 +1,127 @@
+//! The `fm-relay` binary as a user runs it: the printed default configuration, clear start-up
+//! errors, and `serve` on the embedded simulator answering a streaming request, then stopping
+//! cleanly on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use fm_protocol::{SseDecoder, StreamEvent};
+use fm_relay::RelayConfig;
+use futures_util::StreamExt;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fm-relay");
+
+#[test]
+fn print_config_shows_the_documented_default() {
+    let output = Command::new(BIN).arg("--print-config").output().unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.starts_with("# FM Relay configuration"), "{text}");
+    let parsed = RelayConfig::from_toml(&text, "printed").unwrap();
+    assert_eq!(parsed, RelayConfig::embedded_default());
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error() {
+    let output = Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent/relay.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/relay.toml"), "{stderr}");
+
+    let output = Command::new(BIN)
+        .args(["serve"])
+        .env("FM_RELAY_IDLE_TIMEOUT_MS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("idle_ms"), "{stderr}");
+}
+
+#[tokio::test]
+async fn serve_streams_tokens_on_the_embedded_simulator_and_stops_on_sigterm() {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--port", "0", "--bedrock-mode", "sim"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut lines = Vec::new();
+    let url = loop {
+        let line = log
+            .next()
+            .expect("fm-relay exited before listening")
+            .unwrap();
+        lines.push(line.clone());
+        if let Some(at) = line.find("url=") {
+            break line[at + 4..].trim().to_string();
+        }
+    };
+    assert!(
+        lines.iter().any(|l| l.contains("embedded simulator")),
+        "{lines:?}"
+    );
+    // Keep draining the log so the child never blocks on a full pipe.
+    let drain = std::thread::spawn(move || log.map_while(Result::ok).collect::<Vec<_>>());
+
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/stream"))
+        .body(r#"{"messages":[{"role":"user","content":"Hello"}],"max_tokens":20}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut decoder = SseDecoder::new();
+    let mut events = Vec::new();
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        events.extend(
+            decoder
+                .feed(&chunk.unwrap())
+                .iter()
+                .map(|f| f.stream_event().unwrap()),
+        );
+    }
+    let deltas = events
+        .iter()
+        .filter(|e| matches!(e, StreamEvent::TextDelta { .. }))
+        .count();
+    assert_eq!(deltas, 20);
+    assert!(
+        matches!(events.last(), Some(StreamEvent::Done { .. })),
+        "{events:?}"
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut exit = None;
+    for _ in 0..200 {
+        if let Some(code) = child.try_wait().unwrap() {
+            exit = Some(code);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exit = exit.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("fm-relay did not stop after SIGTERM")
+    });
+    assert!(exit.success(), "{exit:?}");
+    let tail = drain.join().unwrap();
+    assert!(
+        tail.iter().any(|l| l.contains("SIGTERM received")),
+        "{tail:?}"
+    );
+    assert!(
+        tail.iter().any(|l| l.contains("fm-relay stopped")),
+        "{tail:?}"
+    );
+}

@@ -1,0 +1,196 @@
+//! Shared test harness: a real fm-sim and a real relay on loopback ports, the relay's Bedrock
+//! client pointed at the sim, and helpers to read SSE answers with the shared decoder.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use fm_protocol::{SseDecoder, StreamEvent};
+use fm_relay::config::{BedrockMode, ModelConfig, ProviderKind};
+use fm_relay::{RelayConfig, RunningRelay};
+use fm_sim::{ModelProfile, SimConfig, SimHandle};
+use futures_util::StreamExt;
+
+/// The upstream id of a well-behaved model; `~fault` suffixes make faulty ones.
+pub const UPSTREAM: &str = "anthropic.test-v1:0";
+/// A model whose first token takes ten seconds.
+pub const SLOW_UPSTREAM: &str = "anthropic.slow-v1:0";
+/// A model that sends 20 tokens per second, so its answers take seconds.
+pub const PACED_UPSTREAM: &str = "anthropic.paced-v1:0";
+
+pub struct Harness {
+    pub relay: RunningRelay,
+    pub sim: SimHandle,
+    pub http: reqwest::Client,
+}
+
+/// Models of the test configuration besides `plain` (default), `slow` and `paced`: one per fault.
+pub const FAULT_MODELS: &[(&str, &str)] = &[
+    ("throttle", "throttle"),
+    ("unavailable", "unavailable"),
+    ("not-found", "not-found"),
+    ("validation", "validation"),
+    ("stream-throttle", "stream-throttle@2"),
+    ("cut", "cut@3"),
+    ("stall", "stall@2"),
+];
+
+fn model(id: &str, upstream_id: String) -> ModelConfig {
+    ModelConfig {
+        id: id.into(),
+        provider: ProviderKind::Bedrock,
+        upstream_id: Some(upstream_id),
+        region: "us-east-1".into(),
+        input_price_per_1k: 0.001,
+        output_price_per_1k: 0.002,
+        context_window: 100_000,
+    }
+}
+
+/// The simulator settings the tests use: instant, except the slow model.
+pub fn sim_config() -> SimConfig {
+    let mut config = SimConfig::instant();
+    config.models.insert(
+        SLOW_UPSTREAM.into(),
+        ModelProfile {
+            first_token_ms: 10_000,
+            tokens_per_second: 0.0,
+            answer_tokens: None,
+        },
+    );
+    config.models.insert(
+        PACED_UPSTREAM.into(),
+        ModelProfile {
+            first_token_ms: 0,
+            tokens_per_second: 20.0,
+            answer_tokens: Some(100),
+        },
+    );
+    config
+}
+
+pub fn relay_config(sim: &SimHandle) -> RelayConfig {
+    let mut config = RelayConfig::embedded_default();
+    config.server.port = 0;
+    config.server.shutdown_grace_secs = 5;
+    config.bedrock.mode = BedrockMode::Endpoint;
+    config.bedrock.endpoint = Some(sim.endpoint_url());
+    config.default_model = "plain".into();
+    config.models = vec![
+        model("plain", UPSTREAM.into()),
+        model("slow", SLOW_UPSTREAM.into()),
+        model("paced", PACED_UPSTREAM.into()),
+    ];
+    for (id, fault) in FAULT_MODELS {
+        config.models.push(model(id, format!("{UPSTREAM}~{fault}")));
+    }
+    config.validate().unwrap();
+    config
+}
+
+/// Starts a sim with `sim_config` and a relay on it, after `adjust` changed the relay config.
+pub async fn start_with(sim_config: SimConfig, adjust: impl FnOnce(&mut RelayConfig)) -> Harness {
+    if std::env::var_os("RUST_LOG").is_some() {
+        fm_relay::telemetry::init_logging();
+    }
+    let sim = fm_sim::spawn(sim_config).await.unwrap();
+    let mut config = relay_config(&sim);
+    adjust(&mut config);
+    let relay = fm_relay::start(config).await.unwrap();
+    Harness {
+        relay,
+        sim,
+        http: reqwest::Client::new(),
+    }
+}
+
+pub async fn start() -> Harness {
+    start_with(sim_config(), |_| {}).await
+}
+
+impl Harness {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.relay.url())
+    }
+
+    pub async fn post(&self, path: &str, body: impl Into<String>) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.into())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Waits (bounded) until the simulator has seen `count` cancelled streams.
+    pub async fn wait_for_cancelled_streams(&self, count: u64) {
+        for _ in 0..400 {
+            if self.sim.stats().streams_cancelled >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "the simulator saw {} cancelled streams, expected {count}",
+            self.sim.stats().streams_cancelled
+        );
+    }
+}
+
+/// A request body asking `model` (or the default) to answer `prompt`.
+pub fn chat_body(model: Option<&str>, prompt: &str) -> String {
+    let mut body = serde_json::json!({"messages": [{"role": "user", "content": prompt}]});
+    if let Some(model) = model {
+        body["model"] = model.into();
+    }
+    body.to_string()
+}
+
+/// Reads a whole SSE answer and decodes its events, checking each SSE event name.
+pub async fn sse_events(response: reqwest::Response) -> Vec<StreamEvent> {
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut decoder = SseDecoder::new();
+    let mut events = Vec::new();
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        for frame in decoder.feed(&chunk.unwrap()) {
+            let event = frame.stream_event().unwrap();
+            assert_eq!(frame.event, event.name());
+            events.push(event);
+        }
+    }
+    events
+}
+
+/// The text of the deltas in `events`.
+pub fn text_of(events: &[StreamEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            StreamEvent::TextDelta { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The JSON error body of a failed answer: (status, code, field).
+pub async fn error_of(response: reqwest::Response) -> (u16, String, Option<String>) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap();
+    let error = &body["error"];
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(error["request_id"].as_str().is_some(), "{body}");
+    (
+        status,
+        error["code"].as_str().unwrap().to_string(),
+        error["field"].as_str().map(str::to_string),
+    )
+}
