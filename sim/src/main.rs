@@ -1,6 +1,7 @@
 //! `fm-sim`: the Bedrock Runtime emulator as a standalone server, for testing any Bedrock
 //! application locally (`--port 4010`, then `endpoint_url = http://127.0.0.1:4010`).
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -41,6 +42,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
     let mut config = match &args.config {

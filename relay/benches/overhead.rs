@@ -1,0 +1,366 @@
+//! What the relay adds on top of its upstream: requests per second, latency percentiles of
+//! `POST /v1/chat`, and time to first byte / first token of `POST /v1/chat/stream`, each compared
+//! with calling the simulator directly at the same concurrency. The simulator answers with zero
+//! latency, so the difference is the relay's own cost (plus the second loopback hop).
+//!
+//! Run: `cargo bench -p fm-relay --bench overhead` (env `BENCH_SECS`, default 5 per scenario;
+//! `BENCH_CONCURRENCY`, default `1,64`; `BENCH_ROUTES`, default `sync,stream`). The simulator, the relay and the load generator each get
+//! their own tokio runtime in this one process; all three share the machine's cores, as they would
+//! on one host. CPU per request is the process's CPU time during a scenario divided by its
+//! requests; the relay's share is its scenario's figure minus the direct one's.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use fm_relay::RelayConfig;
+use fm_relay::config::{BedrockMode, ModelConfig, ProviderKind};
+use fm_sim::{ModelProfile, SimConfig};
+use futures_util::StreamExt;
+
+const UPSTREAM_MODEL: &str = "bench-model";
+const ANSWER_TOKENS: u32 = 32;
+const PROMPT: &str = "Summarise the benefits of a relay in front of model APIs.";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Sync,
+    Stream,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Path {
+    Direct,
+    Relay,
+}
+
+struct Target {
+    sim_url: String,
+    relay_url: String,
+}
+
+impl Target {
+    fn request(&self, client: &reqwest::Client, path: Path, kind: Kind) -> reqwest::RequestBuilder {
+        let (url, body) = match path {
+            Path::Direct => {
+                let op = if kind == Kind::Sync {
+                    "converse"
+                } else {
+                    "converse-stream"
+                };
+                (
+                    format!("{}/model/{UPSTREAM_MODEL}/{op}", self.sim_url),
+                    serde_json::json!({
+                        "messages": [{"role": "user", "content": [{"text": PROMPT}]}],
+                        "inferenceConfig": {"maxTokens": 256},
+                    }),
+                )
+            }
+            Path::Relay => {
+                let route = if kind == Kind::Sync {
+                    "/v1/chat"
+                } else {
+                    "/v1/chat/stream"
+                };
+                (
+                    format!("{}{route}", self.relay_url),
+                    serde_json::json!({
+                        "messages": [{"role": "user", "content": PROMPT}],
+                        "max_tokens": 256,
+                    }),
+                )
+            }
+        };
+        client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    }
+}
+
+/// Latencies of one request: to the first body byte and to the end.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    first_byte: Duration,
+    total: Duration,
+}
+
+struct Outcome {
+    samples: Vec<Sample>,
+    errors: usize,
+    elapsed: Duration,
+    cpu: Duration,
+}
+
+async fn one_request(
+    client: &reqwest::Client,
+    target: &Target,
+    path: Path,
+    kind: Kind,
+) -> Option<Sample> {
+    let start = Instant::now();
+    let response = target.request(client, path, kind).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let mut body = response.bytes_stream();
+    let mut first_byte = None;
+    let mut bytes = 0;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.ok()?;
+        if !chunk.is_empty() {
+            first_byte.get_or_insert_with(|| start.elapsed());
+        }
+        bytes += chunk.len();
+    }
+    (bytes > 0).then(|| Sample {
+        first_byte: first_byte.unwrap_or_default(),
+        total: start.elapsed(),
+    })
+}
+
+/// Process CPU time (user + system) from /proc, in clock ticks of 10 ms.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+async fn run_scenario(
+    target: Arc<Target>,
+    path: Path,
+    kind: Kind,
+    concurrency: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> Outcome {
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(concurrency * 2)
+        .build()
+        .unwrap();
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (client, target, measuring, stop) = (
+            client.clone(),
+            target.clone(),
+            measuring.clone(),
+            stop.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut errors = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let sample = one_request(&client, &target, path, kind).await;
+                if measuring.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+                    match sample {
+                        Some(sample) => samples.push(sample),
+                        None => errors += 1,
+                    }
+                }
+            }
+            (samples, errors)
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    let cpu_before = process_cpu();
+    let started = Instant::now();
+    measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(measure).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let cpu = process_cpu().saturating_sub(cpu_before);
+    let mut samples = Vec::new();
+    let mut errors = 0;
+    for worker in workers {
+        let (s, e) = worker.await.unwrap();
+        samples.extend(s);
+        errors += e;
+    }
+    Outcome {
+        samples,
+        errors,
+        elapsed,
+        cpu,
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+struct Summary {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    ttfb_p50: Duration,
+    ttfb_p99: Duration,
+    cpu_per_request: Duration,
+    count: usize,
+    errors: usize,
+}
+
+fn summarise(outcome: &Outcome) -> Summary {
+    let mut totals: Vec<Duration> = outcome.samples.iter().map(|s| s.total).collect();
+    let mut firsts: Vec<Duration> = outcome.samples.iter().map(|s| s.first_byte).collect();
+    totals.sort_unstable();
+    firsts.sort_unstable();
+    let count = outcome.samples.len();
+    Summary {
+        rps: count as f64 / outcome.elapsed.as_secs_f64(),
+        p50: percentile(&totals, 50.0),
+        p99: percentile(&totals, 99.0),
+        ttfb_p50: percentile(&firsts, 50.0),
+        ttfb_p99: percentile(&firsts, 99.0),
+        cpu_per_request: outcome.cpu / (count.max(1) as u32),
+        count,
+        errors: outcome.errors,
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
+}
+
+fn signed_ms(a: Duration, b: Duration) -> String {
+    format!("{:+.3}", (a.as_secs_f64() - b.as_secs_f64()) * 1000.0)
+}
+
+fn runtime(threads: usize, name: &str) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; accept and ignore harness flags.
+    let secs: f64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5.0);
+    let concurrencies: Vec<usize> = std::env::var("BENCH_CONCURRENCY")
+        .unwrap_or_else(|_| "1,64".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    let routes = std::env::var("BENCH_ROUTES").unwrap_or_else(|_| "sync,stream".into());
+    let kinds: Vec<Kind> = [(Kind::Sync, "sync"), (Kind::Stream, "stream")]
+        .into_iter()
+        .filter(|(_, name)| routes.split(',').any(|r| r.trim() == *name))
+        .map(|(kind, _)| kind)
+        .collect();
+    let measure = Duration::from_secs_f64(secs);
+    let warmup = Duration::from_secs(1);
+
+    let sim_runtime = runtime(1, "sim");
+    let relay_runtime = runtime(2, "relay");
+    let load_runtime = runtime(2, "load");
+
+    let mut sim_config = SimConfig::instant();
+    sim_config.default_model = ModelProfile {
+        first_token_ms: 0,
+        tokens_per_second: 0.0,
+        answer_tokens: Some(ANSWER_TOKENS),
+    };
+    let sim = sim_runtime.block_on(fm_sim::spawn(sim_config)).unwrap();
+    let mut config = RelayConfig::embedded_default();
+    config.server.port = 0;
+    config.bedrock.mode = BedrockMode::Endpoint;
+    config.bedrock.endpoint = Some(sim.endpoint_url());
+    config.default_model = "bench".into();
+    config.models = vec![ModelConfig {
+        id: "bench".into(),
+        provider: ProviderKind::Bedrock,
+        upstream_id: Some(UPSTREAM_MODEL.into()),
+        region: "us-east-1".into(),
+        input_price_per_1k: 0.0,
+        output_price_per_1k: 0.0,
+        context_window: 100_000,
+    }];
+    let relay = relay_runtime.block_on(fm_relay::start(config)).unwrap();
+    let target = Arc::new(Target {
+        sim_url: sim.endpoint_url(),
+        relay_url: relay.url(),
+    });
+
+    println!(
+        "fm-relay overhead: {ANSWER_TOKENS}-token answers, zero-latency simulator, {secs} s per scenario\n"
+    );
+    println!(
+        "| route | concurrency | path | req/s | p50 ms | p99 ms | first byte p50 ms | first byte p99 ms | CPU/req ms | requests | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut added = Vec::new();
+    for &kind in &kinds {
+        for &concurrency in &concurrencies {
+            let mut results = Vec::new();
+            for path in [Path::Direct, Path::Relay] {
+                let outcome = load_runtime.block_on(run_scenario(
+                    target.clone(),
+                    path,
+                    kind,
+                    concurrency,
+                    warmup,
+                    measure,
+                ));
+                let s = summarise(&outcome);
+                let route = match (kind, path) {
+                    (Kind::Sync, Path::Direct) => "sim converse",
+                    (Kind::Sync, Path::Relay) => "relay /v1/chat",
+                    (Kind::Stream, Path::Direct) => "sim converse-stream",
+                    (Kind::Stream, Path::Relay) => "relay /v1/chat/stream",
+                };
+                println!(
+                    "| {route} | {concurrency} | {path:?} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+                    s.rps,
+                    ms(s.p50),
+                    ms(s.p99),
+                    ms(s.ttfb_p50),
+                    ms(s.ttfb_p99),
+                    ms(s.cpu_per_request),
+                    s.count,
+                    s.errors
+                );
+                results.push(s);
+            }
+            added.push((kind, concurrency, results));
+        }
+    }
+    println!("\nAdded by the relay (relay minus direct):\n");
+    println!(
+        "| route | concurrency | p50 ms | p99 ms | first byte p50 ms | first byte p99 ms | CPU/req ms |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (kind, concurrency, results) in &added {
+        let (direct, relay) = (&results[0], &results[1]);
+        println!(
+            "| {} | {concurrency} | {} | {} | {} | {} | {} |",
+            if *kind == Kind::Sync {
+                "/v1/chat"
+            } else {
+                "/v1/chat/stream"
+            },
+            signed_ms(relay.p50, direct.p50),
+            signed_ms(relay.p99, direct.p99),
+            signed_ms(relay.ttfb_p50, direct.ttfb_p50),
+            signed_ms(relay.ttfb_p99, direct.ttfb_p99),
+            signed_ms(relay.cpu_per_request, direct.cpu_per_request),
+        );
+    }
+    drop(relay);
+    drop(sim);
+}
