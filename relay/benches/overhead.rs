@@ -1,6 +1,7 @@
 //! What the relay adds on top of its upstream: requests per second, latency percentiles of
 //! `POST /v1/chat`, and time to first byte / first token of `POST /v1/chat/stream`, each compared
-//! with calling the simulator directly at the same concurrency. The simulator answers with zero
+//! with calling the simulator directly at the same concurrency, and with the relay's own Bedrock
+//! provider (the AWS SDK) calling the simulator in-process — the cost the SDK alone imposes. The simulator answers with zero
 //! latency, so the difference is the relay's own cost (plus the second loopback hop).
 //!
 //! Run: `cargo bench -p fm-relay --bench overhead` (env `BENCH_SECS`, default 5 per scenario;
@@ -13,8 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use fm_protocol::ChatRequest;
 use fm_relay::RelayConfig;
 use fm_relay::config::{BedrockMode, ModelConfig, ProviderKind};
+use fm_relay::provider::bedrock::{self, BedrockEndpoint};
+use fm_relay::provider::{BedrockProvider, ChatProvider};
 use fm_sim::{ModelProfile, SimConfig};
 use futures_util::StreamExt;
 
@@ -30,13 +34,20 @@ enum Kind {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Path {
+    /// Plain HTTP to the simulator.
     Direct,
+    /// The relay's Bedrock provider (the AWS SDK) calling the simulator, in-process: what any
+    /// application using the SDK pays, and the floor under the relay.
+    Sdk,
+    /// HTTP to the relay, which calls the simulator through the SDK.
     Relay,
 }
 
 struct Target {
     sim_url: String,
     relay_url: String,
+    sdk: BedrockProvider,
+    chat: ChatRequest,
 }
 
 impl Target {
@@ -56,6 +67,7 @@ impl Target {
                     }),
                 )
             }
+            Path::Sdk => unreachable!("the SDK path makes no HTTP request of its own"),
             Path::Relay => {
                 let route = if kind == Kind::Sync {
                     "/v1/chat"
@@ -92,12 +104,49 @@ struct Outcome {
     cpu: Duration,
 }
 
+async fn sdk_request(target: &Target, kind: Kind) -> Option<Sample> {
+    let start = Instant::now();
+    match kind {
+        Kind::Sync => {
+            let answer = target
+                .sdk
+                .complete(UPSTREAM_MODEL, &target.chat)
+                .await
+                .ok()?;
+            let total = start.elapsed();
+            (!answer.text.is_empty()).then_some(Sample {
+                first_byte: total,
+                total,
+            })
+        }
+        Kind::Stream => {
+            let mut events = target
+                .sdk
+                .open_stream(UPSTREAM_MODEL, &target.chat)
+                .await
+                .ok()?;
+            let mut first_byte = None;
+            while let Some(event) = events.next().await {
+                event.ok()?;
+                first_byte.get_or_insert_with(|| start.elapsed());
+            }
+            Some(Sample {
+                first_byte: first_byte?,
+                total: start.elapsed(),
+            })
+        }
+    }
+}
+
 async fn one_request(
     client: &reqwest::Client,
     target: &Target,
     path: Path,
     kind: Kind,
 ) -> Option<Sample> {
+    if path == Path::Sdk {
+        return sdk_request(target, kind).await;
+    }
     let start = Instant::now();
     let response = target.request(client, path, kind).send().await.ok()?;
     if !response.status().is_success() {
@@ -292,9 +341,21 @@ fn main() {
         context_window: 100_000,
     }];
     let relay = relay_runtime.block_on(fm_relay::start(config)).unwrap();
+    let sdk = load_runtime.block_on(BedrockProvider::connect(
+        &BedrockEndpoint::Url(sim.endpoint_url()),
+        "us-east-1",
+        bedrock::http_client(),
+        Duration::from_secs(3),
+    ));
+    let chat = ChatRequest {
+        max_tokens: Some(256),
+        ..ChatRequest::from_prompt(PROMPT)
+    };
     let target = Arc::new(Target {
         sim_url: sim.endpoint_url(),
         relay_url: relay.url(),
+        sdk,
+        chat,
     });
 
     println!(
@@ -308,7 +369,7 @@ fn main() {
     for &kind in &kinds {
         for &concurrency in &concurrencies {
             let mut results = Vec::new();
-            for path in [Path::Direct, Path::Relay] {
+            for path in [Path::Direct, Path::Sdk, Path::Relay] {
                 let outcome = load_runtime.block_on(run_scenario(
                     target.clone(),
                     path,
@@ -320,8 +381,10 @@ fn main() {
                 let s = summarise(&outcome);
                 let route = match (kind, path) {
                     (Kind::Sync, Path::Direct) => "sim converse",
+                    (Kind::Sync, Path::Sdk) => "SDK Converse → sim",
                     (Kind::Sync, Path::Relay) => "relay /v1/chat",
                     (Kind::Stream, Path::Direct) => "sim converse-stream",
+                    (Kind::Stream, Path::Sdk) => "SDK ConverseStream → sim",
                     (Kind::Stream, Path::Relay) => "relay /v1/chat/stream",
                 };
                 println!(
@@ -340,26 +403,28 @@ fn main() {
             added.push((kind, concurrency, results));
         }
     }
-    println!("\nAdded by the relay (relay minus direct):\n");
+    println!("\nAdded by the relay: over plain HTTP to the simulator, and over the bare SDK:\n");
     println!(
-        "| route | concurrency | p50 ms | p99 ms | first byte p50 ms | first byte p99 ms | CPU/req ms |"
+        "| route | concurrency | over | p50 ms | p99 ms | first byte p50 ms | first byte p99 ms | CPU/req ms |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for (kind, concurrency, results) in &added {
-        let (direct, relay) = (&results[0], &results[1]);
-        println!(
-            "| {} | {concurrency} | {} | {} | {} | {} | {} |",
-            if *kind == Kind::Sync {
-                "/v1/chat"
-            } else {
-                "/v1/chat/stream"
-            },
-            signed_ms(relay.p50, direct.p50),
-            signed_ms(relay.p99, direct.p99),
-            signed_ms(relay.ttfb_p50, direct.ttfb_p50),
-            signed_ms(relay.ttfb_p99, direct.ttfb_p99),
-            signed_ms(relay.cpu_per_request, direct.cpu_per_request),
-        );
+        let relay = &results[2];
+        let route = if *kind == Kind::Sync {
+            "/v1/chat"
+        } else {
+            "/v1/chat/stream"
+        };
+        for (base, over) in [(&results[0], "direct"), (&results[1], "SDK")] {
+            println!(
+                "| {route} | {concurrency} | {over} | {} | {} | {} | {} | {} |",
+                signed_ms(relay.p50, base.p50),
+                signed_ms(relay.p99, base.p99),
+                signed_ms(relay.ttfb_p50, base.ttfb_p50),
+                signed_ms(relay.ttfb_p99, base.ttfb_p99),
+                signed_ms(relay.cpu_per_request, base.cpu_per_request),
+            );
+        }
     }
     drop(relay);
     drop(sim);

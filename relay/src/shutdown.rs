@@ -44,6 +44,11 @@ impl Shutdown {
         });
     }
 
+    /// A receiver of phase changes, for loops that wait on it repeatedly.
+    pub fn subscribe(&self) -> watch::Receiver<Phase> {
+        self.sender.subscribe()
+    }
+
     /// Resolves once the phase is `phase` or later.
     pub async fn reached(&self, phase: Phase) {
         let mut receiver = self.sender.subscribe();

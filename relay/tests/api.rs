@@ -462,3 +462,24 @@ async fn health_and_models_describe_the_relay() {
     assert!(models.models[0].default && !models.models[1].default);
     assert_eq!(models.models[0].context_window, 100_000);
 }
+
+#[tokio::test]
+async fn a_quiet_stream_carries_keep_alive_comments() {
+    let harness = start_with(sim_config(), |config| {
+        config.server.sse_keep_alive_secs = 1;
+        config.timeouts.first_token_ms = 60_000;
+    })
+    .await;
+    let response = harness
+        .post("/v1/chat/stream", chat_body(Some("slow"), "hi"))
+        .await;
+    assert_eq!(response.headers()["cache-control"], "no-cache");
+    let mut body = response.bytes_stream();
+    let mut raw = Vec::new();
+    while !String::from_utf8_lossy(&raw).contains(": keep-alive\n\n") {
+        raw.extend_from_slice(&body.next().await.unwrap().unwrap());
+    }
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("event: start\n"), "{text}");
+    assert!(!text.contains("text_delta"), "{text}");
+}

@@ -2,7 +2,10 @@
 //! `start`, text deltas and usage as they arrive, then exactly one terminal event.
 //!
 //! Each read of the upstream waits for the earliest of: the total deadline, the first-token
-//! deadline (until a token arrived), and the idle timeout since the last upstream event. A stream
+//! deadline (until a token arrived), and the idle timeout since the last upstream event. One timer
+//! per stream serves all three: it is moved only when the next deadline comes earlier than it is
+//! set, and when it fires early (activity pushed the idle deadline back) it is re-armed — so a
+//! burst of tokens costs no timer work at all. A stream
 //! that ends without the upstream's stop event ends with an `upstream_error` event, never `done`:
 //! a truncated answer is not a success. Dropping the stream (the client went away) drops the
 //! upstream call with it.
@@ -13,6 +16,7 @@ use std::time::Instant;
 
 use fm_protocol::{StopReason, StreamEvent, Timings, Usage};
 use futures_util::{Stream, StreamExt};
+use tokio::sync::watch;
 
 use super::{DeadlineKind, Executor, RequestContext, earliest, route_info};
 use crate::error::{RelayError, UpstreamFailure};
@@ -23,6 +27,9 @@ use crate::shutdown::Phase;
 /// The state of one streaming answer.
 struct StreamState {
     upstream: ProviderStream,
+    /// Fires at (or before) the earliest deadline; see the module docs.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    shutdown: watch::Receiver<Phase>,
     ctx: RequestContext,
     decision: RouteDecision,
     executor: Executor,
@@ -54,8 +61,11 @@ impl ChatEventStream {
         executor: Executor,
         first_token_deadline: Instant,
     ) -> Self {
+        let shutdown = executor.shutdown().subscribe();
         let state = StreamState {
             upstream,
+            timer: Box::pin(tokio::time::sleep_until(first_token_deadline.into())),
+            shutdown,
             ctx,
             decision,
             executor,
@@ -72,7 +82,8 @@ impl ChatEventStream {
             Some((event, state))
         });
         ChatEventStream {
-            inner: Box::pin(inner),
+            // Fused: polling again after the end yields `None` again (batching writers do).
+            inner: Box::pin(inner.fuse()),
         }
     }
 }
@@ -136,29 +147,44 @@ impl StreamState {
         }
     }
 
-    async fn wait_upstream(&mut self) -> Step {
-        let mut deadlines = vec![
-            (
-                self.ctx.received + self.executor.timeouts.total(),
-                DeadlineKind::Total,
-            ),
-            (
-                self.last_activity + self.executor.idle_timeout(),
-                DeadlineKind::Idle,
-            ),
-        ];
+    /// The earliest deadline that applies now.
+    fn next_deadline(&self) -> (Instant, DeadlineKind) {
+        let total = (
+            self.ctx.received + self.executor.timeouts.total(),
+            DeadlineKind::Total,
+        );
+        let idle = (
+            self.last_activity + self.executor.idle_timeout(),
+            DeadlineKind::Idle,
+        );
         if self.ttft_ms.is_none() {
-            deadlines.push((self.first_token_deadline, DeadlineKind::FirstToken));
+            earliest(&[
+                total,
+                idle,
+                (self.first_token_deadline, DeadlineKind::FirstToken),
+            ])
+        } else {
+            earliest(&[total, idle])
         }
-        let (deadline, kind) = earliest(&deadlines);
-        let shutdown = self.executor.shutdown().clone();
-        tokio::select! {
-            biased;
-            () = shutdown.reached(Phase::Stopped) => Step::Stopped,
-            item = tokio::time::timeout_at(deadline.into(), self.upstream.next()) => match item {
-                Ok(item) => Step::Event(item),
-                Err(_) => Step::Deadline(kind),
-            },
+    }
+
+    async fn wait_upstream(&mut self) -> Step {
+        loop {
+            let (deadline, kind) = self.next_deadline();
+            if deadline <= Instant::now() {
+                return Step::Deadline(kind);
+            }
+            let deadline = tokio::time::Instant::from(deadline);
+            if self.timer.is_elapsed() || self.timer.deadline() > deadline {
+                self.timer.as_mut().reset(deadline);
+            }
+            tokio::select! {
+                biased;
+                _ = self.shutdown.wait_for(|phase| *phase >= Phase::Stopped) => return Step::Stopped,
+                item = self.upstream.next() => return Step::Event(item),
+                // Early or on time: the loop decides which.
+                () = self.timer.as_mut() => {}
+            }
         }
     }
 
