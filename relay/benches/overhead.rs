@@ -5,9 +5,15 @@
 //! latency, so the difference is the relay's own cost (plus the second loopback hop).
 //!
 //! Run: `cargo bench -p fm-relay --bench overhead` (env `BENCH_SECS`, default 5 per scenario;
-//! `BENCH_CONCURRENCY`, default `1,64`; `BENCH_ROUTES`, default `sync,stream`). The simulator, the relay and the load generator each get
-//! their own tokio runtime in this one process; all three share the machine's cores, as they would
-//! on one host. CPU per request is the process's CPU time during a scenario divided by its
+//! `BENCH_CONCURRENCY`, default `1,64`; `BENCH_ROUTES`, default `sync,stream`;
+//! `BENCH_SYNC_RATE` / `BENCH_STREAM_RATE`, default 4000 / 1000 requests per second for the paced
+//! scenarios at 64 connections). The simulator, the relay and the load generator each get their
+//! own tokio runtime in this one process; all three share the machine's two cores.
+//!
+//! Two kinds of load: closed loop (every connection sends again the moment it is answered, which
+//! saturates the cores, so latency there measures throughput) and paced (64 connections on a fixed
+//! schedule below saturation, which measures what a request waits for the relay in normal
+//! operation). CPU per request is the process's CPU time during a scenario divided by its
 //! requests; the relay's share is its scenario's figure minus the direct one's.
 
 use std::sync::Arc;
@@ -24,6 +30,8 @@ use futures_util::StreamExt;
 
 const UPSTREAM_MODEL: &str = "bench-model";
 const ANSWER_TOKENS: u32 = 32;
+/// Connections of the paced scenarios.
+const PACED_CONCURRENCY: usize = 64;
 const PROMPT: &str = "Summarise the benefits of a relay in front of model APIs.";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -180,11 +188,24 @@ fn process_cpu() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// How the load generator sends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Load {
+    /// Each connection sends its next request as soon as the last one finished.
+    Closed,
+    /// The connections together send `rate` requests per second on a fixed schedule. Latency is
+    /// measured from the actual send: the schedule's timer has 1 ms granularity, which would
+    /// otherwise swamp sub-millisecond figures, and at these rates a connection's interval
+    /// (16 ms and more) is far longer than any answer, so no send waits on a slow answer.
+    Paced { rate: f64 },
+}
+
 async fn run_scenario(
     target: Arc<Target>,
     path: Path,
     kind: Kind,
     concurrency: usize,
+    load: Load,
     warmup: Duration,
     measure: Duration,
 ) -> Outcome {
@@ -196,7 +217,11 @@ async fn run_scenario(
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
-    for _ in 0..concurrency {
+    let interval = match load {
+        Load::Closed => None,
+        Load::Paced { rate } => Some(Duration::from_secs_f64(concurrency as f64 / rate)),
+    };
+    for worker in 0..concurrency {
         let (client, target, measuring, stop) = (
             client.clone(),
             target.clone(),
@@ -206,7 +231,14 @@ async fn run_scenario(
         workers.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             let mut errors = 0;
+            // Spread the connections' schedules evenly over one interval.
+            let mut next = Instant::now()
+                + interval.map_or(Duration::ZERO, |i| i * worker as u32 / concurrency as u32);
             while !stop.load(Ordering::Relaxed) {
+                if let Some(interval) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += interval;
+                }
                 let sample = one_request(&client, &target, path, kind).await;
                 if measuring.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
                     match sample {
@@ -286,6 +318,73 @@ fn signed_ms(a: Duration, b: Duration) -> String {
     format!("{:+.3}", (a.as_secs_f64() - b.as_secs_f64()) * 1000.0)
 }
 
+fn route_name(kind: Kind, path: Path) -> &'static str {
+    match (kind, path) {
+        (Kind::Sync, Path::Direct) => "sim converse",
+        (Kind::Sync, Path::Sdk) => "SDK Converse → sim",
+        (Kind::Sync, Path::Relay) => "relay /v1/chat",
+        (Kind::Stream, Path::Direct) => "sim converse-stream",
+        (Kind::Stream, Path::Sdk) => "SDK ConverseStream → sim",
+        (Kind::Stream, Path::Relay) => "relay /v1/chat/stream",
+    }
+}
+
+/// Runs each scenario on the three paths and prints the figures, then what the relay adds.
+fn report(scenarios: &[(Kind, usize, Load)], run: &dyn Fn(Kind, usize, Load, Path) -> Summary) {
+    println!(
+        "| route | concurrency | load | req/s | p50 ms | p99 ms | first byte p50 ms | first byte p99 ms | CPU/req ms | requests | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut added = Vec::new();
+    for &(kind, concurrency, load) in scenarios {
+        let load_name = match load {
+            Load::Closed => "closed".to_string(),
+            Load::Paced { rate } => format!("{rate:.0}/s"),
+        };
+        let mut results = Vec::new();
+        for path in [Path::Direct, Path::Sdk, Path::Relay] {
+            let s = run(kind, concurrency, load, path);
+            println!(
+                "| {} | {concurrency} | {load_name} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+                route_name(kind, path),
+                s.rps,
+                ms(s.p50),
+                ms(s.p99),
+                ms(s.ttfb_p50),
+                ms(s.ttfb_p99),
+                ms(s.cpu_per_request),
+                s.count,
+                s.errors
+            );
+            results.push(s);
+        }
+        added.push((kind, concurrency, load_name, results));
+    }
+    println!("\nAdded by the relay, over plain HTTP to the simulator and over the bare SDK:\n");
+    println!(
+        "| route | concurrency | load | over | p50 ms | p99 ms | first byte p50 ms | first byte p99 ms | CPU/req ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (kind, concurrency, load_name, results) in &added {
+        let relay = &results[2];
+        let route = if *kind == Kind::Sync {
+            "/v1/chat"
+        } else {
+            "/v1/chat/stream"
+        };
+        for (base, over) in [(&results[0], "direct"), (&results[1], "SDK")] {
+            println!(
+                "| {route} | {concurrency} | {load_name} | {over} | {} | {} | {} | {} | {} |",
+                signed_ms(relay.p50, base.p50),
+                signed_ms(relay.p99, base.p99),
+                signed_ms(relay.ttfb_p50, base.ttfb_p50),
+                signed_ms(relay.ttfb_p99, base.ttfb_p99),
+                signed_ms(relay.cpu_per_request, base.cpu_per_request),
+            );
+        }
+    }
+}
+
 fn runtime(threads: usize, name: &str) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -359,73 +458,46 @@ fn main() {
     });
 
     println!(
-        "fm-relay overhead: {ANSWER_TOKENS}-token answers, zero-latency simulator, {secs} s per scenario\n"
+        "fm-relay overhead: {ANSWER_TOKENS}-token answers, zero-latency simulator, {secs} s per scenario"
     );
-    println!(
-        "| route | concurrency | path | req/s | p50 ms | p99 ms | first byte p50 ms | first byte p99 ms | CPU/req ms | requests | errors |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    let mut added = Vec::new();
+    let run = |kind: Kind, concurrency: usize, load: Load, path: Path| {
+        let outcome = load_runtime.block_on(run_scenario(
+            target.clone(),
+            path,
+            kind,
+            concurrency,
+            load,
+            warmup,
+            measure,
+        ));
+        summarise(&outcome)
+    };
+    println!("\n### Closed loop (each connection sends again as soon as answered)\n");
+    let mut scenarios = Vec::new();
     for &kind in &kinds {
         for &concurrency in &concurrencies {
-            let mut results = Vec::new();
-            for path in [Path::Direct, Path::Sdk, Path::Relay] {
-                let outcome = load_runtime.block_on(run_scenario(
-                    target.clone(),
-                    path,
-                    kind,
-                    concurrency,
-                    warmup,
-                    measure,
-                ));
-                let s = summarise(&outcome);
-                let route = match (kind, path) {
-                    (Kind::Sync, Path::Direct) => "sim converse",
-                    (Kind::Sync, Path::Sdk) => "SDK Converse → sim",
-                    (Kind::Sync, Path::Relay) => "relay /v1/chat",
-                    (Kind::Stream, Path::Direct) => "sim converse-stream",
-                    (Kind::Stream, Path::Sdk) => "SDK ConverseStream → sim",
-                    (Kind::Stream, Path::Relay) => "relay /v1/chat/stream",
-                };
-                println!(
-                    "| {route} | {concurrency} | {path:?} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
-                    s.rps,
-                    ms(s.p50),
-                    ms(s.p99),
-                    ms(s.ttfb_p50),
-                    ms(s.ttfb_p99),
-                    ms(s.cpu_per_request),
-                    s.count,
-                    s.errors
-                );
-                results.push(s);
-            }
-            added.push((kind, concurrency, results));
+            scenarios.push((kind, concurrency, Load::Closed));
         }
     }
-    println!("\nAdded by the relay: over plain HTTP to the simulator, and over the bare SDK:\n");
+    report(&scenarios, &run);
+    let paced: Vec<(Kind, usize, Load)> = kinds
+        .iter()
+        .map(|&kind| {
+            let (variable, default) = match kind {
+                Kind::Sync => ("BENCH_SYNC_RATE", 4000.0),
+                Kind::Stream => ("BENCH_STREAM_RATE", 1000.0),
+            };
+            let rate = std::env::var(variable)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default);
+            (kind, PACED_CONCURRENCY, Load::Paced { rate })
+        })
+        .collect();
     println!(
-        "| route | concurrency | over | p50 ms | p99 ms | first byte p50 ms | first byte p99 ms | CPU/req ms |"
+        "\n### Paced (open loop: {PACED_CONCURRENCY} connections sending on a fixed schedule, below saturation)\n"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    for (kind, concurrency, results) in &added {
-        let relay = &results[2];
-        let route = if *kind == Kind::Sync {
-            "/v1/chat"
-        } else {
-            "/v1/chat/stream"
-        };
-        for (base, over) in [(&results[0], "direct"), (&results[1], "SDK")] {
-            println!(
-                "| {route} | {concurrency} | {over} | {} | {} | {} | {} | {} |",
-                signed_ms(relay.p50, base.p50),
-                signed_ms(relay.p99, base.p99),
-                signed_ms(relay.ttfb_p50, base.ttfb_p50),
-                signed_ms(relay.ttfb_p99, base.ttfb_p99),
-                signed_ms(relay.cpu_per_request, base.cpu_per_request),
-            );
-        }
-    }
+    report(&paced, &run);
     drop(relay);
     drop(sim);
 }

@@ -128,28 +128,8 @@ async fn websocket_answers_several_requests_in_order() {
         );
         assert_eq!(text_of(answer), direct(prompt).await);
     }
-    assert!(
-        matches!(
-            answers[2][..],
-            [StreamEvent::Error {
-                code: ErrorCode::MalformedJson,
-                ..
-            }]
-        ),
-        "{:?}",
-        answers[2]
-    );
-    assert!(
-        matches!(
-            answers[3][..],
-            [StreamEvent::Error {
-                code: ErrorCode::UnknownModel,
-                ..
-            }]
-        ),
-        "{:?}",
-        answers[3]
-    );
+    assert_single_error(&answers[2], ErrorCode::MalformedJson);
+    assert_single_error(&answers[3], ErrorCode::UnknownModel);
 
     // Binary frames are refused with an explanation, and the connection stays usable.
     socket.send(WsMessage::binary(vec![1, 2, 3])).await.unwrap();
@@ -173,6 +153,14 @@ async fn websocket_answers_several_requests_in_order() {
             assert!(matches!(event, StreamEvent::Done { .. }), "{event:?}");
             break;
         }
+    }
+}
+
+/// An answer that is one error event with `code`.
+fn assert_single_error(answer: &[StreamEvent], code: ErrorCode) {
+    match answer {
+        [StreamEvent::Error { code: got, .. }] => assert_eq!(*got, code),
+        other => panic!("expected one {code:?} error, got {other:?}"),
     }
 }
 
@@ -397,19 +385,13 @@ async fn a_missing_first_token_and_the_total_deadline_are_enforced() {
 async fn a_client_disconnect_cancels_the_upstream_stream() {
     let harness = start().await;
     // SSE: read the first token, then hang up.
-    let response = harness
-        .post("/v1/chat/stream", chat_body(Some("paced"), "long answer"))
-        .await;
-    let mut body = response.bytes_stream();
-    let mut decoder = fm_protocol::SseDecoder::new();
-    'read: while let Some(chunk) = body.next().await {
-        for frame in decoder.feed(&chunk.unwrap()) {
-            if frame.event == "text_delta" {
-                break 'read;
-            }
-        }
-    }
-    drop(body);
+    let mut sse = SseReader::new(
+        harness
+            .post("/v1/chat/stream", chat_body(Some("paced"), "long answer"))
+            .await,
+    );
+    while !matches!(sse.next_event().await, Some(StreamEvent::TextDelta { .. })) {}
+    drop(sse);
     harness.wait_for_cancelled_streams(1).await;
 
     // WebSocket: the same when the socket closes mid-answer.
@@ -438,25 +420,9 @@ async fn a_client_disconnect_cancels_the_upstream_stream() {
 #[tokio::test]
 async fn health_and_models_describe_the_relay() {
     let harness = start().await;
-    let health: serde_json::Value = harness
-        .http
-        .get(harness.url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: serde_json::Value = harness.get_json("/healthz").await;
     assert_eq!(health["status"], "ok");
-    let models: ModelList = harness
-        .http
-        .get(harness.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: ModelList = harness.get_json("/v1/models").await;
     let ids: Vec<&str> = models.models.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(&ids[..3], ["plain", "slow", "paced"]);
     assert!(models.models[0].default && !models.models[1].default);

@@ -6,9 +6,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use fm_protocol::{SseDecoder, StreamEvent};
+use fm_protocol::StreamEvent;
 use fm_relay::RelayConfig;
-use futures_util::StreamExt;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fm-relay");
 
@@ -75,18 +76,7 @@ async fn serve_streams_tokens_on_the_embedded_simulator_and_stops_on_sigterm() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
-    let mut decoder = SseDecoder::new();
-    let mut events = Vec::new();
-    let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        events.extend(
-            decoder
-                .feed(&chunk.unwrap())
-                .iter()
-                .map(|f| f.stream_event().unwrap()),
-        );
-    }
+    let events = common::sse_events(response).await;
     let deltas = events
         .iter()
         .filter(|e| matches!(e, StreamEvent::TextDelta { .. }))

@@ -27,23 +27,14 @@ async fn open_streams_finish_while_new_work_is_refused() {
         },
     );
     let harness = start_with(sim, |config| config.server.shutdown_grace_secs = 10).await;
-    let response = harness
-        .post("/v1/chat/stream", chat_body(Some("paced"), "hello"))
-        .await;
-    let mut body = response.bytes_stream();
-    let mut decoder = fm_protocol::SseDecoder::new();
+    let mut sse = SseReader::new(
+        harness
+            .post("/v1/chat/stream", chat_body(Some("paced"), "hello"))
+            .await,
+    );
     let mut events = Vec::new();
-    while !events
-        .iter()
-        .any(|e| matches!(e, StreamEvent::TextDelta { .. }))
-    {
-        let chunk = body.next().await.unwrap().unwrap();
-        events.extend(
-            decoder
-                .feed(&chunk)
-                .iter()
-                .map(|f| f.stream_event().unwrap()),
-        );
+    while !matches!(events.last(), Some(StreamEvent::TextDelta { .. })) {
+        events.push(sse.next_event().await.unwrap());
     }
 
     let url = harness.relay.url();
@@ -61,14 +52,7 @@ async fn open_streams_finish_while_new_work_is_refused() {
     }
 
     // The open stream runs to its end.
-    while let Some(chunk) = body.next().await {
-        events.extend(
-            decoder
-                .feed(&chunk.unwrap())
-                .iter()
-                .map(|f| f.stream_event().unwrap()),
-        );
-    }
+    events.extend(sse.rest().await);
     assert!(
         matches!(events.last(), Some(StreamEvent::Done { .. })),
         "{events:?}"

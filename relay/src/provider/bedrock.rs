@@ -113,6 +113,18 @@ fn env_credentials() -> Option<Credentials> {
     Some(Credentials::new(key, secret, token, None, "environment"))
 }
 
+/// Fills a Converse or ConverseStream request builder — two SDK types with the same setters.
+macro_rules! converse_input {
+    ($builder:expr, $upstream_id:expr, $request:expr) => {{
+        let (messages, system, inference) = to_converse($request);
+        $builder
+            .model_id($upstream_id)
+            .set_messages(Some(messages))
+            .set_system(system)
+            .inference_config(inference)
+    }};
+}
+
 impl ChatProvider for BedrockProvider {
     fn kind(&self) -> &'static str {
         KIND
@@ -127,14 +139,7 @@ impl ChatProvider for BedrockProvider {
         upstream_id: &str,
         request: &ChatRequest,
     ) -> Result<ProviderAnswer, RelayError> {
-        let (messages, system, inference) = to_converse(request);
-        let output = self
-            .client
-            .converse()
-            .model_id(upstream_id)
-            .set_messages(Some(messages))
-            .set_system(system)
-            .inference_config(inference)
+        let output = converse_input!(self.client.converse(), upstream_id, request)
             .send()
             .await
             .map_err(|err| self.classify(upstream_id, err))?;
@@ -162,14 +167,7 @@ impl ChatProvider for BedrockProvider {
         upstream_id: &str,
         request: &ChatRequest,
     ) -> Result<ProviderStream, RelayError> {
-        let (messages, system, inference) = to_converse(request);
-        let output = self
-            .client
-            .converse_stream()
-            .model_id(upstream_id)
-            .set_messages(Some(messages))
-            .set_system(system)
-            .inference_config(inference)
+        let output = converse_input!(self.client.converse_stream(), upstream_id, request)
             .send()
             .await
             .map_err(|err| self.classify(upstream_id, err))?;

@@ -123,6 +123,11 @@ impl Harness {
             .unwrap()
     }
 
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        response.json().await.unwrap()
+    }
+
     /// Waits (bounded) until the simulator has seen `count` cancelled streams.
     pub async fn wait_for_cancelled_streams(&self, count: u64) {
         for _ in 0..400 {
@@ -147,24 +152,53 @@ pub fn chat_body(model: Option<&str>, prompt: &str) -> String {
     body.to_string()
 }
 
-/// Reads a whole SSE answer and decodes its events, checking each SSE event name.
-pub async fn sse_events(response: reqwest::Response) -> Vec<StreamEvent> {
-    assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.headers()["content-type"].to_str().unwrap(),
-        "text/event-stream"
-    );
-    let mut decoder = SseDecoder::new();
-    let mut events = Vec::new();
-    let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        for frame in decoder.feed(&chunk.unwrap()) {
-            let event = frame.stream_event().unwrap();
-            assert_eq!(frame.event, event.name());
-            events.push(event);
+/// Reads an SSE answer event by event, with the shared decoder, checking each SSE event name.
+pub struct SseReader {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    decoder: SseDecoder,
+    ready: std::collections::VecDeque<StreamEvent>,
+}
+
+impl SseReader {
+    pub fn new(response: reqwest::Response) -> Self {
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        SseReader {
+            body: Box::pin(response.bytes_stream()),
+            decoder: SseDecoder::new(),
+            ready: Default::default(),
         }
     }
-    events
+
+    /// The next event, or `None` at the end of the body.
+    pub async fn next_event(&mut self) -> Option<StreamEvent> {
+        while self.ready.is_empty() {
+            let chunk = self.body.next().await?.unwrap();
+            for frame in self.decoder.feed(&chunk) {
+                let event = frame.stream_event().unwrap();
+                assert_eq!(frame.event, event.name());
+                self.ready.push_back(event);
+            }
+        }
+        self.ready.pop_front()
+    }
+
+    /// Every event up to the end of the body.
+    pub async fn rest(&mut self) -> Vec<StreamEvent> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next_event().await {
+            events.push(event);
+        }
+        events
+    }
+}
+
+/// Reads a whole SSE answer.
+pub async fn sse_events(response: reqwest::Response) -> Vec<StreamEvent> {
+    SseReader::new(response).rest().await
 }
 
 /// The text of the deltas in `events`.

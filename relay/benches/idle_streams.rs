@@ -1,0 +1,130 @@
+//! Memory per open idle stream: the relay binary's resident memory grows by how much for each SSE
+//! stream held open while the upstream has not sent its first token yet?
+//!
+//! Run: `cargo bench -p fm-relay --bench idle_streams` (env `IDLE_STREAMS`, default 1000).
+//! The simulator runs in this process with a first token that never comes in time; the relay runs
+//! as its own process (`fm-relay serve --bedrock-endpoint ...`) so `/proc/<pid>/status` shows its
+//! memory alone. Each stream is a raw TCP connection that sent its request and read the `start`
+//! event, which the relay sends only once the upstream accepted the call: every stream counted
+//! holds an upstream call open.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use fm_sim::{ModelProfile, SimConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fm-relay");
+
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Opens one stream and returns once the `start` event arrived.
+async fn open_stream(addr: &str) -> TcpStream {
+    let body = r#"{"messages":[{"role":"user","content":"Hello, are you there?"}]}"#;
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    socket.set_nodelay(true).unwrap();
+    let request = format!(
+        "POST /v1/chat/stream HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("event: start") {
+        let read = socket.read(&mut buffer).await.unwrap();
+        assert!(
+            read > 0,
+            "the relay closed the stream: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buffer[..read]);
+    }
+    assert!(
+        seen.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    socket
+}
+
+#[tokio::main]
+async fn main() {
+    let streams: usize = std::env::var("IDLE_STREAMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let mut config = SimConfig::instant();
+    config.default_model = ModelProfile {
+        first_token_ms: 3_600_000,
+        tokens_per_second: 0.0,
+        answer_tokens: None,
+    };
+    let sim = fm_sim::spawn(config).await.unwrap();
+
+    let mut relay = Command::new(BIN)
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--bedrock-endpoint",
+            &sim.endpoint_url(),
+        ])
+        .args([
+            "--first-token-timeout-ms",
+            "3600000",
+            "--total-timeout-ms",
+            "3600000",
+        ])
+        .env("RUST_LOG", "warn,fm_relay=info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = relay.id();
+    let mut log = BufReader::new(relay.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = log.next().expect("fm-relay exited").unwrap();
+        if let Some(at) = line.find("url=http://") {
+            break line[at + "url=http://".len()..].trim().to_string();
+        }
+    };
+    std::thread::spawn(move || log.for_each(drop));
+
+    // Warm up: the first stream sets up pools and lazy state that every later one shares.
+    let warm = open_stream(&addr).await;
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = resident_kib(pid);
+    let mut open = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        open.push(open_stream(&addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = resident_kib(pid);
+    let per_stream = (after.saturating_sub(before)) as f64 * 1024.0 / streams as f64;
+    let sim_streams = sim.stats().streams_started;
+
+    println!("fm-relay idle streams: {streams} SSE streams open, each holding an upstream call\n");
+    println!(
+        "| streams | relay RSS before (KiB) | after (KiB) | per open stream (KiB) | upstream streams open |"
+    );
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {streams} | {before} | {after} | {:.1} | {} |",
+        per_stream / 1024.0,
+        sim_streams - 1
+    );
+    drop(open);
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = relay.wait();
+}
