@@ -26,6 +26,8 @@ pub struct RelayConfig {
     #[serde(default)]
     pub timeouts: TimeoutConfig,
     #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
     pub bedrock: BedrockConfig,
     #[serde(default)]
     pub simulator: SimulatorConfig,
@@ -86,6 +88,52 @@ impl TimeoutConfig {
     }
     pub fn total(&self) -> Duration {
         Duration::from_millis(self.total_ms)
+    }
+}
+
+/// Retries of one upstream call; see the embedded default for each key.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub max_attempts: u32,
+    pub base_delay_ms: u64,
+    pub max_delay_ms: u64,
+    pub budget_percent: f32,
+    pub budget_min_per_sec: u32,
+    pub budget_window_secs: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 3,
+            base_delay_ms: 100,
+            max_delay_ms: 2000,
+            budget_percent: 20.0,
+            budget_min_per_sec: 5,
+            budget_window_secs: 10,
+        }
+    }
+}
+
+impl RetryConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.max_attempts == 0 {
+            return Err("`retry.max_attempts` must be at least 1".into());
+        }
+        if self.base_delay_ms > self.max_delay_ms {
+            return Err("`retry.base_delay_ms` must not exceed `retry.max_delay_ms`".into());
+        }
+        if !(0.0..=1000.0).contains(&self.budget_percent) {
+            return Err("`retry.budget_percent` must be between 0 and 1000".into());
+        }
+        if !(1..=60).contains(&self.budget_window_secs) {
+            return Err("`retry.budget_window_secs` must be between 1 and 60".into());
+        }
+        if self.budget_min_per_sec >= i32::MAX as u32 {
+            return Err("`retry.budget_min_per_sec` is too large".into());
+        }
+        Ok(())
     }
 }
 
@@ -291,6 +339,7 @@ impl RelayConfig {
                 return Err(format!("`timeouts.{name}` must be greater than 0"));
             }
         }
+        self.retry.validate()?;
         if self.server.sse_keep_alive_secs == 0 {
             return Err("`server.sse_keep_alive_secs` must be greater than 0".into());
         }
@@ -327,6 +376,7 @@ mod tests {
         assert_eq!(config.timeouts, TimeoutConfig::default());
         assert_eq!(config.server, ServerConfig::default());
         assert_eq!(config.simulator, SimulatorConfig::default());
+        assert_eq!(config.retry, RetryConfig::default());
     }
 
     #[test]
@@ -353,6 +403,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("declared twice"), "{err}");
+        let text = DEFAULT_CONFIG_TOML.replace("budget_window_secs = 10", "budget_window_secs = 0");
+        let err = RelayConfig::from_toml(&text, "test")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("budget_window_secs"), "{err}");
     }
 
     #[test]

@@ -157,6 +157,16 @@ impl RelayError {
         }
     }
 
+    /// Notes in an upstream error's message how many calls were made, when more than one.
+    pub fn after_attempts(mut self, attempts: u32) -> Self {
+        if let RelayError::Upstream { message, .. } = &mut self
+            && attempts > 1
+        {
+            message.push_str(&format!(" (after {attempts} attempts)"));
+        }
+        self
+    }
+
     /// Attaches the request id, so the answer can quote it.
     pub fn with_request_id(self, request_id: &str) -> RequestError {
         RequestError {

@@ -261,27 +261,63 @@ async fn bad_requests_get_4xx_answers_that_name_the_problem() {
 #[tokio::test]
 async fn upstream_errors_before_the_stream_are_typed_http_errors() {
     let harness = start().await;
-    for (model, status, code, retryable) in [
-        ("throttle", 429, "upstream_throttled", true),
-        ("unavailable", 503, "upstream_unavailable", true),
-        ("not-found", 502, "upstream_misconfigured", false),
-        ("validation", 400, "upstream_rejected", false),
+    // (model, status, code, retryable, upstream calls per request)
+    for (model, status, code, retryable, calls) in [
+        ("throttle", 429, "upstream_throttled", true, 3),
+        ("unavailable", 503, "upstream_unavailable", true, 3),
+        ("not-found", 502, "upstream_misconfigured", false, 1),
+        ("validation", 400, "upstream_rejected", false, 1),
     ] {
         for path in ["/v1/chat", "/v1/chat/stream"] {
+            let before = harness.sim.stats().requests;
             let response = harness.post(path, chat_body(Some(model), "hello")).await;
-            let body: serde_json::Value = {
-                assert_eq!(response.status().as_u16(), status, "{model} {path}");
-                response.json().await.unwrap()
-            };
+            assert_eq!(response.status().as_u16(), status, "{model} {path}");
+            let body: serde_json::Value = response.json().await.unwrap();
             assert_eq!(body["error"]["code"], code, "{model} {path}");
             assert_eq!(body["error"]["retryable"], retryable, "{model} {path}");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert_eq!(
+                message.contains("after 3 attempts"),
+                calls == 3,
+                "{message}"
+            );
+            // Retries happen only where they can help, and the SDK adds none of its own.
+            assert_eq!(
+                harness.sim.stats().requests - before,
+                calls,
+                "{model} {path}"
+            );
         }
     }
-    // One attempt each: the SDK does not retry behind the relay's back.
-    assert_eq!(harness.sim.stats().requests, 8);
     // And the relay is healthy afterwards.
     let response = harness.post("/v1/chat", chat_body(None, "hello")).await;
     assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn throttling_and_unavailability_are_retried_until_the_answer_comes() {
+    let harness = start().await;
+    let answer: ChatResponse = harness
+        .post("/v1/chat", chat_body(Some("flaky"), "hello"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer.route.attempts, 3);
+    assert_eq!(harness.sim.stats().requests, 3);
+
+    let events = sse_events(
+        harness
+            .post("/v1/chat/stream", chat_body(Some("flaky-stream"), "hello"))
+            .await,
+    )
+    .await;
+    match events.last().unwrap() {
+        StreamEvent::Done { route, .. } => assert_eq!(route.attempts, 2),
+        other => panic!("last event {other:?}"),
+    }
+    assert_eq!(text_of(&events), answer.text);
+    assert_eq!(harness.sim.stats().requests, 5);
 }
 
 #[tokio::test]

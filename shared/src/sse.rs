@@ -64,7 +64,7 @@ impl SseDecoder {
             self.scan(body, &mut frames);
             return frames;
         }
-        if self.after_cr {
+        if self.after_cr && !rest.is_empty() {
             self.after_cr = false;
             if let Some(stripped) = rest.strip_prefix(b"\n") {
                 rest = stripped;
@@ -198,6 +198,16 @@ mod tests {
         let frames = decoder.feed(b"\r\n");
         assert_eq!(frames.len(), 1);
         assert_eq!(frames[0].data, "x");
+    }
+
+    #[test]
+    fn an_empty_chunk_between_cr_and_lf_changes_nothing() {
+        let mut decoder = SseDecoder::new();
+        assert!(decoder.feed(b"event: a\r").is_empty());
+        assert!(decoder.feed(b"").is_empty());
+        let frames = decoder.feed(b"\ndata: x\r\n\r\n");
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].event, "a");
     }
 
     #[test]

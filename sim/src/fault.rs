@@ -21,6 +21,9 @@
 //!
 //! On the non-streaming operations an in-stream exception becomes the matching HTTP error,
 //! `stall` never answers and `cut` has no effect.
+//!
+//! A `*K` suffix limits a fault to the first K requests that carry the same spec on the same
+//! model id (`model~throttle*2`: throttled twice, then healthy), for testing retries.
 
 use std::fmt;
 use std::str::FromStr;
@@ -197,8 +200,37 @@ impl fmt::Display for Fault {
     }
 }
 
-/// Splits a model id into the base id and the fault of its `~suffix`, if any.
-pub fn split_model_id(model_id: &str) -> Result<(&str, Option<Fault>), UnknownFault> {
+/// A fault, possibly limited to the first `limit` requests that ask for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultSpec {
+    pub fault: Fault,
+    pub limit: Option<u32>,
+}
+
+impl FromStr for FaultSpec {
+    type Err = UnknownFault;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let (fault, limit) = match spec.rsplit_once('*') {
+            Some((fault, limit)) => (
+                fault,
+                Some(
+                    limit
+                        .parse::<u32>()
+                        .map_err(|_| UnknownFault(spec.to_string()))?,
+                ),
+            ),
+            None => (spec, None),
+        };
+        Ok(FaultSpec {
+            fault: fault.parse()?,
+            limit,
+        })
+    }
+}
+
+/// Splits a model id into the base id and the fault spec of its `~suffix`, if any.
+pub fn split_model_id(model_id: &str) -> Result<(&str, Option<FaultSpec>), UnknownFault> {
     match model_id.split_once('~') {
         Some((base, spec)) => Ok((base, Some(spec.parse()?))),
         None => Ok((model_id, None)),
@@ -231,8 +263,22 @@ mod tests {
         assert_eq!(split_model_id("m").unwrap(), ("m", None));
         assert_eq!(
             split_model_id("m~not-found").unwrap(),
-            ("m", Some(Fault::Http(HttpFault::NotFound)))
+            (
+                "m",
+                Some(FaultSpec {
+                    fault: Fault::Http(HttpFault::NotFound),
+                    limit: None
+                })
+            )
+        );
+        assert_eq!(
+            split_model_id("m~stall@2*3").unwrap().1,
+            Some(FaultSpec {
+                fault: Fault::Stall { after_tokens: 2 },
+                limit: Some(3)
+            })
         );
         assert!(split_model_id("m~nope").is_err());
+        assert!(split_model_id("m~throttle*x").is_err());
     }
 }

@@ -93,10 +93,7 @@ pub async fn spawn_on(addr: SocketAddr, config: SimConfig) -> std::io::Result<Si
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let stats = Arc::new(SimStats::default());
-    let app = service::router(Arc::new(service::SimState {
-        config,
-        stats: stats.clone(),
-    }));
+    let app = service::router(Arc::new(service::SimState::new(config, stats.clone())));
     // Small frames must leave at once: no Nagle delay on token-sized writes.
     let listener = listener.tap_io(|tcp| {
         if let Err(err) = tcp.set_nodelay(true) {

@@ -2,7 +2,8 @@
 //! `GET /_sim/stats` for tests. The SDK percent-encodes the model id, so ids with `:` or `/`
 //! (inference profiles, ARNs) arrive as one path segment that axum decodes.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
@@ -17,7 +18,7 @@ use serde_json::json;
 use crate::answer::Answer;
 use crate::config::SimConfig;
 use crate::error::SimError;
-use crate::fault::{Fault, split_model_id};
+use crate::fault::{Fault, FaultSpec, split_model_id};
 use crate::stats::SimStats;
 use crate::stream::{StreamFormat, spawn_stream};
 use crate::wire::{AnthropicRequest, ConverseRequest, Prompt};
@@ -29,6 +30,33 @@ pub const FAULT_HEADER: &str = "x-fm-sim-fault";
 pub(crate) struct SimState {
     pub config: SimConfig,
     pub stats: Arc<SimStats>,
+    /// How many requests asked for each limited fault (`*K`), keyed by model id and spec.
+    pub limited_faults: Mutex<HashMap<String, u32>>,
+}
+
+impl SimState {
+    pub fn new(config: SimConfig, stats: Arc<SimStats>) -> Self {
+        SimState {
+            config,
+            stats,
+            limited_faults: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The fault to inject for this request: a limited spec applies only to its first K uses.
+    fn fault_for(&self, key: &str, spec: Option<FaultSpec>) -> Option<Fault> {
+        let spec = spec?;
+        let Some(limit) = spec.limit else {
+            return Some(spec.fault);
+        };
+        let mut counts = self
+            .limited_faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let used = counts.entry(key.to_string()).or_insert(0);
+        *used += 1;
+        (*used <= limit).then_some(spec.fault)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,17 +125,20 @@ async fn serve(
         .ok_or_else(|| SimError::UnknownOperation(operation.to_string()))?;
     let (model, suffix_fault) =
         split_model_id(model_id).map_err(|e| SimError::Validation(e.to_string()))?;
-    let header_fault = headers
+    let header_value = headers
         .get(FAULT_HEADER)
+        .map(|value| value.to_str().unwrap_or_default());
+    let header_fault = header_value
         .map(|value| {
             value
-                .to_str()
-                .unwrap_or_default()
-                .parse::<Fault>()
+                .parse::<FaultSpec>()
                 .map_err(|e| SimError::Validation(e.to_string()))
         })
         .transpose()?;
-    let fault = header_fault.or(suffix_fault);
+    let fault = state.fault_for(
+        &format!("{model_id}|{}", header_value.unwrap_or_default()),
+        header_fault.or(suffix_fault),
+    );
     state
         .stats
         .record_request(operation.name(), model_id, fault.map(|f| f.to_string()));

@@ -445,3 +445,28 @@ async fn invalid_bodies_are_validation_exceptions() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn a_limited_fault_applies_to_the_first_requests_only() {
+    let sim = sim().await;
+    let client = client(&sim);
+    let model = format!("{MODEL}~throttle*2");
+    for _ in 0..2 {
+        let err = client
+            .converse()
+            .model_id(&model)
+            .messages(user(PROMPT))
+            .send()
+            .await
+            .unwrap_err()
+            .into_service_error();
+        assert!(
+            matches!(err, ConverseError::ThrottlingException(_)),
+            "{err:?}"
+        );
+    }
+    let (text, ..) = converse_text(&client, &model, 1024).await;
+    assert!(!text.is_empty());
+    let stats = sim.stats();
+    assert_eq!((stats.requests, stats.errors), (3, 2));
+}

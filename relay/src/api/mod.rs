@@ -42,7 +42,7 @@ struct AppInner {
 
 impl AppState {
     pub fn new(config: RelayConfig, catalog: ModelCatalog, shutdown: Shutdown) -> Self {
-        let executor = Executor::new(config.timeouts, shutdown.clone());
+        let executor = Executor::new(config.timeouts, config.retry, shutdown.clone());
         AppState {
             inner: Arc::new(AppInner {
                 config,

@@ -1,23 +1,27 @@
 //! Running a routed request against its upstream under deadlines.
 //!
 //! Every request has a total deadline from its arrival; a stream also has a first-token deadline
-//! and an idle timeout on every read (the Bedrock SDK detects no stall on event streams). The
-//! [`Executor`] applies them around the provider calls and turns a provider stream into the
+//! and an idle timeout on every read (the Bedrock SDK detects no stall on event streams). Calls
+//! that the upstream refused for now (throttled, unavailable) are retried ([`retry`]). The
+//! [`Executor`] applies all of this around the provider calls and turns a provider stream into the
 //! client-facing [`StreamEvent`](fm_protocol::StreamEvent) sequence ([`stream::ChatEventStream`]),
 //! which never ends a truncated answer as a success.
 
+pub mod retry;
 pub mod stream;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fm_protocol::{ChatRequest, ChatResponse, ResponseSource, RouteInfo, Timings};
 
-use crate::config::TimeoutConfig;
+use crate::config::{RetryConfig, TimeoutConfig};
 use crate::error::{RelayError, UpstreamFailure};
 use crate::provider::ChatProvider;
 use crate::routing::RouteDecision;
 use crate::shutdown::Shutdown;
 
+pub use retry::Retrier;
 pub use stream::ChatEventStream;
 
 /// One request's identity and clock.
@@ -41,10 +45,12 @@ impl RequestContext {
     }
 }
 
-/// Runs requests against providers under the configured deadlines.
+/// Runs requests against providers under the configured deadlines and retry policy.
 #[derive(Debug, Clone)]
 pub struct Executor {
     timeouts: TimeoutConfig,
+    /// Shared by every request: its budget bounds retries across all of them.
+    retrier: Arc<Retrier>,
     shutdown: Shutdown,
 }
 
@@ -57,15 +63,19 @@ pub(crate) enum DeadlineKind {
 }
 
 impl Executor {
-    pub fn new(timeouts: TimeoutConfig, shutdown: Shutdown) -> Self {
-        Executor { timeouts, shutdown }
+    pub fn new(timeouts: TimeoutConfig, retry: RetryConfig, shutdown: Shutdown) -> Self {
+        Executor {
+            timeouts,
+            retrier: Arc::new(Retrier::new(retry)),
+            shutdown,
+        }
     }
 
     fn total_deadline(&self, ctx: &RequestContext) -> Instant {
         ctx.received + self.timeouts.total()
     }
 
-    /// One-shot answer, under the total deadline.
+    /// One-shot answer, with retries, under the total deadline.
     pub async fn complete(
         &self,
         ctx: &RequestContext,
@@ -73,17 +83,24 @@ impl Executor {
         request: &ChatRequest,
     ) -> Result<ChatResponse, RelayError> {
         let entry = &decision.model;
-        let call = entry.provider.complete(entry.config.upstream_id(), request);
-        let answer = tokio::time::timeout_at(self.total_deadline(ctx).into(), call)
+        let deadline = self.total_deadline(ctx).into();
+        let calls = self.retrier.run(deadline, |_| {
+            entry.provider.complete(entry.config.upstream_id(), request)
+        });
+        let attempted = tokio::time::timeout_at(deadline, calls)
             .await
-            .map_err(|_| RelayError::DeadlineExceeded(self.timeouts.total()))??;
+            .map_err(|_| RelayError::DeadlineExceeded(self.timeouts.total()))?;
+        let attempts = attempted.attempts;
+        let answer = attempted
+            .result
+            .map_err(|err| err.after_attempts(attempts))?;
         Ok(ChatResponse {
             request_id: ctx.request_id.clone(),
             model: entry.config.id.clone(),
             text: answer.text,
             stop_reason: answer.stop_reason,
             usage: answer.usage,
-            route: route_info(decision, 1),
+            route: route_info(decision, attempts),
             timings: Timings {
                 ttft_ms: None,
                 total_ms: ctx.elapsed_ms(),
@@ -91,8 +108,9 @@ impl Executor {
         })
     }
 
-    /// Opens the upstream stream (so that failures before the first event are ordinary HTTP
-    /// errors) and returns the client-facing event stream, which starts with `start`.
+    /// Opens the upstream stream, with retries (so that failures before the first event are
+    /// ordinary HTTP errors), and returns the client-facing event stream, which starts with
+    /// `start`.
     pub async fn open_stream(
         &self,
         ctx: RequestContext,
@@ -105,18 +123,26 @@ impl Executor {
             (self.total_deadline(&ctx), DeadlineKind::Total),
             (first_token_deadline, DeadlineKind::FirstToken),
         ]);
-        let open = entry
-            .provider
-            .open_stream(entry.config.upstream_id(), request);
-        let upstream = tokio::time::timeout_at(deadline.into(), open)
+        let deadline = deadline.into();
+        let opens = self.retrier.run(deadline, |_| {
+            entry
+                .provider
+                .open_stream(entry.config.upstream_id(), request)
+        });
+        let attempted = tokio::time::timeout_at(deadline, opens)
             .await
-            .map_err(|_| self.deadline_error(kind, &decision))??;
+            .map_err(|_| self.deadline_error(kind, &decision))?;
+        let attempts = attempted.attempts;
+        let upstream = attempted
+            .result
+            .map_err(|err| err.after_attempts(attempts))?;
         Ok(ChatEventStream::new(
             upstream,
             ctx,
             decision,
             self.clone(),
             first_token_deadline,
+            attempts,
         ))
     }
 

@@ -34,6 +34,8 @@ struct StreamState {
     decision: RouteDecision,
     executor: Executor,
     first_token_deadline: Instant,
+    /// Upstream calls it took to open the stream.
+    attempts: u32,
     last_activity: Instant,
     started: bool,
     finished: bool,
@@ -60,6 +62,7 @@ impl ChatEventStream {
         decision: RouteDecision,
         executor: Executor,
         first_token_deadline: Instant,
+        attempts: u32,
     ) -> Self {
         let shutdown = executor.shutdown().subscribe();
         let state = StreamState {
@@ -70,6 +73,7 @@ impl ChatEventStream {
             decision,
             executor,
             first_token_deadline,
+            attempts,
             last_activity: Instant::now(),
             started: false,
             finished: false,
@@ -200,7 +204,7 @@ impl StreamState {
                         ttft_ms: self.ttft_ms,
                         total_ms: self.ctx.elapsed_ms(),
                     },
-                    route: route_info(&self.decision, 1),
+                    route: route_info(&self.decision, self.attempts),
                 }
             }
             None => {

@@ -33,6 +33,8 @@ pub const FAULT_MODELS: &[(&str, &str)] = &[
     ("stream-throttle", "stream-throttle@2"),
     ("cut", "cut@3"),
     ("stall", "stall@2"),
+    ("flaky", "throttle*2"),
+    ("flaky-stream", "unavailable*1"),
 ];
 
 fn model(id: &str, upstream_id: String) -> ModelConfig {
@@ -73,6 +75,9 @@ pub fn relay_config(sim: &SimHandle) -> RelayConfig {
     let mut config = RelayConfig::embedded_default();
     config.server.port = 0;
     config.server.shutdown_grace_secs = 5;
+    // Retries as configured by default, with short waits so tests stay fast.
+    config.retry.base_delay_ms = 1;
+    config.retry.max_delay_ms = 5;
     config.bedrock.mode = BedrockMode::Endpoint;
     config.bedrock.endpoint = Some(sim.endpoint_url());
     config.default_model = "plain".into();
