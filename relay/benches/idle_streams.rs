@@ -6,7 +6,8 @@
 //! as its own process (`fm-relay serve --bedrock-endpoint ...`) so `/proc/<pid>/status` shows its
 //! memory alone. Each stream is a raw TCP connection that sent its request and read the `start`
 //! event, which the relay sends only once the upstream accepted the call: every stream counted
-//! holds an upstream call open.
+//! holds an upstream call open. (This bench stays in `fm-relay` for the binary's path; the
+//! tokio `test-util` feature that the relay's tests switch on changes timing, not memory.)
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

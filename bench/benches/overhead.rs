@@ -4,7 +4,7 @@
 //! provider (the AWS SDK) calling the simulator in-process — the cost the SDK alone imposes. The simulator answers with zero
 //! latency, so the difference is the relay's own cost (plus the second loopback hop).
 //!
-//! Run: `cargo bench -p fm-relay --bench overhead` (env `BENCH_SECS`, default 5 per scenario;
+//! Run: `cargo bench -p fm-bench --bench overhead` (env `BENCH_SECS`, default 5 per scenario;
 //! `BENCH_CONCURRENCY`, default `1,64`; `BENCH_ROUTES`, default `sync,stream`;
 //! `BENCH_SYNC_RATE` / `BENCH_STREAM_RATE`, default 4000 / 1000 requests per second for the paced
 //! scenarios at 64 connections). The simulator, the relay and the load generator each get their
