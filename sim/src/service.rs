@@ -43,17 +43,24 @@ impl SimState {
         }
     }
 
-    /// The fault to inject for this request: a limited spec applies only to its first K uses.
-    fn fault_for(&self, key: &str, spec: Option<FaultSpec>) -> Option<Fault> {
+    /// The fault to inject for this request: a limited spec applies only to its first K uses,
+    /// counted per model id and fault header.
+    fn fault_for(
+        &self,
+        model_id: &str,
+        header: Option<&str>,
+        spec: Option<FaultSpec>,
+    ) -> Option<Fault> {
         let spec = spec?;
         let Some(limit) = spec.limit else {
             return Some(spec.fault);
         };
+        let key = format!("{model_id}|{}", header.unwrap_or_default());
         let mut counts = self
             .limited_faults
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let used = counts.entry(key.to_string()).or_insert(0);
+        let used = counts.entry(key).or_insert(0);
         *used += 1;
         (*used <= limit).then_some(spec.fault)
     }
@@ -135,10 +142,7 @@ async fn serve(
                 .map_err(|e| SimError::Validation(e.to_string()))
         })
         .transpose()?;
-    let fault = state.fault_for(
-        &format!("{model_id}|{}", header_value.unwrap_or_default()),
-        header_fault.or(suffix_fault),
-    );
+    let fault = state.fault_for(model_id, header_value, header_fault.or(suffix_fault));
     state
         .stats
         .record_request(operation.name(), model_id, fault.map(|f| f.to_string()));
