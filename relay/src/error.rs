@@ -40,6 +40,9 @@ pub enum RelayError {
         message: String,
         field: Option<String>,
     },
+    /// A query parameter is invalid.
+    #[error("{message}")]
+    InvalidQuery { field: String, message: String },
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("no route for {method} {path}; the API lives under /v1 (see GET /v1/models)")]
@@ -76,6 +79,7 @@ impl RelayError {
         match self {
             RelayError::Invalid(err) => err.code,
             RelayError::MalformedJson { .. } => ErrorCode::MalformedJson,
+            RelayError::InvalidQuery { .. } => ErrorCode::InvalidRequest,
             RelayError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             RelayError::NotFound { .. } => ErrorCode::NotFound,
             RelayError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
@@ -131,6 +135,7 @@ impl RelayError {
         match self {
             RelayError::Invalid(err) => Some(err.field.clone()),
             RelayError::MalformedJson { field, .. } => field.clone(),
+            RelayError::InvalidQuery { field, .. } => Some(field.clone()),
             _ => None,
         }
     }

@@ -13,7 +13,8 @@
 //!
 //! Around them: [`config`] (TOML + env + flags), [`server`] (start-up, the embedded simulator
 //! when there is no AWS configuration, graceful shutdown), [`shutdown`] (the drain phases),
-//! [`telemetry`] (logging), [`error`] (the one error type).
+//! [`telemetry`] (logging and the live window of outcomes behind `/v1/stats`), [`error`] (the
+//! one error type).
 
 pub mod api;
 pub mod config;

@@ -485,3 +485,54 @@ async fn a_quiet_stream_carries_keep_alive_comments() {
     assert!(text.starts_with("event: start\n"), "{text}");
     assert!(!text.contains("text_delta"), "{text}");
 }
+
+#[tokio::test]
+async fn stats_report_server_side_latency_per_model() {
+    let harness = start().await;
+    let answer: ChatResponse = harness
+        .post("/v1/chat", chat_body(None, "one"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let events = sse_events(
+        harness
+            .post("/v1/chat/stream", chat_body(None, "two"))
+            .await,
+    )
+    .await;
+    let Some(StreamEvent::Done { timings, .. }) = events.last() else {
+        panic!("{events:?}")
+    };
+    let response = harness
+        .post("/v1/chat", chat_body(Some("throttle"), "three"))
+        .await;
+    assert_eq!(response.status(), 429);
+
+    let stats: fm_protocol::StatsResponse = harness.get_json("/v1/stats?window_secs=60").await;
+    assert_eq!(stats.window_secs, 60);
+    let model = |id: &str| stats.models.iter().find(|m| m.model == id).unwrap().clone();
+    let plain = model("plain");
+    assert_eq!((plain.requests, plain.errors), (2, 0));
+    // One streamed answer: its TTFT is every percentile.
+    let ttft = plain.ttft_ms.unwrap();
+    assert_eq!(ttft.p50, timings.ttft_ms.unwrap());
+    let total = plain.total_ms.unwrap();
+    assert!(total.p50 <= total.p99);
+    assert!(total.p99 >= answer.timings.total_ms.min(timings.total_ms));
+    let throttle = model("throttle");
+    assert_eq!((throttle.requests, throttle.errors), (1, 1));
+    assert_eq!(throttle.total_ms, None);
+    assert_eq!(model("slow").requests, 0);
+
+    let response = harness
+        .http
+        .get(harness.url("/v1/stats?window_secs=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(response).await,
+        (400, "invalid_request".into(), Some("window_secs".into()))
+    );
+}

@@ -11,6 +11,7 @@
 //! - [`error`]: the JSON error body of every non-2xx answer and its stable [`ErrorCode`]s.
 //! - [`validate`]: the request limits, as one function that clients run before sending and the
 //!   relay runs on arrival, so both reject the same requests with the same words.
+//! - [`stats`]: the relay's latency figures per model (`GET /v1/stats`).
 //! - [`sse`]: an incremental Server-Sent-Events decoder that accepts any split of the byte stream,
 //!   plus the matching encoder.
 
@@ -18,6 +19,7 @@ pub mod chat;
 pub mod error;
 pub mod event;
 pub mod sse;
+pub mod stats;
 pub mod validate;
 
 pub use chat::{
@@ -27,4 +29,5 @@ pub use chat::{
 pub use error::{ApiError, ApiErrorBody, ErrorCode};
 pub use event::StreamEvent;
 pub use sse::{SseDecoder, SseFrame, encode_sse_frame};
+pub use stats::{ModelStats, Percentiles, StatsResponse};
 pub use validate::{ValidationError, limits, validate_chat_request};

@@ -240,6 +240,26 @@ proptest! {
     }
 }
 
+proptest! {
+    #[test]
+    fn stats_round_trip(
+        model in text(), requests in any::<u64>(), errors in any::<u64>(),
+        ttft in prop::option::of((finite_ms(), finite_ms(), finite_ms())),
+        total in prop::option::of((finite_ms(), finite_ms(), finite_ms())),
+        window_secs in any::<u64>(),
+    ) {
+        let percentiles = |(p50, p95, p99)| Percentiles { p50, p95, p99 };
+        round_trips(&StatsResponse {
+            window_secs,
+            models: vec![ModelStats {
+                model, requests, errors,
+                ttft_ms: ttft.map(percentiles),
+                total_ms: total.map(percentiles),
+            }],
+        })?;
+    }
+}
+
 #[test]
 fn unknown_codes_and_stop_reasons_decode_as_catch_alls() {
     let code: ErrorCode = serde_json::from_str("\"quota_exceeded_in_2030\"").unwrap();

@@ -22,6 +22,7 @@ use crate::error::{RelayError, RequestError};
 use crate::resilience::{Executor, RequestContext};
 use crate::routing::{ModelCatalog, RouteDecision};
 use crate::shutdown::{Phase, Shutdown};
+use crate::telemetry::LiveWindow;
 use extract::RequestId;
 
 /// What every handler shares.
@@ -35,6 +36,8 @@ struct AppInner {
     config: RelayConfig,
     catalog: ModelCatalog,
     executor: Executor,
+    /// Recent outcomes per model, recorded by the executor.
+    window: Arc<LiveWindow>,
     shutdown: Shutdown,
     /// WebSocket sessions outlive their HTTP request; shutdown waits for them here.
     ws_sessions: TaskTracker,
@@ -42,12 +45,21 @@ struct AppInner {
 
 impl AppState {
     pub fn new(config: RelayConfig, catalog: ModelCatalog, shutdown: Shutdown) -> Self {
-        let executor = Executor::new(config.timeouts, config.retry, shutdown.clone());
+        let window = Arc::new(LiveWindow::new(
+            catalog.list().models.into_iter().map(|model| model.id),
+        ));
+        let executor = Executor::new(
+            config.timeouts,
+            config.retry,
+            window.clone(),
+            shutdown.clone(),
+        );
         AppState {
             inner: Arc::new(AppInner {
                 config,
                 catalog,
                 executor,
+                window,
                 shutdown,
                 ws_sessions: TaskTracker::new(),
             }),
@@ -68,6 +80,10 @@ impl AppState {
 
     pub fn shutdown(&self) -> &Shutdown {
         &self.inner.shutdown
+    }
+
+    pub fn window(&self) -> &LiveWindow {
+        &self.inner.window
     }
 
     /// The tracker of open WebSocket sessions.

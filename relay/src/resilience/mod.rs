@@ -20,8 +20,9 @@ use crate::error::{RelayError, UpstreamFailure};
 use crate::provider::ChatProvider;
 use crate::routing::RouteDecision;
 use crate::shutdown::Shutdown;
+use crate::telemetry::{LiveWindow, Outcome};
 
-pub use retry::Retrier;
+pub use retry::{Attempted, Retrier};
 pub use stream::ChatEventStream;
 
 /// One request's identity and clock.
@@ -51,6 +52,8 @@ pub struct Executor {
     timeouts: TimeoutConfig,
     /// Shared by every request: its budget bounds retries across all of them.
     retrier: Arc<Retrier>,
+    /// Where every request's outcome is recorded.
+    window: Arc<LiveWindow>,
     shutdown: Shutdown,
 }
 
@@ -63,12 +66,23 @@ pub(crate) enum DeadlineKind {
 }
 
 impl Executor {
-    pub fn new(timeouts: TimeoutConfig, retry: RetryConfig, shutdown: Shutdown) -> Self {
+    pub fn new(
+        timeouts: TimeoutConfig,
+        retry: RetryConfig,
+        window: Arc<LiveWindow>,
+        shutdown: Shutdown,
+    ) -> Self {
         Executor {
             timeouts,
             retrier: Arc::new(Retrier::new(retry)),
+            window,
             shutdown,
         }
+    }
+
+    /// Records how a request to `decision`'s model ended.
+    pub(crate) fn record(&self, decision: &RouteDecision, outcome: Outcome) {
+        self.window.record(&decision.model.config.id, outcome);
     }
 
     fn total_deadline(&self, ctx: &RequestContext) -> Instant {
@@ -87,13 +101,20 @@ impl Executor {
         let calls = self.retrier.run(deadline, |_| {
             entry.provider.complete(entry.config.upstream_id(), request)
         });
-        let attempted = tokio::time::timeout_at(deadline, calls)
-            .await
-            .map_err(|_| RelayError::DeadlineExceeded(self.timeouts.total()))?;
-        let attempts = attempted.attempts;
-        let answer = attempted
-            .result
-            .map_err(|err| err.after_attempts(attempts))?;
+        let answered = settle(
+            tokio::time::timeout_at(deadline, calls)
+                .await
+                .map_err(|_| RelayError::DeadlineExceeded(self.timeouts.total())),
+        );
+        self.record(
+            decision,
+            Outcome {
+                ok: answered.is_ok(),
+                ttft_ms: None,
+                total_ms: ctx.elapsed_ms(),
+            },
+        );
+        let (answer, attempts) = answered?;
         Ok(ChatResponse {
             request_id: ctx.request_id.clone(),
             model: entry.config.id.clone(),
@@ -129,13 +150,25 @@ impl Executor {
                 .provider
                 .open_stream(entry.config.upstream_id(), request)
         });
-        let attempted = tokio::time::timeout_at(deadline, opens)
-            .await
-            .map_err(|_| self.deadline_error(kind, &decision))?;
-        let attempts = attempted.attempts;
-        let upstream = attempted
-            .result
-            .map_err(|err| err.after_attempts(attempts))?;
+        let opened = settle(
+            tokio::time::timeout_at(deadline, opens)
+                .await
+                .map_err(|_| self.deadline_error(kind, &decision)),
+        );
+        let (upstream, attempts) = match opened {
+            Ok(opened) => opened,
+            Err(err) => {
+                self.record(
+                    &decision,
+                    Outcome {
+                        ok: false,
+                        ttft_ms: None,
+                        total_ms: ctx.elapsed_ms(),
+                    },
+                );
+                return Err(err);
+            }
+        };
         Ok(ChatEventStream::new(
             upstream,
             ctx,
@@ -176,6 +209,17 @@ impl Executor {
     pub(crate) fn shutdown(&self) -> &Shutdown {
         &self.shutdown
     }
+}
+
+/// A retried call bounded by a deadline, as its value and the attempts it took; a final error
+/// says how many attempts were made.
+fn settle<T>(bounded: Result<Attempted<T>, RelayError>) -> Result<(T, u32), RelayError> {
+    let attempted = bounded?;
+    let attempts = attempted.attempts;
+    attempted
+        .result
+        .map(|value| (value, attempts))
+        .map_err(|err| err.after_attempts(attempts))
 }
 
 /// The earliest of several deadlines, with its kind.

@@ -23,6 +23,7 @@ use crate::error::{RelayError, UpstreamFailure};
 use crate::provider::{ProviderEvent, ProviderStream};
 use crate::routing::RouteDecision;
 use crate::shutdown::Phase;
+use crate::telemetry::Outcome;
 
 /// The state of one streaming answer.
 struct StreamState {
@@ -197,12 +198,21 @@ impl StreamState {
         match self.stop {
             Some(stop_reason) => {
                 self.finished = true;
+                let total_ms = self.ctx.elapsed_ms();
+                self.executor.record(
+                    &self.decision,
+                    Outcome {
+                        ok: true,
+                        ttft_ms: self.ttft_ms,
+                        total_ms,
+                    },
+                );
                 StreamEvent::Done {
                     stop_reason,
                     usage: self.usage.unwrap_or_default(),
                     timings: Timings {
                         ttft_ms: self.ttft_ms,
-                        total_ms: self.ctx.elapsed_ms(),
+                        total_ms,
                     },
                     route: route_info(&self.decision, self.attempts),
                 }
@@ -219,6 +229,14 @@ impl StreamState {
 
     fn fail(&mut self, err: RelayError) -> StreamEvent {
         self.finished = true;
+        self.executor.record(
+            &self.decision,
+            Outcome {
+                ok: false,
+                ttft_ms: self.ttft_ms,
+                total_ms: self.ctx.elapsed_ms(),
+            },
+        );
         tracing::warn!(request_id = %self.ctx.request_id, error = %err, "stream failed");
         err.to_event()
     }

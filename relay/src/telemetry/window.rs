@@ -1,0 +1,169 @@
+//! [`LiveWindow`]: the recent outcomes of each model — when a request ended, whether it succeeded,
+//! its server-side time to first token and total time — kept for [`MAX_WINDOW`] (and at most
+//! [`MAX_SAMPLES`] per model), summarised as percentiles on demand.
+//!
+//! Recording is one uncontended lock and a push per request: each model has its own buffer, so
+//! requests to different models never wait on each other. Percentiles are computed only when
+//! someone asks (`GET /v1/stats`), by sorting the window's samples (nearest rank).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use fm_protocol::{ModelStats, Percentiles};
+
+/// The longest window that can be asked for.
+pub const MAX_WINDOW: Duration = Duration::from_secs(3600);
+/// The most samples kept per model.
+pub const MAX_SAMPLES: usize = 10_000;
+
+/// How one request ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outcome {
+    pub ok: bool,
+    /// Server-side time to first token, for streamed answers that had one.
+    pub ttft_ms: Option<f64>,
+    pub total_ms: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    outcome: Outcome,
+}
+
+/// Recent outcomes per model.
+#[derive(Debug)]
+pub struct LiveWindow {
+    /// Fixed at start-up: the configured models, in configuration order.
+    models: Vec<String>,
+    samples: HashMap<String, Mutex<VecDeque<Sample>>>,
+}
+
+impl LiveWindow {
+    pub fn new(models: impl IntoIterator<Item = String>) -> Self {
+        let models: Vec<String> = models.into_iter().collect();
+        let samples = models
+            .iter()
+            .map(|model| (model.clone(), Mutex::new(VecDeque::new())))
+            .collect();
+        LiveWindow { models, samples }
+    }
+
+    /// Records the outcome of a request to `model` (ignored for a model not configured).
+    pub fn record(&self, model: &str, outcome: Outcome) {
+        let Some(buffer) = self.samples.get(model) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut buffer = buffer.lock().unwrap_or_else(|e| e.into_inner());
+        while buffer
+            .front()
+            .is_some_and(|s| buffer.len() >= MAX_SAMPLES || now - s.at > MAX_WINDOW)
+        {
+            buffer.pop_front();
+        }
+        buffer.push_back(Sample { at: now, outcome });
+    }
+
+    /// Every model's figures over the last `window`.
+    pub fn stats(&self, window: Duration) -> Vec<ModelStats> {
+        let now = Instant::now();
+        self.models
+            .iter()
+            .map(|model| {
+                let recent: Vec<Outcome> = self.samples[model]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .filter(|s| now - s.at <= window)
+                    .map(|s| s.outcome)
+                    .collect();
+                let errors = recent.iter().filter(|o| !o.ok).count();
+                let ok = || recent.iter().filter(|o| o.ok);
+                ModelStats {
+                    model: model.clone(),
+                    requests: recent.len() as u64,
+                    errors: errors as u64,
+                    ttft_ms: percentiles(ok().filter_map(|o| o.ttft_ms).collect()),
+                    total_ms: percentiles(ok().map(|o| o.total_ms).collect()),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Nearest-rank percentiles, or `None` for no values.
+fn percentiles(mut values: Vec<f64>) -> Option<Percentiles> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable_by(f64::total_cmp);
+    let rank = |p: f64| {
+        let index = ((p / 100.0) * values.len() as f64).ceil() as usize;
+        values[index.clamp(1, values.len()) - 1]
+    };
+    Some(Percentiles {
+        p50: rank(50.0),
+        p95: rank(95.0),
+        p99: rank(99.0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(ttft_ms: Option<f64>, total_ms: f64) -> Outcome {
+        Outcome {
+            ok: true,
+            ttft_ms,
+            total_ms,
+        }
+    }
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let values: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        let p = percentiles(values).unwrap();
+        assert_eq!((p.p50, p.p95, p.p99), (50.0, 95.0, 99.0));
+        let one = percentiles(vec![7.0]).unwrap();
+        assert_eq!((one.p50, one.p99), (7.0, 7.0));
+        assert_eq!(percentiles(Vec::new()), None);
+    }
+
+    #[test]
+    fn stats_count_errors_and_keep_failed_requests_out_of_latency() {
+        let window = LiveWindow::new(["a".to_string(), "b".to_string()]);
+        window.record("a", ok(Some(10.0), 100.0));
+        window.record("a", ok(None, 200.0));
+        window.record(
+            "a",
+            Outcome {
+                ok: false,
+                ttft_ms: Some(1.0),
+                total_ms: 5000.0,
+            },
+        );
+        window.record("unknown", ok(None, 1.0));
+        let stats = window.stats(Duration::from_secs(60));
+        assert_eq!(stats.len(), 2);
+        let a = &stats[0];
+        assert_eq!((a.model.as_str(), a.requests, a.errors), ("a", 3, 1));
+        assert_eq!(a.ttft_ms.unwrap().p99, 10.0);
+        assert_eq!(a.total_ms.unwrap().p50, 100.0);
+        assert_eq!(a.total_ms.unwrap().p99, 200.0);
+        assert_eq!((stats[1].requests, stats[1].total_ms), (0, None));
+        assert_eq!(window.stats(Duration::ZERO)[0].requests, 0);
+    }
+
+    #[test]
+    fn the_buffer_is_bounded() {
+        let window = LiveWindow::new(["a".to_string()]);
+        for i in 0..MAX_SAMPLES + 10 {
+            window.record("a", ok(None, i as f64));
+        }
+        let stats = window.stats(MAX_WINDOW);
+        assert_eq!(stats[0].requests, MAX_SAMPLES as u64);
+    }
+}

@@ -1,0 +1,37 @@
+//! The answer of `GET /v1/stats`: the relay's own view of latency per model over a recent window,
+//! so a client can set its measured time to first token beside the server's and see how much of
+//! the wait is network and rendering.
+
+use serde::{Deserialize, Serialize};
+
+/// Percentiles of a set of durations, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+/// One model's figures over the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelStats {
+    pub model: String,
+    /// Requests that ended in the window, failed ones included.
+    pub requests: u64,
+    /// Requests that ended with an error.
+    pub errors: u64,
+    /// Server-side time to first token of the streamed answers that had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<Percentiles>,
+    /// Server-side total time of the successful answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<Percentiles>,
+}
+
+/// The answer of `GET /v1/stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsResponse {
+    /// How far back the figures reach.
+    pub window_secs: u64,
+    pub models: Vec<ModelStats>,
+}
