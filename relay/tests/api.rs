@@ -333,6 +333,8 @@ async fn failures_inside_the_stream_end_with_a_typed_error_event_never_done() {
     for (model, code, tokens) in [
         ("stream-throttle", ErrorCode::UpstreamThrottled, 2),
         ("cut", ErrorCode::UpstreamError, 3),
+        // A corrupt frame fails the attempt; nothing of it reaches the client.
+        ("garbage", ErrorCode::UpstreamError, 2),
     ] {
         let events = sse_events(
             harness
@@ -360,6 +362,10 @@ async fn failures_inside_the_stream_end_with_a_typed_error_event_never_done() {
             "{model}"
         );
     }
+    // The corrupt stream's upstream call was dropped, and the relay still answers.
+    harness.wait_for_cancelled_streams(1).await;
+    let response = harness.post("/v1/chat", chat_body(None, "hello")).await;
+    assert_eq!(response.status(), 200);
 }
 
 #[tokio::test]

@@ -18,9 +18,10 @@
 //! | `stream-validation@N` | N tokens, then an in-stream `validationException` |
 //! | `stall@N` | N tokens, then silence until the client gives up |
 //! | `cut@N` | N tokens, then the stream ends without its closing events |
+//! | `garbage@N` | N tokens, then a frame whose checksum is wrong, then silence |
 //!
 //! On the non-streaming operations an in-stream exception becomes the matching HTTP error,
-//! `stall` never answers and `cut` has no effect.
+//! `stall` never answers, and `cut` and `garbage` have no effect.
 //!
 //! A `*K` suffix limits a fault to the first K requests that carry the same spec on the same
 //! model id (`model~throttle*2`: throttled twice, then healthy), for testing retries.
@@ -136,6 +137,8 @@ pub enum Fault {
     Stall { after_tokens: u32 },
     /// Send `after_tokens` tokens, then end the stream without its closing events.
     Cut { after_tokens: u32 },
+    /// Send `after_tokens` tokens, then a corrupt frame, then nothing more.
+    Garbage { after_tokens: u32 },
 }
 
 /// A fault specification that could not be understood.
@@ -181,6 +184,7 @@ impl FromStr for Fault {
             "stream-validation" => stream(StreamException::Validation),
             "stall" => Ok(Fault::Stall { after_tokens }),
             "cut" => Ok(Fault::Cut { after_tokens }),
+            "garbage" => Ok(Fault::Garbage { after_tokens }),
             _ => Err(unknown()),
         }
     }
@@ -196,6 +200,7 @@ impl fmt::Display for Fault {
             } => write!(f, "{}@{after_tokens}", exception.exception_type()),
             Fault::Stall { after_tokens } => write!(f, "stall@{after_tokens}"),
             Fault::Cut { after_tokens } => write!(f, "cut@{after_tokens}"),
+            Fault::Garbage { after_tokens } => write!(f, "garbage@{after_tokens}"),
         }
     }
 }
@@ -253,6 +258,7 @@ mod tests {
         );
         assert_eq!("stall@0".parse(), Ok(Fault::Stall { after_tokens: 0 }));
         assert_eq!("cut@9".parse(), Ok(Fault::Cut { after_tokens: 9 }));
+        assert_eq!("garbage@1".parse(), Ok(Fault::Garbage { after_tokens: 1 }));
         assert!("throttle@3".parse::<Fault>().is_err());
         assert!("stall@x".parse::<Fault>().is_err());
         assert!("melt".parse::<Fault>().is_err());

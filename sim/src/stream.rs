@@ -89,7 +89,10 @@ impl Producer {
             Fault::Http(_) => None,
             Fault::StreamException { after_tokens, .. }
             | Fault::Stall { after_tokens }
-            | Fault::Cut { after_tokens } => Some((after_tokens as usize).min(answer.tokens.len())),
+            | Fault::Cut { after_tokens }
+            | Fault::Garbage { after_tokens } => {
+                Some((after_tokens as usize).min(answer.tokens.len()))
+            }
         });
 
         self.wait_until(first_token_at).await?;
@@ -124,6 +127,15 @@ impl Producer {
                 .await
             }
             Some(Fault::Stall { .. }) => {
+                self.tx.closed().await;
+                Err(Closed)
+            }
+            Some(Fault::Garbage { .. }) => {
+                // A well-formed frame with one payload byte flipped: the message CRC fails.
+                let mut frame = self.delta("corrupt").to_vec();
+                let middle = frame.len() / 2;
+                frame[middle] ^= 0xff;
+                self.send(Bytes::from(frame)).await?;
                 self.tx.closed().await;
                 Err(Closed)
             }

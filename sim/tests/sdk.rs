@@ -470,3 +470,27 @@ async fn a_limited_fault_applies_to_the_first_requests_only() {
     let stats = sim.stats();
     assert_eq!((stats.requests, stats.errors), (3, 2));
 }
+
+#[tokio::test]
+async fn a_corrupt_frame_fails_the_stream_in_the_sdk() {
+    let sim = sim().await;
+    let client = client(&sim);
+    let mut output = client
+        .converse_stream()
+        .model_id(format!("{MODEL}~garbage@2"))
+        .messages(user(PROMPT))
+        .send()
+        .await
+        .unwrap();
+    let mut deltas = 0;
+    let err = loop {
+        match output.stream.recv().await {
+            Ok(Some(ConverseStreamOutput::ContentBlockDelta(_))) => deltas += 1,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ended without an error"),
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(deltas, 2);
+    assert!(err.as_service_error().is_none(), "{err:?}");
+}

@@ -33,6 +33,7 @@ pub const FAULT_MODELS: &[(&str, &str)] = &[
     ("stream-throttle", "stream-throttle@2"),
     ("cut", "cut@3"),
     ("stall", "stall@2"),
+    ("garbage", "garbage@2"),
     ("flaky", "throttle*2"),
     ("flaky-stream", "unavailable*1"),
 ];
