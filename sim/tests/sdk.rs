@@ -7,7 +7,9 @@ use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::config::retry::{RetryConfig, RetryPartition};
 use aws_sdk_bedrockruntime::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_bedrockruntime::operation::converse::ConverseError;
-use aws_sdk_bedrockruntime::operation::converse_stream::ConverseStreamError;
+use aws_sdk_bedrockruntime::operation::converse_stream::{
+    ConverseStreamError, ConverseStreamOutput as ConverseStreamResponse,
+};
 use aws_sdk_bedrockruntime::operation::invoke_model::InvokeModelError;
 use aws_sdk_bedrockruntime::primitives::Blob;
 use aws_sdk_bedrockruntime::types::error::{ConverseStreamOutputError, ResponseStreamError};
@@ -92,6 +94,17 @@ async fn converse_text(client: &Client, model: &str, max_tokens: i32) -> (String
     (text, output.stop_reason().clone(), usage.output_tokens())
 }
 
+/// Starts a ConverseStream of the test prompt.
+async fn open_stream(client: &Client, model: &str) -> ConverseStreamResponse {
+    client
+        .converse_stream()
+        .model_id(model)
+        .messages(user(PROMPT))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Collects a ConverseStream: text, stop reason, output tokens, and the in-stream error if any.
 async fn converse_stream(
     client: &Client,
@@ -102,13 +115,7 @@ async fn converse_stream(
     Option<i32>,
     Option<ConverseStreamOutputError>,
 ) {
-    let mut output = client
-        .converse_stream()
-        .model_id(model)
-        .messages(user(PROMPT))
-        .send()
-        .await
-        .unwrap();
+    let mut output = open_stream(client, model).await;
     let (mut text, mut stop, mut tokens) = (String::new(), None, None);
     loop {
         match output.stream.recv().await {
@@ -380,13 +387,7 @@ async fn a_cut_stream_ends_without_its_closing_events() {
 async fn a_stalled_stream_goes_quiet_and_the_sim_sees_the_client_leave() {
     let sim = sim().await;
     let client = client(&sim);
-    let mut output = client
-        .converse_stream()
-        .model_id(format!("{MODEL}~stall@2"))
-        .messages(user(PROMPT))
-        .send()
-        .await
-        .unwrap();
+    let mut output = open_stream(&client, &format!("{MODEL}~stall@2")).await;
     let mut deltas = 0;
     loop {
         match tokio::time::timeout(Duration::from_millis(500), output.stream.recv()).await {
@@ -475,13 +476,7 @@ async fn a_limited_fault_applies_to_the_first_requests_only() {
 async fn a_corrupt_frame_fails_the_stream_in_the_sdk() {
     let sim = sim().await;
     let client = client(&sim);
-    let mut output = client
-        .converse_stream()
-        .model_id(format!("{MODEL}~garbage@2"))
-        .messages(user(PROMPT))
-        .send()
-        .await
-        .unwrap();
+    let mut output = open_stream(&client, &format!("{MODEL}~garbage@2")).await;
     let mut deltas = 0;
     let err = loop {
         match output.stream.recv().await {
