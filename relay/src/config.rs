@@ -28,6 +28,8 @@ pub struct RelayConfig {
     #[serde(default)]
     pub retry: RetryConfig,
     #[serde(default)]
+    pub breaker: BreakerConfig,
+    #[serde(default)]
     pub bedrock: BedrockConfig,
     #[serde(default)]
     pub simulator: SimulatorConfig,
@@ -132,6 +134,51 @@ impl RetryConfig {
         }
         if self.budget_min_per_sec >= i32::MAX as u32 {
             return Err("`retry.budget_min_per_sec` is too large".into());
+        }
+        Ok(())
+    }
+}
+
+/// When a target's circuit breaker opens and how it recovers; see the embedded default.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    pub consecutive_failures: u32,
+    pub failure_rate_percent: f32,
+    pub min_requests: u32,
+    pub window_secs: u64,
+    pub open_ms: u64,
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            consecutive_failures: 5,
+            failure_rate_percent: 50.0,
+            min_requests: 20,
+            window_secs: 30,
+            open_ms: 10_000,
+            half_open_probes: 2,
+        }
+    }
+}
+
+impl BreakerConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.consecutive_failures == 0 {
+            return Err("`breaker.consecutive_failures` must be at least 1".into());
+        }
+        if !(self.failure_rate_percent > 0.0 && self.failure_rate_percent <= 100.0) {
+            return Err("`breaker.failure_rate_percent` must be above 0 and at most 100".into());
+        }
+        if !(1..=3600).contains(&self.window_secs) {
+            return Err("`breaker.window_secs` must be between 1 and 3600".into());
+        }
+        if self.open_ms == 0 || self.half_open_probes == 0 {
+            return Err(
+                "`breaker.open_ms` and `breaker.half_open_probes` must be at least 1".into(),
+            );
         }
         Ok(())
     }
@@ -340,6 +387,7 @@ impl RelayConfig {
             }
         }
         self.retry.validate()?;
+        self.breaker.validate()?;
         if self.server.sse_keep_alive_secs == 0 {
             return Err("`server.sse_keep_alive_secs` must be greater than 0".into());
         }
@@ -377,6 +425,7 @@ mod tests {
         assert_eq!(config.server, ServerConfig::default());
         assert_eq!(config.simulator, SimulatorConfig::default());
         assert_eq!(config.retry, RetryConfig::default());
+        assert_eq!(config.breaker, BreakerConfig::default());
     }
 
     #[test]

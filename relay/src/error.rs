@@ -27,6 +27,8 @@ pub enum UpstreamFailure {
     Misconfigured,
     /// The upstream's answer was malformed or ended without its closing events.
     Protocol,
+    /// The target's circuit breaker is open: the call was not made.
+    CircuitOpen,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +87,9 @@ impl RelayError {
             RelayError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             RelayError::Upstream { failure, .. } => match failure {
                 UpstreamFailure::Throttled => ErrorCode::UpstreamThrottled,
-                UpstreamFailure::Unavailable => ErrorCode::UpstreamUnavailable,
+                UpstreamFailure::Unavailable | UpstreamFailure::CircuitOpen => {
+                    ErrorCode::UpstreamUnavailable
+                }
                 UpstreamFailure::Timeout => ErrorCode::UpstreamTimeout,
                 UpstreamFailure::Stalled => ErrorCode::UpstreamStalled,
                 UpstreamFailure::Rejected => ErrorCode::UpstreamRejected,

@@ -151,10 +151,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
                 Provider::Bedrock(client)
             }
         };
-        entries.push(ModelEntry {
-            config: model.clone(),
-            provider,
-        });
+        entries.push(ModelEntry::new(model.clone(), provider, config.breaker));
     }
     let catalog = ModelCatalog::new(entries, &config.default_model);
 

@@ -542,3 +542,62 @@ async fn stats_report_server_side_latency_per_model() {
         (400, "invalid_request".into(), Some("window_secs".into()))
     );
 }
+
+#[tokio::test]
+async fn a_failing_target_trips_its_breaker_which_probes_and_closes() {
+    let harness = start_with(sim_config(), |config| {
+        config.breaker.consecutive_failures = 3;
+        config.breaker.open_ms = 200;
+        config.breaker.half_open_probes = 1;
+    })
+    .await;
+    let circuit = |stats: &fm_protocol::StatsResponse| {
+        let model = stats
+            .models
+            .iter()
+            .find(|m| m.model == "recovering")
+            .unwrap();
+        model.circuit.clone()
+    };
+    // Three failed attempts (one request and its retries) open the breaker.
+    let response = harness
+        .post("/v1/chat", chat_body(Some("recovering"), "hi"))
+        .await;
+    assert_eq!(response.status(), 503);
+    let status = circuit(&harness.get_json("/v1/stats").await);
+    assert_eq!(status.state, fm_protocol::CircuitState::Open);
+    assert!(status.reason.unwrap().contains("3 failures in a row"));
+    assert_eq!(harness.sim.stats().requests, 3);
+
+    // While open, calls fail fast: nothing reaches the upstream, and the answer says when to
+    // come back.
+    for path in ["/v1/chat", "/v1/chat/stream"] {
+        let response = harness
+            .post(path, chat_body(Some("recovering"), "hi"))
+            .await;
+        assert!(response.headers().contains_key("retry-after"), "{path}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "upstream_unavailable", "{path}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("circuit open"), "{message}");
+    }
+    assert_eq!(harness.sim.stats().requests, 3);
+
+    // After the cool-down one probe goes through; the target has recovered, so it closes.
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    let response = harness
+        .post("/v1/chat/stream", chat_body(Some("recovering"), "hi"))
+        .await;
+    let events = sse_events(response).await;
+    assert!(
+        matches!(events.last(), Some(StreamEvent::Done { .. })),
+        "{events:?}"
+    );
+    let status = circuit(&harness.get_json("/v1/stats").await);
+    assert_eq!(status.state, fm_protocol::CircuitState::Closed);
+    let response = harness
+        .post("/v1/chat", chat_body(Some("recovering"), "hi"))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(harness.sim.stats().requests, 5);
+}

@@ -12,6 +12,27 @@ pub struct Percentiles {
     pub p99: f64,
 }
 
+/// The state of a model's circuit breaker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitState {
+    /// Calls go through.
+    #[default]
+    Closed,
+    /// Calls fail at once until a cool-down ends.
+    Open,
+    /// A few probe calls test whether the target recovered.
+    HalfOpen,
+}
+
+/// A circuit breaker's state and, unless closed, why it tripped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CircuitStatus {
+    pub state: CircuitState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// One model's figures over the window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelStats {
@@ -26,6 +47,9 @@ pub struct ModelStats {
     /// Server-side total time of the successful answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_ms: Option<Percentiles>,
+    /// The model's circuit breaker, now.
+    #[serde(default)]
+    pub circuit: CircuitStatus,
 }
 
 /// The answer of `GET /v1/stats`.

@@ -255,6 +255,7 @@ proptest! {
                 model, requests, errors,
                 ttft_ms: ttft.map(percentiles),
                 total_ms: total.map(percentiles),
+                circuit: CircuitStatus { state: CircuitState::HalfOpen, reason: Some("probe".into()) },
             }],
         })?;
     }

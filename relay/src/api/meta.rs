@@ -48,9 +48,13 @@ async fn stats(
     RawQuery(query): RawQuery,
 ) -> Result<Json<StatsResponse>, RequestError> {
     let window_secs = stats_window(query.as_deref()).map_err(|e| e.with_request_id(&request_id))?;
+    let mut models = state.window().stats(Duration::from_secs(window_secs));
+    for model in &mut models {
+        model.circuit = state.catalog().circuit(&model.model);
+    }
     Ok(Json(StatsResponse {
         window_secs,
-        models: state.window().stats(Duration::from_secs(window_secs)),
+        models,
     }))
 }
 

@@ -2,11 +2,13 @@
 //!
 //! Every request has a total deadline from its arrival; a stream also has a first-token deadline
 //! and an idle timeout on every read (the Bedrock SDK detects no stall on event streams). Calls
-//! that the upstream refused for now (throttled, unavailable) are retried ([`retry`]). The
+//! that the upstream refused for now (throttled, unavailable) are retried ([`retry`]), and each
+//! target has a circuit breaker ([`breaker`]) that fails calls fast while it is unhealthy. The
 //! [`Executor`] applies all of this around the provider calls and turns a provider stream into the
 //! client-facing [`StreamEvent`](fm_protocol::StreamEvent) sequence ([`stream::ChatEventStream`]),
 //! which never ends a truncated answer as a success.
 
+pub mod breaker;
 pub mod retry;
 pub mod stream;
 
@@ -98,8 +100,14 @@ impl Executor {
     ) -> Result<ChatResponse, RelayError> {
         let entry = &decision.model;
         let deadline = self.total_deadline(ctx).into();
-        let calls = self.retrier.run(deadline, |_| {
-            entry.provider.complete(entry.config.upstream_id(), request)
+        let calls = self.retrier.run(deadline, |_| async {
+            let permit = entry.breaker.acquire()?;
+            let result = entry
+                .provider
+                .complete(entry.config.upstream_id(), request)
+                .await;
+            permit.record(&result);
+            result
         });
         let answered = settle(
             tokio::time::timeout_at(deadline, calls)
@@ -145,17 +153,27 @@ impl Executor {
             (first_token_deadline, DeadlineKind::FirstToken),
         ]);
         let deadline = deadline.into();
-        let opens = self.retrier.run(deadline, |_| {
-            entry
+        let opens = self.retrier.run(deadline, |_| async {
+            let permit = entry.breaker.acquire()?;
+            match entry
                 .provider
                 .open_stream(entry.config.upstream_id(), request)
+                .await
+            {
+                // The stream's end settles the permit.
+                Ok(upstream) => Ok((upstream, permit)),
+                Err(err) => {
+                    permit.failure(&err);
+                    Err(err)
+                }
+            }
         });
         let opened = settle(
             tokio::time::timeout_at(deadline, opens)
                 .await
                 .map_err(|_| self.deadline_error(kind, &decision)),
         );
-        let (upstream, attempts) = match opened {
+        let ((upstream, permit), attempts) = match opened {
             Ok(opened) => opened,
             Err(err) => {
                 self.record(
@@ -171,6 +189,7 @@ impl Executor {
         };
         Ok(ChatEventStream::new(
             upstream,
+            permit,
             ctx,
             decision,
             self.clone(),

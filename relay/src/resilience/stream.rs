@@ -18,6 +18,7 @@ use fm_protocol::{StopReason, StreamEvent, Timings, Usage};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 
+use super::breaker::Permit;
 use super::{DeadlineKind, Executor, RequestContext, earliest, route_info};
 use crate::error::{RelayError, UpstreamFailure};
 use crate::provider::{ProviderEvent, ProviderStream};
@@ -28,6 +29,9 @@ use crate::telemetry::Outcome;
 /// The state of one streaming answer.
 struct StreamState {
     upstream: ProviderStream,
+    /// The breaker's leave for this call, settled when the stream ends (dropped unsettled when
+    /// the client leaves first).
+    permit: Option<Permit>,
     /// Fires at (or before) the earliest deadline; see the module docs.
     timer: Pin<Box<tokio::time::Sleep>>,
     shutdown: watch::Receiver<Phase>,
@@ -59,6 +63,7 @@ impl std::fmt::Debug for ChatEventStream {
 impl ChatEventStream {
     pub(super) fn new(
         upstream: ProviderStream,
+        permit: Permit,
         ctx: RequestContext,
         decision: RouteDecision,
         executor: Executor,
@@ -68,6 +73,7 @@ impl ChatEventStream {
         let shutdown = executor.shutdown().subscribe();
         let state = StreamState {
             upstream,
+            permit: Some(permit),
             timer: Box::pin(tokio::time::sleep_until(first_token_deadline.into())),
             shutdown,
             ctx,
@@ -198,6 +204,9 @@ impl StreamState {
         match self.stop {
             Some(stop_reason) => {
                 self.finished = true;
+                if let Some(permit) = self.permit.take() {
+                    permit.success();
+                }
                 let total_ms = self.ctx.elapsed_ms();
                 self.executor.record(
                     &self.decision,
@@ -229,6 +238,9 @@ impl StreamState {
 
     fn fail(&mut self, err: RelayError) -> StreamEvent {
         self.finished = true;
+        if let Some(permit) = self.permit.take() {
+            permit.failure(&err);
+        }
         self.executor.record(
             &self.decision,
             Outcome {

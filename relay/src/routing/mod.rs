@@ -7,20 +7,31 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fm_protocol::{ChatRequest, ModelInfo, ModelList};
+use fm_protocol::{ChatRequest, CircuitStatus, ModelInfo, ModelList};
 
-use crate::config::ModelConfig;
+use crate::config::{BreakerConfig, ModelConfig};
 use crate::error::{RelayError, UpstreamFailure};
 use crate::provider::{ChatProvider, Provider};
+use crate::resilience::breaker::CircuitBreaker;
 
-/// A configured model and the client that reaches it.
+/// A configured model, the client that reaches it, and its circuit breaker.
 #[derive(Debug)]
 pub struct ModelEntry {
     pub config: ModelConfig,
     pub provider: Provider,
+    pub breaker: Arc<CircuitBreaker>,
 }
 
 impl ModelEntry {
+    pub fn new(config: ModelConfig, provider: Provider, breaker: BreakerConfig) -> Self {
+        let target = format!("{} in {}", config.upstream_id(), provider.location());
+        ModelEntry {
+            breaker: CircuitBreaker::new(target, breaker),
+            config,
+            provider,
+        }
+    }
+
     /// The upstream call's target, as error messages name it: `upstream-id in region`.
     pub fn target(&self) -> String {
         format!(
@@ -76,6 +87,14 @@ impl ModelCatalog {
 
     pub fn contains(&self, id: &str) -> bool {
         self.by_id.contains_key(id)
+    }
+
+    /// The breaker state of model `id` (closed for an unknown id).
+    pub fn circuit(&self, id: &str) -> CircuitStatus {
+        self.by_id
+            .get(id)
+            .map(|&index| self.models[index].breaker.status())
+            .unwrap_or_default()
     }
 
     /// The listing of `GET /v1/models`.

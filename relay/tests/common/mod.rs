@@ -36,6 +36,7 @@ pub const FAULT_MODELS: &[(&str, &str)] = &[
     ("garbage", "garbage@2"),
     ("flaky", "throttle*2"),
     ("flaky-stream", "unavailable*1"),
+    ("recovering", "unavailable*3"),
 ];
 
 fn model(id: &str, upstream_id: String) -> ModelConfig {
@@ -79,6 +80,9 @@ pub fn relay_config(sim: &SimHandle) -> RelayConfig {
     // Retries as configured by default, with short waits so tests stay fast.
     config.retry.base_delay_ms = 1;
     config.retry.max_delay_ms = 5;
+    // Breakers out of the way unless a test is about them.
+    config.breaker.consecutive_failures = 1000;
+    config.breaker.min_requests = 1000;
     config.bedrock.mode = BedrockMode::Endpoint;
     config.bedrock.endpoint = Some(sim.endpoint_url());
     config.default_model = "plain".into();

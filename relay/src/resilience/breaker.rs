@@ -1,0 +1,440 @@
+//! A circuit breaker per target: after a run of failures, or a high failure rate over a window,
+//! the target is **open** — calls fail fast with a `503` that says why and when to come back,
+//! instead of piling onto a struggling upstream. After a cool-down it is **half-open**: a bounded
+//! number of probe calls go through; if they all succeed it **closes**, if one fails it opens
+//! again.
+//!
+//! Only failures that say something about the target's health count: unavailability, timeouts,
+//! stalls and broken streams. Throttling does not (the rate limiter's business), nor do requests
+//! the upstream rejected or misconfiguration. Every change of state is logged with its reason,
+//! and [`CircuitBreaker::status`] shows it (in `GET /v1/stats`).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use fm_protocol::{CircuitState, CircuitStatus};
+use tokio::time::Instant;
+
+use crate::config::BreakerConfig;
+use crate::error::{RelayError, UpstreamFailure};
+
+#[derive(Debug)]
+enum State {
+    Closed {
+        consecutive: u32,
+        window: Window,
+    },
+    Open {
+        until: Instant,
+        reason: String,
+    },
+    HalfOpen {
+        in_flight: u32,
+        succeeded: u32,
+        reason: String,
+    },
+}
+
+/// Outcomes of the last `window_secs`, in one-second buckets.
+#[derive(Debug)]
+struct Window {
+    /// `(second, successes, failures)`, oldest first.
+    buckets: std::collections::VecDeque<(u64, u32, u32)>,
+}
+
+impl Window {
+    fn new() -> Self {
+        Window {
+            buckets: Default::default(),
+        }
+    }
+
+    fn add(&mut self, second: u64, span: u64, failed: bool) {
+        while self
+            .buckets
+            .front()
+            .is_some_and(|(s, ..)| second.saturating_sub(*s) >= span)
+        {
+            self.buckets.pop_front();
+        }
+        match self.buckets.back_mut() {
+            Some((s, ok, fail)) if *s == second => {
+                if failed {
+                    *fail += 1;
+                } else {
+                    *ok += 1;
+                }
+            }
+            _ => self
+                .buckets
+                .push_back((second, u32::from(!failed), u32::from(failed))),
+        }
+    }
+
+    fn totals(&self) -> (u32, u32) {
+        self.buckets
+            .iter()
+            .fold((0, 0), |(ok, fail), (_, o, f)| (ok + o, fail + f))
+    }
+}
+
+/// One target's breaker.
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    target: String,
+    config: BreakerConfig,
+    started: Instant,
+    state: Mutex<State>,
+}
+
+/// Leave to make one call. Settle it with [`Permit::record`]; a permit dropped unsettled (the
+/// client went away) frees its probe slot without a verdict.
+#[derive(Debug)]
+pub struct Permit {
+    breaker: Arc<CircuitBreaker>,
+    probe: bool,
+    settled: bool,
+}
+
+impl CircuitBreaker {
+    pub fn new(target: String, config: BreakerConfig) -> Arc<Self> {
+        Arc::new(CircuitBreaker {
+            target,
+            config,
+            started: Instant::now(),
+            state: Mutex::new(State::Closed {
+                consecutive: 0,
+                window: Window::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks to make a call: a permit, or the fail-fast error while open.
+    pub fn acquire(self: &Arc<Self>) -> Result<Permit, RelayError> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let probe = match &mut *state {
+            State::Closed { .. } => false,
+            State::Open { until, reason } if now >= *until => {
+                tracing::info!(target = %self.target, "circuit half-open: sending probes");
+                let reason = std::mem::take(reason);
+                *state = State::HalfOpen {
+                    in_flight: 1,
+                    succeeded: 0,
+                    reason,
+                };
+                true
+            }
+            State::Open { until, reason } => {
+                return Err(self.open_error(reason, *until - now));
+            }
+            State::HalfOpen {
+                in_flight,
+                succeeded,
+                reason,
+            } => {
+                if *in_flight + *succeeded >= self.config.half_open_probes {
+                    return Err(self.open_error(reason, Duration::ZERO));
+                }
+                *in_flight += 1;
+                true
+            }
+        };
+        Ok(Permit {
+            breaker: self.clone(),
+            probe,
+            settled: false,
+        })
+    }
+
+    fn open_error(&self, reason: &str, wait: Duration) -> RelayError {
+        RelayError::Upstream {
+            failure: UpstreamFailure::CircuitOpen,
+            provider: "relay",
+            target: self.target.clone(),
+            message: format!("circuit open ({reason}); calls resume after a cool-down"),
+            retry_after: Some(wait.max(Duration::from_secs(1))),
+        }
+    }
+
+    /// Whether a failure counts against the target's health.
+    pub fn counts_as_failure(err: &RelayError) -> bool {
+        matches!(
+            err,
+            RelayError::Upstream {
+                failure: UpstreamFailure::Unavailable
+                    | UpstreamFailure::Timeout
+                    | UpstreamFailure::Stalled
+                    | UpstreamFailure::Protocol,
+                ..
+            }
+        )
+    }
+
+    fn settle(&self, probe: bool, failure: Option<&RelayError>) {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let open_for = Duration::from_millis(self.config.open_ms);
+        match &mut *state {
+            State::Closed {
+                consecutive,
+                window,
+            } => {
+                let second = (now - self.started).as_secs();
+                window.add(second, self.config.window_secs, failure.is_some());
+                let Some(err) = failure else {
+                    *consecutive = 0;
+                    return;
+                };
+                *consecutive += 1;
+                let (ok, failed) = window.totals();
+                let total = ok + failed;
+                let rate = f64::from(failed) * 100.0 / f64::from(total.max(1));
+                let reason = if *consecutive >= self.config.consecutive_failures {
+                    Some(format!("{consecutive} failures in a row, the last: {err}"))
+                } else if total >= self.config.min_requests
+                    && rate >= f64::from(self.config.failure_rate_percent)
+                {
+                    Some(format!(
+                        "{failed} of the last {total} calls failed ({rate:.0}%), the last: {err}"
+                    ))
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    tracing::warn!(target = %self.target, %reason, "circuit opened");
+                    *state = State::Open {
+                        until: now + open_for,
+                        reason,
+                    };
+                }
+            }
+            State::HalfOpen {
+                in_flight,
+                succeeded,
+                ..
+            } if probe => {
+                *in_flight = in_flight.saturating_sub(1);
+                match failure {
+                    Some(err) => {
+                        let reason = format!("a probe failed: {err}");
+                        tracing::warn!(target = %self.target, %reason, "circuit opened again");
+                        *state = State::Open {
+                            until: now + open_for,
+                            reason,
+                        };
+                    }
+                    None => {
+                        *succeeded += 1;
+                        if *succeeded >= self.config.half_open_probes {
+                            tracing::info!(target = %self.target, "circuit closed: probes succeeded");
+                            *state = State::Closed {
+                                consecutive: 0,
+                                window: Window::new(),
+                            };
+                        }
+                    }
+                }
+            }
+            // Calls admitted before the state changed say nothing about the new state.
+            State::HalfOpen { .. } | State::Open { .. } => {}
+        }
+    }
+
+    fn release(&self) {
+        if let State::HalfOpen { in_flight, .. } = &mut *self.lock() {
+            *in_flight = in_flight.saturating_sub(1);
+        }
+    }
+
+    /// The breaker's state and, unless closed, why.
+    pub fn status(&self) -> CircuitStatus {
+        match &*self.lock() {
+            State::Closed { .. } => CircuitStatus {
+                state: CircuitState::Closed,
+                reason: None,
+            },
+            State::Open { reason, .. } => CircuitStatus {
+                state: CircuitState::Open,
+                reason: Some(reason.clone()),
+            },
+            State::HalfOpen { reason, .. } => CircuitStatus {
+                state: CircuitState::HalfOpen,
+                reason: Some(reason.clone()),
+            },
+        }
+    }
+}
+
+impl Permit {
+    /// The call succeeded.
+    pub fn success(mut self) {
+        self.settled = true;
+        self.breaker.settle(self.probe, None);
+    }
+
+    /// The call failed; only failures that say something about the target count.
+    pub fn failure(mut self, err: &RelayError) {
+        if CircuitBreaker::counts_as_failure(err) {
+            self.settled = true;
+            self.breaker.settle(self.probe, Some(err));
+        }
+        // Otherwise not the target's fault: dropping frees a probe slot without a verdict.
+    }
+
+    /// Settles the call with its result.
+    pub fn record<T>(self, result: &Result<T, RelayError>) {
+        match result {
+            Ok(_) => self.success(),
+            Err(err) => self.failure(err),
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.settled && self.probe {
+            self.breaker.release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unavailable() -> RelayError {
+        RelayError::Upstream {
+            failure: UpstreamFailure::Unavailable,
+            provider: "test",
+            target: "m".into(),
+            message: "503".into(),
+            retry_after: None,
+        }
+    }
+
+    fn breaker() -> Arc<CircuitBreaker> {
+        CircuitBreaker::new(
+            "m in r".into(),
+            BreakerConfig {
+                consecutive_failures: 3,
+                failure_rate_percent: 50.0,
+                min_requests: 10,
+                window_secs: 10,
+                open_ms: 1000,
+                half_open_probes: 2,
+            },
+        )
+    }
+
+    fn fail(breaker: &Arc<CircuitBreaker>) {
+        breaker.acquire().unwrap().record::<()>(&Err(unavailable()));
+    }
+
+    fn succeed(breaker: &Arc<CircuitBreaker>) {
+        breaker.acquire().unwrap().record(&Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_failures_open_then_probes_close() {
+        let breaker = breaker();
+        fail(&breaker);
+        fail(&breaker);
+        succeed(&breaker);
+        fail(&breaker);
+        fail(&breaker);
+        assert_eq!(breaker.status().state, CircuitState::Closed);
+        fail(&breaker);
+        let status = breaker.status();
+        assert_eq!(status.state, CircuitState::Open);
+        assert!(status.reason.unwrap().contains("3 failures in a row"));
+        let err = breaker.acquire().unwrap_err();
+        assert!(matches!(
+            err,
+            RelayError::Upstream {
+                failure: UpstreamFailure::CircuitOpen,
+                retry_after: Some(_),
+                ..
+            }
+        ));
+
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        let first = breaker.acquire().unwrap();
+        let second = breaker.acquire().unwrap();
+        assert!(breaker.acquire().is_err(), "only two probes at once");
+        assert_eq!(breaker.status().state, CircuitState::HalfOpen);
+        first.record(&Ok(()));
+        assert!(
+            breaker.acquire().is_err(),
+            "still bounded by the probe count"
+        );
+        second.record(&Ok(()));
+        assert_eq!(breaker.status().state, CircuitState::Closed);
+        succeed(&breaker);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_opens_again_and_a_dropped_probe_frees_its_slot() {
+        let breaker = breaker();
+        for _ in 0..3 {
+            fail(&breaker);
+        }
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        let dropped = breaker.acquire().unwrap();
+        drop(dropped);
+        let probe = breaker.acquire().unwrap();
+        let _other = breaker.acquire().unwrap();
+        probe.record::<()>(&Err(unavailable()));
+        let status = breaker.status();
+        assert_eq!(status.state, CircuitState::Open);
+        assert!(status.reason.unwrap().contains("a probe failed"));
+        assert!(breaker.acquire().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_high_failure_rate_opens_and_other_errors_do_not_count() {
+        let breaker = breaker();
+        for _ in 0..5 {
+            succeed(&breaker);
+            fail(&breaker);
+        }
+        let status = breaker.status();
+        assert_eq!(status.state, CircuitState::Open);
+        assert!(status.reason.unwrap().contains("5 of the last 10"));
+
+        let breaker = self::breaker();
+        for _ in 0..10 {
+            let throttled = RelayError::Upstream {
+                failure: UpstreamFailure::Throttled,
+                provider: "test",
+                target: "m".into(),
+                message: "429".into(),
+                retry_after: None,
+            };
+            breaker.acquire().unwrap().failure(&throttled);
+        }
+        assert_eq!(breaker.status().state, CircuitState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn old_outcomes_leave_the_window() {
+        let breaker = breaker();
+        for _ in 0..4 {
+            succeed(&breaker);
+        }
+        for _ in 0..2 {
+            fail(&breaker);
+            succeed(&breaker);
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        // 2 fresh failures of 2 calls would be 100%, but below min_requests: still closed.
+        fail(&breaker);
+        succeed(&breaker);
+        fail(&breaker);
+        assert_eq!(breaker.status().state, CircuitState::Closed);
+    }
+}
