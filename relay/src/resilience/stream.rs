@@ -5,10 +5,11 @@
 //! deadline (until a token arrived), and the idle timeout since the last upstream event. One timer
 //! per stream serves all three: it is moved only when the next deadline comes earlier than it is
 //! set, and when it fires early (activity pushed the idle deadline back) it is re-armed — so a
-//! burst of tokens costs no timer work at all. A stream
-//! that ends without the upstream's stop event ends with an `upstream_error` event, never `done`:
-//! a truncated answer is not a success. Dropping the stream (the client went away) drops the
-//! upstream call with it.
+//! burst of tokens costs no timer work at all.
+//!
+//! A stream that ends without the upstream's stop event ends with an `upstream_error` event,
+//! never `done`: a truncated answer is not a success. Dropping the stream (the client went away)
+//! drops the upstream call with it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
