@@ -28,6 +28,8 @@ pub struct RelayConfig {
     #[serde(default)]
     pub retry: RetryConfig,
     #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    #[serde(default)]
     pub breaker: BreakerConfig,
     #[serde(default)]
     pub bedrock: BedrockConfig,
@@ -136,6 +138,19 @@ impl RetryConfig {
             return Err("`retry.budget_min_per_sec` is too large".into());
         }
         Ok(())
+    }
+}
+
+/// Client-side rate limiting; see the embedded default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub adaptive: bool,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig { adaptive: true }
     }
 }
 
@@ -426,6 +441,7 @@ mod tests {
         assert_eq!(config.simulator, SimulatorConfig::default());
         assert_eq!(config.retry, RetryConfig::default());
         assert_eq!(config.breaker, BreakerConfig::default());
+        assert_eq!(config.rate_limit, RateLimitConfig::default());
     }
 
     #[test]

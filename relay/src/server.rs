@@ -151,7 +151,12 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
                 Provider::Bedrock(client)
             }
         };
-        entries.push(ModelEntry::new(model.clone(), provider, config.breaker));
+        entries.push(ModelEntry::new(
+            model.clone(),
+            provider,
+            config.breaker,
+            config.rate_limit.adaptive,
+        ));
     }
     let catalog = ModelCatalog::new(entries, &config.default_model);
 

@@ -601,3 +601,31 @@ async fn a_failing_target_trips_its_breaker_which_probes_and_closes() {
     assert_eq!(response.status(), 200);
     assert_eq!(harness.sim.stats().requests, 5);
 }
+
+#[tokio::test]
+async fn a_throttling_target_is_paced_by_the_adaptive_rate_limit() {
+    let harness = start_with(sim_config(), |config| config.rate_limit.adaptive = true).await;
+    let stats: fm_protocol::StatsResponse = harness.get_json("/v1/stats").await;
+    let limit = |stats: &fm_protocol::StatsResponse, id: &str| {
+        stats
+            .models
+            .iter()
+            .find(|m| m.model == id)
+            .unwrap()
+            .client_rate_limit
+    };
+    assert_eq!(limit(&stats, "flaky"), None);
+    // Throttled twice, then answered: the answer still comes, and the relay now paces itself.
+    let answer: ChatResponse = harness
+        .post("/v1/chat", chat_body(Some("flaky"), "hello"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer.route.attempts, 3);
+    let stats: fm_protocol::StatsResponse = harness.get_json("/v1/stats").await;
+    let paced = limit(&stats, "flaky").expect("rate limiting is on after a throttle");
+    assert!(paced > 0.0, "{paced}");
+    // Other models are untouched.
+    assert_eq!(limit(&stats, "plain"), None);
+}

@@ -50,6 +50,10 @@ pub struct ModelStats {
     /// The model's circuit breaker, now.
     #[serde(default)]
     pub circuit: CircuitStatus,
+    /// Calls per second the relay allows itself to this model while it throttles (absent when
+    /// not limiting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_rate_limit: Option<f64>,
 }
 
 /// The answer of `GET /v1/stats`.

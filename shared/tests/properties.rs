@@ -256,6 +256,7 @@ proptest! {
                 ttft_ms: ttft.map(percentiles),
                 total_ms: total.map(percentiles),
                 circuit: CircuitStatus { state: CircuitState::HalfOpen, reason: Some("probe".into()) },
+                client_rate_limit: ttft.map(|t| t.0),
             }],
         })?;
     }

@@ -50,7 +50,10 @@ async fn stats(
     let window_secs = stats_window(query.as_deref()).map_err(|e| e.with_request_id(&request_id))?;
     let mut models = state.window().stats(Duration::from_secs(window_secs));
     for model in &mut models {
-        model.circuit = state.catalog().circuit(&model.model);
+        if let Some(entry) = state.catalog().get(&model.model) {
+            model.circuit = entry.breaker.status();
+            model.client_rate_limit = entry.limiter.allowed_rate();
+        }
     }
     Ok(Json(StatsResponse {
         window_secs,

@@ -3,12 +3,14 @@
 //! Every request has a total deadline from its arrival; a stream also has a first-token deadline
 //! and an idle timeout on every read (the Bedrock SDK detects no stall on event streams). Calls
 //! that the upstream refused for now (throttled, unavailable) are retried ([`retry`]), and each
-//! target has a circuit breaker ([`breaker`]) that fails calls fast while it is unhealthy. The
+//! target has a circuit breaker ([`breaker`]) that fails calls fast while it is unhealthy, and an
+//! adaptive rate limiter ([`rate_limit`]) that slows calls down once the target throttles. The
 //! [`Executor`] applies all of this around the provider calls and turns a provider stream into the
 //! client-facing [`StreamEvent`](fm_protocol::StreamEvent) sequence ([`stream::ChatEventStream`]),
 //! which never ends a truncated answer as a success.
 
 pub mod breaker;
+pub mod rate_limit;
 pub mod retry;
 pub mod stream;
 
@@ -102,10 +104,12 @@ impl Executor {
         let deadline = self.total_deadline(ctx).into();
         let calls = self.retrier.run(deadline, |_| async {
             let permit = entry.breaker.acquire()?;
+            entry.limiter.acquire(deadline).await?;
             let result = entry
                 .provider
                 .complete(entry.config.upstream_id(), request)
                 .await;
+            entry.limiter.observe(&result);
             permit.record(&result);
             result
         });
@@ -155,11 +159,13 @@ impl Executor {
         let deadline = deadline.into();
         let opens = self.retrier.run(deadline, |_| async {
             let permit = entry.breaker.acquire()?;
-            match entry
+            entry.limiter.acquire(deadline).await?;
+            let opened = entry
                 .provider
                 .open_stream(entry.config.upstream_id(), request)
-                .await
-            {
+                .await;
+            entry.limiter.observe(&opened);
+            match opened {
                 // The stream's end settles the permit.
                 Ok(upstream) => Ok((upstream, permit)),
                 Err(err) => {

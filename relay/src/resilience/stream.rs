@@ -239,6 +239,16 @@ impl StreamState {
 
     fn fail(&mut self, err: RelayError) -> StreamEvent {
         self.finished = true;
+        if matches!(
+            err,
+            RelayError::Upstream {
+                failure: UpstreamFailure::Throttled,
+                ..
+            }
+        ) {
+            // Throttling inside the stream slows the target down like throttling before it.
+            self.decision.model.limiter.update(true);
+        }
         if let Some(permit) = self.permit.take() {
             permit.failure(&err);
         }

@@ -7,26 +7,35 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fm_protocol::{ChatRequest, CircuitStatus, ModelInfo, ModelList};
+use fm_protocol::{ChatRequest, ModelInfo, ModelList};
 
 use crate::config::{BreakerConfig, ModelConfig};
 use crate::error::{RelayError, UpstreamFailure};
 use crate::provider::{ChatProvider, Provider};
 use crate::resilience::breaker::CircuitBreaker;
+use crate::resilience::rate_limit::AdaptiveRateLimiter;
 
-/// A configured model, the client that reaches it, and its circuit breaker.
+/// A configured model, the client that reaches it, and its breaker and rate limiter (a model is
+/// one target: one account, region and model).
 #[derive(Debug)]
 pub struct ModelEntry {
     pub config: ModelConfig,
     pub provider: Provider,
     pub breaker: Arc<CircuitBreaker>,
+    pub limiter: AdaptiveRateLimiter,
 }
 
 impl ModelEntry {
-    pub fn new(config: ModelConfig, provider: Provider, breaker: BreakerConfig) -> Self {
+    pub fn new(
+        config: ModelConfig,
+        provider: Provider,
+        breaker: BreakerConfig,
+        adaptive_rate_limit: bool,
+    ) -> Self {
         let target = format!("{} in {}", config.upstream_id(), provider.location());
         ModelEntry {
-            breaker: CircuitBreaker::new(target, breaker),
+            breaker: CircuitBreaker::new(target.clone(), breaker),
+            limiter: AdaptiveRateLimiter::new(target, adaptive_rate_limit),
             config,
             provider,
         }
@@ -89,12 +98,8 @@ impl ModelCatalog {
         self.by_id.contains_key(id)
     }
 
-    /// The breaker state of model `id` (closed for an unknown id).
-    pub fn circuit(&self, id: &str) -> CircuitStatus {
-        self.by_id
-            .get(id)
-            .map(|&index| self.models[index].breaker.status())
-            .unwrap_or_default()
+    pub fn get(&self, id: &str) -> Option<&Arc<ModelEntry>> {
+        self.by_id.get(id).map(|&index| &self.models[index])
     }
 
     /// The listing of `GET /v1/models`.

@@ -66,7 +66,8 @@ impl LiveWindow {
         buffer.push_back(Sample { at: now, outcome });
     }
 
-    /// Every model's figures over the last `window` (the circuit left for the caller to fill).
+    /// Every model's figures over the last `window` (the circuit and rate limit left for the
+    /// caller to fill).
     pub fn stats(&self, window: Duration) -> Vec<ModelStats> {
         let now = Instant::now();
         self.models
@@ -88,6 +89,7 @@ impl LiveWindow {
                     ttft_ms: percentiles(ok().filter_map(|o| o.ttft_ms).collect()),
                     total_ms: percentiles(ok().map(|o| o.total_ms).collect()),
                     circuit: Default::default(),
+                    client_rate_limit: None,
                 }
             })
             .collect()

@@ -80,7 +80,8 @@ pub fn relay_config(sim: &SimHandle) -> RelayConfig {
     // Retries as configured by default, with short waits so tests stay fast.
     config.retry.base_delay_ms = 1;
     config.retry.max_delay_ms = 5;
-    // Breakers out of the way unless a test is about them.
+    // Breakers and adaptive rate limiting out of the way unless a test is about them.
+    config.rate_limit.adaptive = false;
     config.breaker.consecutive_failures = 1000;
     config.breaker.min_requests = 1000;
     config.bedrock.mode = BedrockMode::Endpoint;
