@@ -297,12 +297,7 @@ async fn upstream_errors_before_the_stream_are_typed_http_errors() {
 #[tokio::test]
 async fn throttling_and_unavailability_are_retried_until_the_answer_comes() {
     let harness = start().await;
-    let answer: ChatResponse = harness
-        .post("/v1/chat", chat_body(Some("flaky"), "hello"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let answer = harness.chat(Some("flaky"), "hello").await;
     assert_eq!(answer.route.attempts, 3);
     assert_eq!(harness.sim.stats().requests, 3);
 
@@ -495,12 +490,7 @@ async fn a_quiet_stream_carries_keep_alive_comments() {
 #[tokio::test]
 async fn stats_report_server_side_latency_per_model() {
     let harness = start().await;
-    let answer: ChatResponse = harness
-        .post("/v1/chat", chat_body(None, "one"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let answer = harness.chat(None, "one").await;
     let events = sse_events(
         harness
             .post("/v1/chat/stream", chat_body(None, "two"))
@@ -616,12 +606,7 @@ async fn a_throttling_target_is_paced_by_the_adaptive_rate_limit() {
     };
     assert_eq!(limit(&stats, "flaky"), None);
     // Throttled twice, then answered: the answer still comes, and the relay now paces itself.
-    let answer: ChatResponse = harness
-        .post("/v1/chat", chat_body(Some("flaky"), "hello"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let answer = harness.chat(Some("flaky"), "hello").await;
     assert_eq!(answer.route.attempts, 3);
     let stats: fm_protocol::StatsResponse = harness.get_json("/v1/stats").await;
     let paced = limit(&stats, "flaky").expect("rate limiting is on after a throttle");

@@ -94,6 +94,18 @@ async fn converse_text(client: &Client, model: &str, max_tokens: i32) -> (String
     (text, output.stop_reason().clone(), usage.output_tokens())
 }
 
+/// The service error of a Converse call of the test prompt that must fail.
+async fn converse_error(client: &Client, model: &str) -> ConverseError {
+    client
+        .converse()
+        .model_id(model)
+        .messages(user(PROMPT))
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error()
+}
+
 /// Starts a ConverseStream of the test prompt.
 async fn open_stream(client: &Client, model: &str) -> ConverseStreamResponse {
     client
@@ -260,14 +272,7 @@ async fn pre_stream_faults_raise_the_sdk_typed_errors() {
     ];
     for (fault, is_converse_error, is_stream_error) in cases {
         let model = format!("{MODEL}~{fault}");
-        let err = client
-            .converse()
-            .model_id(&model)
-            .messages(user(PROMPT))
-            .send()
-            .await
-            .unwrap_err()
-            .into_service_error();
+        let err = converse_error(&client, &model).await;
         assert!(is_converse_error(&err), "{fault}: {err:?}");
         let err = client
             .converse_stream()
@@ -453,14 +458,7 @@ async fn a_limited_fault_applies_to_the_first_requests_only() {
     let client = client(&sim);
     let model = format!("{MODEL}~throttle*2");
     for _ in 0..2 {
-        let err = client
-            .converse()
-            .model_id(&model)
-            .messages(user(PROMPT))
-            .send()
-            .await
-            .unwrap_err()
-            .into_service_error();
+        let err = converse_error(&client, &model).await;
         assert!(
             matches!(err, ConverseError::ThrottlingException(_)),
             "{err:?}"

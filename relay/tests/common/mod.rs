@@ -134,6 +134,13 @@ impl Harness {
             .unwrap()
     }
 
+    /// A successful `/v1/chat` answer from `model` (or the default) to `prompt`.
+    pub async fn chat(&self, model: Option<&str>, prompt: &str) -> fm_protocol::ChatResponse {
+        let response = self.post("/v1/chat", chat_body(model, prompt)).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
     pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
         let response = self.http.get(self.url(path)).send().await.unwrap();
         response.json().await.unwrap()
