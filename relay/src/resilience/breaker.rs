@@ -87,8 +87,8 @@ pub struct CircuitBreaker {
     state: Mutex<State>,
 }
 
-/// Leave to make one call. Settle it with [`Permit::record`]; a permit dropped unsettled (the
-/// client went away) frees its probe slot without a verdict.
+/// Leave to make one call. Settle it with [`Permit::success`] or [`Permit::failure`]; a permit
+/// dropped unsettled (the client went away) frees its probe slot without a verdict.
 #[derive(Debug)]
 pub struct Permit {
     breaker: Arc<CircuitBreaker>,
@@ -285,14 +285,6 @@ impl Permit {
         }
         // Otherwise not the target's fault: dropping frees a probe slot without a verdict.
     }
-
-    /// Settles the call with its result.
-    pub fn record<T>(self, result: &Result<T, RelayError>) {
-        match result {
-            Ok(_) => self.success(),
-            Err(err) => self.failure(err),
-        }
-    }
 }
 
 impl Drop for Permit {
@@ -332,11 +324,11 @@ mod tests {
     }
 
     fn fail(breaker: &Arc<CircuitBreaker>) {
-        breaker.acquire().unwrap().record::<()>(&Err(unavailable()));
+        breaker.acquire().unwrap().failure(&unavailable());
     }
 
     fn succeed(breaker: &Arc<CircuitBreaker>) {
-        breaker.acquire().unwrap().record(&Ok(()));
+        breaker.acquire().unwrap().success();
     }
 
     #[tokio::test(start_paused = true)]
@@ -367,12 +359,12 @@ mod tests {
         let second = breaker.acquire().unwrap();
         assert!(breaker.acquire().is_err(), "only two probes at once");
         assert_eq!(breaker.status().state, CircuitState::HalfOpen);
-        first.record(&Ok(()));
+        first.success();
         assert!(
             breaker.acquire().is_err(),
             "still bounded by the probe count"
         );
-        second.record(&Ok(()));
+        second.success();
         assert_eq!(breaker.status().state, CircuitState::Closed);
         succeed(&breaker);
     }
@@ -388,7 +380,7 @@ mod tests {
         drop(dropped);
         let probe = breaker.acquire().unwrap();
         let _other = breaker.acquire().unwrap();
-        probe.record::<()>(&Err(unavailable()));
+        probe.failure(&unavailable());
         let status = breaker.status();
         assert_eq!(status.state, CircuitState::Open);
         assert!(status.reason.unwrap().contains("a probe failed"));

@@ -22,9 +22,10 @@ use fm_protocol::{ChatRequest, ChatResponse, ResponseSource, RouteInfo, Timings}
 use crate::config::{RetryConfig, TimeoutConfig};
 use crate::error::{RelayError, UpstreamFailure};
 use crate::provider::ChatProvider;
-use crate::routing::RouteDecision;
+use crate::routing::{ModelEntry, RouteDecision};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{LiveWindow, Outcome};
+use breaker::Permit;
 
 pub use retry::{Attempted, Retrier};
 pub use stream::ChatEventStream;
@@ -103,15 +104,12 @@ impl Executor {
         let entry = &decision.model;
         let deadline = self.total_deadline(ctx).into();
         let calls = self.retrier.run(deadline, |_| async {
-            let permit = entry.breaker.acquire()?;
-            entry.limiter.acquire(deadline).await?;
-            let result = entry
-                .provider
-                .complete(entry.config.upstream_id(), request)
-                .await;
-            entry.limiter.observe(&result);
-            permit.record(&result);
-            result
+            let (answer, permit) = guarded_call(entry, deadline, || {
+                entry.provider.complete(entry.config.upstream_id(), request)
+            })
+            .await?;
+            permit.success();
+            Ok(answer)
         });
         let answered = settle(
             tokio::time::timeout_at(deadline, calls)
@@ -157,22 +155,13 @@ impl Executor {
             (first_token_deadline, DeadlineKind::FirstToken),
         ]);
         let deadline = deadline.into();
-        let opens = self.retrier.run(deadline, |_| async {
-            let permit = entry.breaker.acquire()?;
-            entry.limiter.acquire(deadline).await?;
-            let opened = entry
-                .provider
-                .open_stream(entry.config.upstream_id(), request)
-                .await;
-            entry.limiter.observe(&opened);
-            match opened {
-                // The stream's end settles the permit.
-                Ok(upstream) => Ok((upstream, permit)),
-                Err(err) => {
-                    permit.failure(&err);
-                    Err(err)
-                }
-            }
+        // The stream's end settles the breaker's permit.
+        let opens = self.retrier.run(deadline, |_| {
+            guarded_call(entry, deadline, || {
+                entry
+                    .provider
+                    .open_stream(entry.config.upstream_id(), request)
+            })
         });
         let opened = settle(
             tokio::time::timeout_at(deadline, opens)
@@ -233,6 +222,30 @@ impl Executor {
 
     pub(crate) fn shutdown(&self) -> &Shutdown {
         &self.shutdown
+    }
+}
+
+/// One call to `entry` under its breaker and rate limiter: waits for the limiter, makes the call,
+/// feeds the outcome to the limiter, and on failure to the breaker. On success the breaker's
+/// permit is returned unsettled, for the caller to settle when the answer is complete.
+async fn guarded_call<T, Fut>(
+    entry: &ModelEntry,
+    deadline: tokio::time::Instant,
+    call: impl FnOnce() -> Fut,
+) -> Result<(T, Permit), RelayError>
+where
+    Fut: std::future::Future<Output = Result<T, RelayError>>,
+{
+    let permit = entry.breaker.acquire()?;
+    entry.limiter.acquire(deadline).await?;
+    let result = call().await;
+    entry.limiter.observe(&result);
+    match result {
+        Ok(value) => Ok((value, permit)),
+        Err(err) => {
+            permit.failure(&err);
+            Err(err)
+        }
     }
 }
 
