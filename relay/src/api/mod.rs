@@ -1,5 +1,6 @@
 //! The HTTP surfaces, one file each: [`chat`] (`POST /v1/chat`), [`sse`]
-//! (`POST /v1/chat/stream`), [`ws`] (`GET /v1/ws`) and [`meta`] (`/healthz`, `/v1/models`).
+//! (`POST /v1/chat/stream`), [`ws`] (`GET /v1/ws`) and [`meta`] (`/healthz`, `/v1/models`,
+//! `/v1/stats`).
 //! This is the only module that knows HTTP; it admits a request ([`admit`]: shutdown check,
 //! validation, routing) and hands it to the executor.
 
@@ -19,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::RelayConfig;
 use crate::error::{RelayError, RequestError};
-use crate::resilience::{Executor, RequestContext};
+use crate::resilience::{ChatEventStream, Executor, RequestContext};
 use crate::routing::{ModelCatalog, RouteDecision};
 use crate::shutdown::{Phase, Shutdown};
 use crate::telemetry::LiveWindow;
@@ -106,6 +107,16 @@ pub fn admit(
     validate_chat_request(request, |model| state.catalog().contains(model))
         .map_err(RelayError::Invalid)?;
     Ok((ctx, state.catalog().route(request)))
+}
+
+/// Admits a request and opens its stream: what the SSE and WebSocket surfaces share.
+pub async fn open_stream(
+    state: &AppState,
+    request_id: String,
+    request: &ChatRequest,
+) -> Result<ChatEventStream, RelayError> {
+    let (ctx, decision) = admit(state, request_id, request)?;
+    state.executor().open_stream(ctx, decision, request).await
 }
 
 /// The whole API.

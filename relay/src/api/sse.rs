@@ -22,7 +22,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::time::{Instant, Sleep};
 
 use super::extract::{ApiJson, RequestId};
-use super::{AppState, admit};
+use super::{AppState, open_stream};
 use crate::error::RequestError;
 use crate::resilience::ChatEventStream;
 
@@ -38,11 +38,7 @@ async fn chat_stream(
     RequestId(request_id): RequestId,
     ApiJson(request): ApiJson<ChatRequest>,
 ) -> Result<Response, RequestError> {
-    let opened = async {
-        let (ctx, decision) = admit(&state, request_id.clone(), &request)?;
-        state.executor().open_stream(ctx, decision, &request).await
-    }
-    .await;
+    let opened = open_stream(&state, request_id.clone(), &request).await;
     let events = opened.map_err(|error| error.with_request_id(&request_id))?;
     let keep_alive = Duration::from_secs(state.config().server.sse_keep_alive_secs);
     let mut response = Response::new(sse_body(events, keep_alive));

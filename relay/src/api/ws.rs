@@ -22,7 +22,7 @@ use fm_protocol::{ChatRequest, StreamEvent};
 use futures_util::StreamExt;
 
 use super::extract::{RequestId, parse_json};
-use super::{AppState, admit};
+use super::{AppState, open_stream};
 use crate::error::RelayError;
 use crate::resilience::ChatEventStream;
 use crate::shutdown::Phase;
@@ -142,14 +142,7 @@ impl Session {
     /// Opens the stream for `request`; a failure becomes its terminal error event.
     async fn start(&mut self, request: ChatRequest) -> bool {
         let RequestId(request_id) = RequestId::generate();
-        let opened = async {
-            let (ctx, decision) = admit(&self.state, request_id, &request)?;
-            self.state
-                .executor()
-                .open_stream(ctx, decision, &request)
-                .await
-        }
-        .await;
+        let opened = open_stream(&self.state, request_id, &request).await;
         match opened {
             Ok(stream) => {
                 self.current = Some(stream);

@@ -15,7 +15,7 @@ pub mod retry;
 pub mod stream;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use fm_protocol::{ChatRequest, ChatResponse, ResponseSource, RouteInfo, Timings};
 
@@ -214,10 +214,6 @@ impl Executor {
             ),
         };
         decision.model.upstream_error(failure, message)
-    }
-
-    pub(crate) fn idle_timeout(&self) -> Duration {
-        self.timeouts.idle()
     }
 
     pub(crate) fn shutdown(&self) -> &Shutdown {

@@ -166,7 +166,7 @@ impl StreamState {
             DeadlineKind::Total,
         );
         let idle = (
-            self.last_activity + self.executor.idle_timeout(),
+            self.last_activity + self.executor.timeouts.idle(),
             DeadlineKind::Idle,
         );
         if self.ttft_ms.is_none() {

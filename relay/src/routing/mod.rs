@@ -20,6 +20,8 @@ use crate::resilience::rate_limit::AdaptiveRateLimiter;
 #[derive(Debug)]
 pub struct ModelEntry {
     pub config: ModelConfig,
+    /// The upstream call's target, as logs and errors name it: `upstream-id in region`.
+    pub target: String,
     pub provider: Provider,
     pub breaker: Arc<CircuitBreaker>,
     pub limiter: AdaptiveRateLimiter,
@@ -35,19 +37,11 @@ impl ModelEntry {
         let target = format!("{} in {}", config.upstream_id(), provider.location());
         ModelEntry {
             breaker: CircuitBreaker::new(target.clone(), breaker),
-            limiter: AdaptiveRateLimiter::new(target, adaptive_rate_limit),
+            limiter: AdaptiveRateLimiter::new(target.clone(), adaptive_rate_limit),
+            target,
             config,
             provider,
         }
-    }
-
-    /// The upstream call's target, as error messages name it: `upstream-id in region`.
-    pub fn target(&self) -> String {
-        format!(
-            "{} in {}",
-            self.config.upstream_id(),
-            self.provider.location()
-        )
     }
 
     /// An upstream failure of a call to this model.
@@ -55,7 +49,7 @@ impl ModelEntry {
         RelayError::Upstream {
             failure,
             provider: self.provider.kind(),
-            target: self.target(),
+            target: self.target.clone(),
             message,
             retry_after: None,
         }
