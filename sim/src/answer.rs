@@ -1,6 +1,11 @@
 //! An answer planned before it is sent: its tokens, why it stops, and its usage. Both the
 //! streaming and the non-streaming operations send the same plan, so a test can compare a
 //! streamed answer with the one-shot answer to the same prompt.
+//!
+//! A conversation that ends with an assistant message (a prefill) is continued: when the prefill
+//! is the start of the answer the conversation without it would get, the continuation is the
+//! rest of that answer, so an answer broken off and continued elsewhere reads as one; otherwise
+//! a fresh answer is generated for the whole conversation.
 
 use crate::config::{ModelProfile, SimConfig};
 use crate::text;
@@ -45,6 +50,47 @@ pub struct Answer {
 
 impl Answer {
     pub fn plan(config: &SimConfig, model: &str, prompt: &Prompt) -> Answer {
+        if prompt.ends_with_assistant() {
+            let mut unfilled = prompt.clone();
+            let prefill = unfilled
+                .messages
+                .pop()
+                .map(|(_, text)| text)
+                .unwrap_or_default();
+            let whole = Answer::generate(config, model, &unfilled);
+            if let Some(rest) = whole.after_prefix(&prefill) {
+                return Answer {
+                    tokens: rest,
+                    input_tokens: text::estimate_tokens(&prompt.texts()),
+                    ..whole
+                };
+            }
+        }
+        Answer::generate(config, model, prompt)
+    }
+
+    /// The tokens that follow `prefix` when the answer's text starts with it (the token the
+    /// prefix ends inside is split); `None` when it does not.
+    fn after_prefix(&self, prefix: &str) -> Option<Vec<String>> {
+        if !self.text().starts_with(prefix) {
+            return None;
+        }
+        let mut skipped = 0;
+        let mut rest = Vec::new();
+        for token in &self.tokens {
+            if skipped >= prefix.len() {
+                rest.push(token.clone());
+            } else if skipped + token.len() > prefix.len() {
+                rest.push(token[prefix.len() - skipped..].to_string());
+                skipped = prefix.len();
+            } else {
+                skipped += token.len();
+            }
+        }
+        Some(rest)
+    }
+
+    fn generate(config: &SimConfig, model: &str, prompt: &Prompt) -> Answer {
         let profile = config.profile(model).clone();
         let texts = prompt.texts();
         let mut parts = texts.clone();
@@ -132,6 +178,29 @@ mod tests {
         let short = Answer::plan(&config, "m", &prompt(5, &[]));
         assert_eq!(short.stop, StopKind::MaxTokens);
         assert_eq!(short.output_tokens(), 5);
+    }
+
+    #[test]
+    fn a_prefill_is_continued_with_the_rest_of_the_answer() {
+        let config = SimConfig::default();
+        let whole = Answer::plan(&config, "m", &prompt(4096, &[])).text();
+        // Cut inside a token and after trailing whitespace was trimmed, as a relay does.
+        let cut = whole[..whole.len() / 2].trim_end();
+        let mut continued = prompt(4096, &[]);
+        continued
+            .messages
+            .push(("assistant".into(), cut.to_string()));
+        let rest = Answer::plan(&config, "m", &continued);
+        assert_eq!(format!("{cut}{}", rest.text()), whole);
+        assert_eq!(rest.stop, StopKind::EndTurn);
+
+        let mut unrelated = prompt(4096, &[]);
+        unrelated
+            .messages
+            .push(("assistant".into(), "Something else entirely".into()));
+        let fresh = Answer::plan(&config, "m", &unrelated);
+        assert!(!fresh.tokens.is_empty());
+        assert_ne!(fresh.text(), whole);
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::schedule::FaultRule;
+
 /// The whole simulator configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -16,6 +18,9 @@ pub struct SimConfig {
     pub default_model: ModelProfile,
     /// Per-model behaviour, keyed by the model id (without any `~fault` suffix).
     pub models: HashMap<String, ModelProfile>,
+    /// The fault schedule in force from the start (see [`crate::schedule`]); `PUT /_sim/faults`
+    /// replaces it at run time.
+    pub faults: Vec<FaultRule>,
 }
 
 impl Default for SimConfig {
@@ -24,6 +29,7 @@ impl Default for SimConfig {
             seed: 42,
             default_model: ModelProfile::default(),
             models: HashMap::new(),
+            faults: Vec::new(),
         }
     }
 }
@@ -39,6 +45,11 @@ impl SimConfig {
             },
             ..SimConfig::default()
         }
+    }
+
+    /// Checks what the types cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        self.faults.iter().try_for_each(FaultRule::validate)
     }
 
     /// The profile of `model`.

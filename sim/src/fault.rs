@@ -11,6 +11,10 @@
 //! | `not-ready` | 429 `ModelNotReadyException` |
 //! | `validation` | 400 `ValidationException` |
 //! | `not-found` | 404 `ResourceNotFoundException` |
+//! | `context-too-long` | 400 `ValidationException`: the input is too long for the model |
+//! | `reject-prefill` | 400 `ValidationException` when the conversation ends with an assistant message (a model that takes no prefill); healthy otherwise |
+//! | `no-response` | no answer at all, not even headers, until the client gives up |
+//! | `slow@MS` | the first token comes MS milliseconds after the request |
 //! | `stream-throttle@N` | N tokens, then an in-stream `throttlingException` |
 //! | `stream-error@N` | N tokens, then an in-stream `modelStreamErrorException` |
 //! | `stream-internal@N` | N tokens, then an in-stream `internalServerException` |
@@ -41,6 +45,8 @@ pub enum HttpFault {
     NotReady,
     Validation,
     NotFound,
+    ContextTooLong,
+    PrefillRejected,
 }
 
 impl HttpFault {
@@ -50,7 +56,9 @@ impl HttpFault {
             HttpFault::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             HttpFault::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             HttpFault::ModelTimeout => StatusCode::REQUEST_TIMEOUT,
-            HttpFault::Validation => StatusCode::BAD_REQUEST,
+            HttpFault::Validation | HttpFault::ContextTooLong | HttpFault::PrefillRejected => {
+                StatusCode::BAD_REQUEST
+            }
             HttpFault::NotFound => StatusCode::NOT_FOUND,
         }
     }
@@ -63,8 +71,25 @@ impl HttpFault {
             HttpFault::Internal => "InternalServerException",
             HttpFault::ModelTimeout => "ModelTimeoutException",
             HttpFault::NotReady => "ModelNotReadyException",
-            HttpFault::Validation => "ValidationException",
+            HttpFault::Validation | HttpFault::ContextTooLong | HttpFault::PrefillRejected => {
+                "ValidationException"
+            }
             HttpFault::NotFound => "ResourceNotFoundException",
+        }
+    }
+
+    /// The fault's name in the spec grammar (`throttle`, `context-too-long`, ...).
+    pub fn spec_name(self) -> &'static str {
+        match self {
+            HttpFault::Throttle => "throttle",
+            HttpFault::Unavailable => "unavailable",
+            HttpFault::Internal => "internal",
+            HttpFault::ModelTimeout => "model-timeout",
+            HttpFault::NotReady => "not-ready",
+            HttpFault::Validation => "validation",
+            HttpFault::NotFound => "not-found",
+            HttpFault::ContextTooLong => "context-too-long",
+            HttpFault::PrefillRejected => "reject-prefill",
         }
     }
 
@@ -80,6 +105,10 @@ impl HttpFault {
                 "Malformed input request, please reformat your input and try again."
             }
             HttpFault::NotFound => "The provided model identifier is invalid.",
+            HttpFault::ContextTooLong => "Input is too long for requested model.",
+            HttpFault::PrefillRejected => {
+                "This model does not support assistant message prefill. The conversation must end with a user message."
+            }
         }
     }
 }
@@ -108,6 +137,17 @@ impl StreamException {
 
     pub fn message(self) -> &'static str {
         self.as_http().message()
+    }
+
+    /// The exception's name in the spec grammar (`stream-throttle`, ...).
+    pub fn spec_name(self) -> &'static str {
+        match self {
+            StreamException::Throttling => "stream-throttle",
+            StreamException::ModelStreamError => "stream-error",
+            StreamException::InternalServer => "stream-internal",
+            StreamException::ServiceUnavailable => "stream-unavailable",
+            StreamException::Validation => "stream-validation",
+        }
     }
 
     /// The HTTP error the same condition produces on a non-streaming call.
@@ -139,6 +179,12 @@ pub enum Fault {
     Cut { after_tokens: u32 },
     /// Send `after_tokens` tokens, then a corrupt frame, then nothing more.
     Garbage { after_tokens: u32 },
+    /// Reject a conversation that ends with an assistant message; answer others normally.
+    RejectPrefill,
+    /// Never answer, not even with headers.
+    NoResponse,
+    /// Answer normally, but only `first_token_ms` after the request.
+    Slow { first_token_ms: u32 },
 }
 
 /// A fault specification that could not be understood.
@@ -177,6 +223,12 @@ impl FromStr for Fault {
             "not-ready" => http(HttpFault::NotReady),
             "validation" => http(HttpFault::Validation),
             "not-found" => http(HttpFault::NotFound),
+            "context-too-long" => http(HttpFault::ContextTooLong),
+            "reject-prefill" if count.is_none() => Ok(Fault::RejectPrefill),
+            "no-response" if count.is_none() => Ok(Fault::NoResponse),
+            "slow" if count.is_some() => Ok(Fault::Slow {
+                first_token_ms: after_tokens,
+            }),
             "stream-throttle" => stream(StreamException::Throttling),
             "stream-error" => stream(StreamException::ModelStreamError),
             "stream-internal" => stream(StreamException::InternalServer),
@@ -190,17 +242,21 @@ impl FromStr for Fault {
     }
 }
 
+/// The spec grammar: `to_string` and `parse` round-trip.
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Fault::Http(fault) => write!(f, "{}", fault.error_type()),
+            Fault::Http(fault) => write!(f, "{}", fault.spec_name()),
             Fault::StreamException {
                 exception,
                 after_tokens,
-            } => write!(f, "{}@{after_tokens}", exception.exception_type()),
+            } => write!(f, "{}@{after_tokens}", exception.spec_name()),
             Fault::Stall { after_tokens } => write!(f, "stall@{after_tokens}"),
             Fault::Cut { after_tokens } => write!(f, "cut@{after_tokens}"),
             Fault::Garbage { after_tokens } => write!(f, "garbage@{after_tokens}"),
+            Fault::RejectPrefill => write!(f, "reject-prefill"),
+            Fault::NoResponse => write!(f, "no-response"),
+            Fault::Slow { first_token_ms } => write!(f, "slow@{first_token_ms}"),
         }
     }
 }
@@ -262,6 +318,38 @@ mod tests {
         assert!("throttle@3".parse::<Fault>().is_err());
         assert!("stall@x".parse::<Fault>().is_err());
         assert!("melt".parse::<Fault>().is_err());
+        assert_eq!(
+            "slow@1500".parse(),
+            Ok(Fault::Slow {
+                first_token_ms: 1500
+            })
+        );
+        assert!("slow".parse::<Fault>().is_err());
+        assert_eq!("no-response".parse(), Ok(Fault::NoResponse));
+        assert_eq!("reject-prefill".parse(), Ok(Fault::RejectPrefill));
+        assert_eq!(
+            "context-too-long".parse(),
+            Ok(Fault::Http(HttpFault::ContextTooLong))
+        );
+    }
+
+    #[test]
+    fn specs_round_trip_through_display() {
+        for spec in [
+            "throttle",
+            "context-too-long",
+            "stream-throttle@2",
+            "stream-validation@0",
+            "stall@3",
+            "cut@1",
+            "garbage@7",
+            "reject-prefill",
+            "no-response",
+            "slow@250",
+        ] {
+            let fault: Fault = spec.parse().unwrap();
+            assert_eq!(fault.to_string(), spec);
+        }
     }
 
     #[test]

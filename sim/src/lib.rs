@@ -11,12 +11,18 @@
 //! | `POST /model/{modelId}/invoke` | InvokeModel, Anthropic Messages body |
 //! | `POST /model/{modelId}/invoke-with-response-stream` | InvokeModelWithResponseStream |
 //! | `GET /_sim/stats` | what the simulator saw (see [`StatsSnapshot`]) |
+//! | `GET`, `PUT`, `DELETE /_sim/faults` | the fault schedule (see [`schedule`]) |
 //!
 //! Answers are generated text, deterministic for a given seed, model and prompt ([`text`]), of a
 //! seeded natural length capped by `max_tokens`, honouring stop sequences, with usage counts.
 //! Time to first token and tokens per second are set per model ([`SimConfig`]). Faults are
-//! chosen per request ([`fault`]) and come back exactly as Bedrock sends them, so SDKs raise their
-//! typed errors. Request signatures are not checked.
+//! chosen per request ([`fault`]) or scheduled per model and region ([`schedule`]) and come back
+//! exactly as Bedrock sends them, so SDKs raise their typed errors. Request signatures are not
+//! checked; their credential scope tells the request's region.
+//!
+//! A conversation that ends with an assistant message is a prefill: the answer continues it (when
+//! the prefill is the start of the answer the full conversation would get, the continuation is
+//! exactly the rest of that answer).
 //!
 //! Modules: [`config`] (behaviour), [`fault`] (fault grammar), [`wire`] (request bodies),
 //! [`answer`] (planning one answer), [`stream`] + [`eventstream`] (streaming and framing),
@@ -34,6 +40,7 @@ pub mod config;
 pub mod error;
 pub mod eventstream;
 pub mod fault;
+pub mod schedule;
 pub mod service;
 pub mod stats;
 pub mod stream;
@@ -49,6 +56,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{ModelProfile, SimConfig};
 pub use fault::Fault;
+pub use schedule::FaultRule;
 pub use service::FAULT_HEADER;
 pub use stats::{SimStats, StatsSnapshot};
 
@@ -57,6 +65,7 @@ pub use stats::{SimStats, StatsSnapshot};
 pub struct SimHandle {
     addr: SocketAddr,
     stats: Arc<SimStats>,
+    state: Arc<service::SimState>,
     task: JoinHandle<()>,
 }
 
@@ -75,6 +84,12 @@ impl SimHandle {
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
     }
+
+    /// Replaces the fault schedule, as `PUT /_sim/faults` does; the rules' windows count from
+    /// now.
+    pub fn set_faults(&self, rules: Vec<FaultRule>) -> Result<(), String> {
+        self.state.schedule.replace(rules)
+    }
 }
 
 impl Drop for SimHandle {
@@ -92,8 +107,12 @@ pub async fn spawn(config: SimConfig) -> std::io::Result<SimHandle> {
 pub async fn spawn_on(addr: SocketAddr, config: SimConfig) -> std::io::Result<SimHandle> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
+    config
+        .validate()
+        .map_err(|message| std::io::Error::new(std::io::ErrorKind::InvalidInput, message))?;
     let stats = Arc::new(SimStats::default());
-    let app = service::router(Arc::new(service::SimState::new(config, stats.clone())));
+    let state = Arc::new(service::SimState::new(config, stats.clone()));
+    let app = service::router(state.clone());
     // Small frames must leave at once: no Nagle delay on token-sized writes.
     let listener = listener.tap_io(|tcp| {
         if let Err(err) = tcp.set_nodelay(true) {
@@ -105,5 +124,10 @@ pub async fn spawn_on(addr: SocketAddr, config: SimConfig) -> std::io::Result<Si
             tracing::error!(%err, "fm-sim server stopped");
         }
     });
-    Ok(SimHandle { addr, stats, task })
+    Ok(SimHandle {
+        addr,
+        stats,
+        state,
+        task,
+    })
 }

@@ -1,6 +1,7 @@
-//! The HTTP surface: Bedrock Runtime's four model operations under `/model/{modelId}/{op}`, and
-//! `GET /_sim/stats` for tests. The SDK percent-encodes the model id, so ids with `:` or `/`
-//! (inference profiles, ARNs) arrive as one path segment that axum decodes.
+//! The HTTP surface: Bedrock Runtime's four model operations under `/model/{modelId}/{op}`,
+//! `GET /_sim/stats` for tests, and the fault schedule's admin routes (`GET`, `PUT` and `DELETE`
+//! `/_sim/faults`). The SDK percent-encodes the model id, so ids with `:` or `/` (inference
+//! profiles, ARNs) arrive as one path segment that axum decodes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,12 +14,14 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::answer::Answer;
 use crate::config::SimConfig;
 use crate::error::SimError;
-use crate::fault::{Fault, FaultSpec, split_model_id};
+use crate::fault::{Fault, FaultSpec, HttpFault, split_model_id};
+use crate::schedule::{FaultRule, FaultSchedule, signed_region};
 use crate::stats::SimStats;
 use crate::stream::{StreamFormat, spawn_stream};
 use crate::wire::{AnthropicRequest, ConverseRequest, Prompt};
@@ -32,11 +35,13 @@ pub(crate) struct SimState {
     pub stats: Arc<SimStats>,
     /// How many requests asked for each limited fault (`*K`), keyed by model id and spec.
     pub limited_faults: Mutex<HashMap<String, u32>>,
+    pub schedule: FaultSchedule,
 }
 
 impl SimState {
     pub fn new(config: SimConfig, stats: Arc<SimStats>) -> Self {
         SimState {
+            schedule: FaultSchedule::new(config.faults.clone(), config.seed),
             config,
             stats,
             limited_faults: Mutex::new(HashMap::new()),
@@ -99,7 +104,46 @@ pub(crate) fn router(state: Arc<SimState>) -> Router {
     Router::new()
         .route("/model/{model_id}/{operation}", post(model_operation))
         .route("/_sim/stats", get(stats))
+        .route(
+            "/_sim/faults",
+            get(get_faults).put(put_faults).delete(delete_faults),
+        )
         .with_state(state)
+}
+
+/// The body of `GET` and `PUT /_sim/faults`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRules {
+    pub rules: Vec<FaultRule>,
+}
+
+async fn get_faults(State(state): State<Arc<SimState>>) -> Json<FaultRules> {
+    Json(FaultRules {
+        rules: state.schedule.rules(),
+    })
+}
+
+/// Replaces the schedule; the rules' windows count from now.
+async fn put_faults(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
+    let rules = match serde_json::from_slice::<FaultRules>(&body) {
+        Ok(rules) => rules,
+        Err(err) => return admin_error(format!("invalid fault rules: {err}")),
+    };
+    match state.schedule.replace(rules.rules.clone()) {
+        Ok(()) => Json(rules).into_response(),
+        Err(message) => admin_error(message),
+    }
+}
+
+async fn delete_faults(State(state): State<Arc<SimState>>) -> StatusCode {
+    // Replacing with no rules cannot fail validation.
+    let _ = state.schedule.replace(Vec::new());
+    StatusCode::NO_CONTENT
+}
+
+fn admin_error(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "message": message }))).into_response()
 }
 
 async fn stats(State(state): State<Arc<SimState>>) -> impl IntoResponse {
@@ -142,17 +186,37 @@ async fn serve(
                 .map_err(|e| SimError::Validation(e.to_string()))
         })
         .transpose()?;
-    let fault = state.fault_for(model_id, header_value, header_fault.or(suffix_fault));
-    state
-        .stats
-        .record_request(operation.name(), model_id, fault.map(|f| f.to_string()));
-    if let Some(Fault::Http(http_fault)) = fault {
-        return Err(SimError::Injected(http_fault));
+    let region = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(signed_region);
+    let requested = header_fault.or(suffix_fault);
+    let fault = match requested {
+        Some(_) => state.fault_for(model_id, header_value, requested),
+        None => state.schedule.fault_for(model, region),
+    };
+    state.stats.record_request(
+        operation.name(),
+        model_id,
+        region,
+        fault.map(|f| f.to_string()),
+    );
+    match fault {
+        Some(Fault::Http(http_fault)) => return Err(SimError::Injected(http_fault)),
+        // Dropping the connection ends this wait.
+        Some(Fault::NoResponse) => std::future::pending::<()>().await,
+        _ => {}
     }
 
     let prompt = parse_prompt(operation, body)?;
     prompt.check().map_err(SimError::Validation)?;
-    let answer = Answer::plan(&state.config, model, &prompt);
+    if fault == Some(Fault::RejectPrefill) && prompt.ends_with_assistant() {
+        return Err(SimError::Injected(HttpFault::PrefillRejected));
+    }
+    let mut answer = Answer::plan(&state.config, model, &prompt);
+    if let Some(Fault::Slow { first_token_ms }) = fault {
+        answer.profile.first_token_ms = u64::from(first_token_ms);
+    }
     let request_id = format!("{:016x}", fastrand::u64(..));
 
     let response = match operation {

@@ -1,7 +1,7 @@
 //! What the simulator saw: counters and a bounded log of recent requests, so tests can assert how
 //! many attempts reached the upstream, when, and whether a stream was cancelled by its client.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -21,6 +21,7 @@ pub struct SimStats {
     streams_completed: AtomicU64,
     streams_cancelled: AtomicU64,
     recent: Mutex<VecDeque<RequestRecord>>,
+    by_region: Mutex<BTreeMap<String, u64>>,
 }
 
 /// One request as it arrived.
@@ -32,6 +33,9 @@ pub struct RequestRecord {
     pub operation: String,
     /// The model id as requested, fault suffix included.
     pub model_id: String,
+    /// The region the request was signed for, if it was signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// The fault injected, if any.
     pub fault: Option<String>,
 }
@@ -47,6 +51,9 @@ pub struct StatsSnapshot {
     pub streams_completed: u64,
     /// Streams whose client went away before the end.
     pub streams_cancelled: u64,
+    /// Requests per region they were signed for (unsigned requests are not counted here).
+    pub requests_by_region: BTreeMap<String, u64>,
+    /// The most recent requests, oldest first.
     pub recent: Vec<RequestRecord>,
 }
 
@@ -60,17 +67,29 @@ impl Default for SimStats {
             streams_completed: AtomicU64::new(0),
             streams_cancelled: AtomicU64::new(0),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_CAPACITY)),
+            by_region: Mutex::new(BTreeMap::new()),
         }
     }
 }
 
 impl SimStats {
-    pub(crate) fn record_request(&self, operation: &str, model_id: &str, fault: Option<String>) {
+    pub(crate) fn record_request(
+        &self,
+        operation: &str,
+        model_id: &str,
+        region: Option<&str>,
+        fault: Option<String>,
+    ) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(region) = region {
+            let mut by_region = self.by_region.lock().unwrap_or_else(|e| e.into_inner());
+            *by_region.entry(region.to_string()).or_default() += 1;
+        }
         let record = RequestRecord {
             at_ms: self.started.elapsed().as_secs_f64() * 1000.0,
             operation: operation.to_string(),
             model_id: model_id.to_string(),
+            region: region.map(str::to_string),
             fault,
         };
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -104,6 +123,11 @@ impl SimStats {
             streams_started: self.streams_started.load(Ordering::Relaxed),
             streams_completed: self.streams_completed.load(Ordering::Relaxed),
             streams_cancelled: self.streams_cancelled.load(Ordering::Relaxed),
+            requests_by_region: self
+                .by_region
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             recent: self
                 .recent
                 .lock()

@@ -86,7 +86,7 @@ impl Producer {
         let first_token_at = started + answer.profile.first_token_delay();
         let interval = answer.profile.token_interval();
         let fault_at = fault.and_then(|f| match f {
-            Fault::Http(_) => None,
+            Fault::Http(_) | Fault::RejectPrefill | Fault::NoResponse | Fault::Slow { .. } => None,
             Fault::StreamException { after_tokens, .. }
             | Fault::Stall { after_tokens }
             | Fault::Cut { after_tokens }

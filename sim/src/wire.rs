@@ -29,6 +29,13 @@ impl Prompt {
             .collect()
     }
 
+    /// Whether the conversation ends with an assistant message: a prefill the answer continues.
+    pub fn ends_with_assistant(&self) -> bool {
+        self.messages
+            .last()
+            .is_some_and(|(role, _)| role == "assistant")
+    }
+
     /// Checks the rules Bedrock enforces on every model: at least one message, first from the
     /// user, only `user` and `assistant` roles, a positive `max_tokens`.
     pub fn check(&self) -> Result<(), String> {

@@ -18,7 +18,7 @@ use aws_sdk_bedrockruntime::types::{
     ResponseStream, StopReason,
 };
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-use fm_sim::{SimConfig, SimHandle};
+use fm_sim::{FaultRule, SimConfig, SimHandle};
 
 /// Whether an SDK error is the expected variant.
 type IsError<E> = fn(&E) -> bool;
@@ -31,12 +31,17 @@ async fn sim() -> SimHandle {
 }
 
 fn client(sim: &SimHandle) -> Client {
+    client_in(sim, "us-east-1")
+}
+
+/// A client that signs its requests for `region`.
+fn client_in(sim: &SimHandle, region: &'static str) -> Client {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
         .build_https();
     let config = aws_sdk_bedrockruntime::Config::builder()
         .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
+        .region(Region::new(region))
         .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
         .endpoint_url(sim.endpoint_url())
         .http_client(http)
@@ -321,10 +326,7 @@ async fn the_fault_header_works_like_the_model_suffix() {
         matches!(err, ConverseError::ServiceUnavailableException(_)),
         "{err:?}"
     );
-    assert_eq!(
-        sim.stats().recent[0].fault.as_deref(),
-        Some("ServiceUnavailableException")
-    );
+    assert_eq!(sim.stats().recent[0].fault.as_deref(), Some("unavailable"));
 }
 
 #[tokio::test]
@@ -486,4 +488,125 @@ async fn a_corrupt_frame_fails_the_stream_in_the_sdk() {
     };
     assert_eq!(deltas, 2);
     assert!(err.as_service_error().is_none(), "{err:?}");
+}
+
+#[tokio::test]
+async fn scheduled_faults_hit_their_region_only() {
+    let sim = sim().await;
+    sim.set_faults(vec![
+        FaultRule::always("throttle".parse().unwrap()).in_region("us-east-1"),
+    ])
+    .unwrap();
+    let east = client_in(&sim, "us-east-1")
+        .converse()
+        .model_id(MODEL)
+        .messages(user(PROMPT))
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(
+        matches!(east, ConverseError::ThrottlingException(_)),
+        "{east:?}"
+    );
+    let (text, _, _) = converse_text(&client_in(&sim, "us-west-2"), MODEL, 64).await;
+    assert!(!text.is_empty());
+    let stats = sim.stats();
+    assert_eq!(stats.requests_by_region["us-east-1"], 1);
+    assert_eq!(stats.requests_by_region["us-west-2"], 1);
+    assert_eq!(stats.recent[0].region.as_deref(), Some("us-east-1"));
+    assert_eq!(stats.recent[0].fault.as_deref(), Some("throttle"));
+}
+
+#[tokio::test]
+async fn the_admin_endpoint_replaces_lists_and_clears_the_schedule() {
+    let sim = sim().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/_sim/faults", sim.endpoint_url());
+    let rules = serde_json::json!({"rules": [
+        {"fault": "unavailable", "model": MODEL, "rate": 1.0, "for_ms": 600000},
+    ]});
+    let put = http.put(&url).json(&rules).send().await.unwrap();
+    assert_eq!(put.status(), 200);
+    let listed: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["rules"][0]["fault"], "unavailable");
+    let err = client(&sim)
+        .converse()
+        .model_id(MODEL)
+        .messages(user(PROMPT))
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(
+        matches!(err, ConverseError::ServiceUnavailableException(_)),
+        "{err:?}"
+    );
+
+    let bad = http
+        .put(&url)
+        .json(&serde_json::json!({"rules": [{"fault": "melt"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let message: serde_json::Value = bad.json().await.unwrap();
+    assert!(
+        message["message"].as_str().unwrap().contains("melt"),
+        "{message}"
+    );
+    let bad_rate = http
+        .put(&url)
+        .json(&serde_json::json!({"rules": [{"fault": "throttle", "rate": 2.0}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_rate.status(), 400);
+
+    assert_eq!(http.delete(&url).send().await.unwrap().status(), 204);
+    let (text, _, _) = converse_text(&client(&sim), MODEL, 64).await;
+    assert!(!text.is_empty());
+}
+
+fn assistant(text: &str) -> Message {
+    Message::builder()
+        .role(ConversationRole::Assistant)
+        .content(ContentBlock::Text(text.into()))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_prefilled_conversation_is_continued_unless_the_model_rejects_prefill() {
+    let sim = sim().await;
+    let client = client(&sim);
+    let (whole, _, _) = converse_text(&client, MODEL, 1024).await;
+    let start = whole[..whole.len() / 3].trim_end();
+    let continue_from = |model: &str| {
+        client
+            .converse()
+            .model_id(model)
+            .messages(user(PROMPT))
+            .messages(assistant(start))
+            .inference_config(InferenceConfiguration::builder().max_tokens(1024).build())
+            .send()
+    };
+    let output = continue_from(MODEL).await.unwrap();
+    let rest = output.output().unwrap().as_message().unwrap().content()[0]
+        .as_text()
+        .unwrap()
+        .clone();
+    assert_eq!(format!("{start}{rest}"), whole);
+
+    let err = continue_from(&format!("{MODEL}~reject-prefill"))
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(
+        matches!(&err, ConverseError::ValidationException(e) if e.message().unwrap_or_default().contains("prefill")),
+        "{err:?}"
+    );
+    // Without a prefill the same model answers.
+    let (text, _, _) = converse_text(&client, &format!("{MODEL}~reject-prefill"), 64).await;
+    assert!(!text.is_empty());
 }
