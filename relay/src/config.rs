@@ -35,7 +35,28 @@ pub struct RelayConfig {
     pub bedrock: BedrockConfig,
     #[serde(default)]
     pub simulator: SimulatorConfig,
+    #[serde(default)]
+    pub degradation: DegradationConfig,
     pub models: Vec<ModelConfig>,
+}
+
+/// The stand-in answer when no model can answer; see the embedded default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DegradationConfig {
+    pub enabled: bool,
+    pub message: String,
+}
+
+impl Default for DegradationConfig {
+    fn default() -> Self {
+        DegradationConfig {
+            enabled: true,
+            message: "The assistant is unavailable right now: every model the relay could ask \
+                      failed. Please try again in a minute."
+                .into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,7 +94,7 @@ impl Default for TimeoutConfig {
     fn default() -> Self {
         TimeoutConfig {
             connect_ms: 3_000,
-            first_token_ms: 30_000,
+            first_token_ms: 10_000,
             idle_ms: 15_000,
             total_ms: 120_000,
         }
@@ -232,6 +253,9 @@ pub struct SimulatorConfig {
     pub first_token_ms: u64,
     pub tokens_per_second: f64,
     pub seed: u64,
+    /// Faults the embedded simulator injects (fm-sim's fault schedule).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<fm_sim::FaultRule>,
 }
 
 impl Default for SimulatorConfig {
@@ -240,6 +264,7 @@ impl Default for SimulatorConfig {
             first_token_ms: 200,
             tokens_per_second: 60.0,
             seed: 42,
+            faults: Vec::new(),
         }
     }
 }
@@ -272,11 +297,45 @@ pub struct ModelConfig {
     pub input_price_per_1k: f64,
     pub output_price_per_1k: f64,
     pub context_window: u32,
+    /// Whether the model continues an answer from an assistant prefill (the partial answer as
+    /// the conversation's last message); a stream broken off mid-answer is then continued here
+    /// instead of restarted.
+    #[serde(default)]
+    pub accepts_prefill: bool,
+    /// Other regions or inference profiles serving the same model, tried in order after
+    /// `region`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<FailoverTarget>,
+    /// Models that answer instead, in order, when every target of this one failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_models: Vec<String>,
+}
+
+/// Another place serving the same model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverTarget {
+    pub region: String,
+    /// The model or inference-profile id there; the model's own `upstream_id` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_id: Option<String>,
 }
 
 impl ModelConfig {
     pub fn upstream_id(&self) -> &str {
         self.upstream_id.as_deref().unwrap_or(&self.id)
+    }
+
+    /// Every `(region, upstream id)` serving this model, in failover order.
+    pub fn targets(&self) -> Vec<(&str, &str)> {
+        std::iter::once((self.region.as_str(), self.upstream_id()))
+            .chain(self.failover.iter().map(|target| {
+                (
+                    target.region.as_str(),
+                    target.upstream_id.as_deref().unwrap_or(self.upstream_id()),
+                )
+            }))
+            .collect()
     }
 }
 
@@ -383,6 +442,37 @@ impl RelayConfig {
             if model.context_window == 0 {
                 return Err(format!("model `{}` has a zero `context_window`", model.id));
             }
+            let targets = model.targets();
+            for (index, (region, upstream_id)) in targets.iter().enumerate() {
+                if region.trim().is_empty() {
+                    return Err(format!("model `{}` has a failover with an empty `region`", model.id));
+                }
+                if targets[..index].contains(&(region, upstream_id)) {
+                    return Err(format!(
+                        "model `{}` lists `{upstream_id}` in `{region}` twice",
+                        model.id
+                    ));
+                }
+            }
+        }
+        for model in &self.models {
+            for (index, fallback) in model.fallback_models.iter().enumerate() {
+                if *fallback == model.id {
+                    return Err(format!("model `{}` names itself as a fallback", model.id));
+                }
+                if !seen.contains(fallback.as_str()) {
+                    return Err(format!(
+                        "model `{}` falls back to `{fallback}`, which is not one of the declared models",
+                        model.id
+                    ));
+                }
+                if model.fallback_models[..index].contains(fallback) {
+                    return Err(format!(
+                        "model `{}` lists fallback `{fallback}` twice",
+                        model.id
+                    ));
+                }
+            }
         }
         if !seen.contains(self.default_model.as_str()) {
             return Err(format!(
@@ -412,6 +502,13 @@ impl RelayConfig {
         if self.bedrock.mode == BedrockMode::Endpoint && self.bedrock.endpoint.is_none() {
             return Err("`bedrock.mode` is \"endpoint\" but `bedrock.endpoint` is not set".into());
         }
+        if self.degradation.enabled && self.degradation.message.trim().is_empty() {
+            return Err("`degradation.message` must not be empty while degradation is enabled".into());
+        }
+        self.simulator
+            .faults
+            .iter()
+            .try_for_each(fm_sim::FaultRule::validate)?;
         if !(self.simulator.tokens_per_second.is_finite()
             && self.simulator.tokens_per_second >= 0.0)
         {
@@ -473,6 +570,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("budget_window_secs"), "{err}");
+        for (from, to, expected) in [
+            (
+                "fallback_models = [\"nova-lite\"]",
+                "fallback_models = [\"gpt-9\"]",
+                "`gpt-9`, which is not one",
+            ),
+            (
+                "fallback_models = [\"nova-lite\"]",
+                "fallback_models = [\"claude-3-5-haiku\"]",
+                "names itself",
+            ),
+            (
+                "fallback_models = [\"nova-lite\"]",
+                "fallback_models = [\"nova-lite\", \"nova-lite\"]",
+                "twice",
+            ),
+            (
+                "failover = [{ region = \"us-west-2\" }]\nfallback_models = [\"nova-lite\"]",
+                "failover = [{ region = \"us-east-1\" }]",
+                "twice",
+            ),
+            (
+                "failover = [{ region = \"us-west-2\" }]\nfallback_models = [\"nova-lite\"]",
+                "failover = [{ region = \"us-west-2\", upstream = \"x\" }]",
+                "upstream",
+            ),
+        ] {
+            assert!(DEFAULT_CONFIG_TOML.contains(from), "{from}");
+            let text = DEFAULT_CONFIG_TOML.replacen(from, to, 1);
+            let err = RelayConfig::from_toml(&text, "test")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{to}: {err}");
+        }
     }
 
     #[test]

@@ -21,8 +21,11 @@ pub enum UpstreamFailure {
     Timeout,
     /// The stream went silent for longer than the idle timeout.
     Stalled,
-    /// The upstream found the request invalid (the client's fault: e.g. prompt too long).
+    /// The upstream found the request invalid (the client's fault: e.g. a content filter).
     Rejected,
+    /// The conversation does not fit the model's context window: only a model with a larger
+    /// window can answer it.
+    ContextTooLong,
     /// The upstream does not know the model or refuses our credentials (the operator's fault).
     Misconfigured,
     /// The upstream's answer was malformed or ended without its closing events.
@@ -93,6 +96,7 @@ impl RelayError {
                 UpstreamFailure::Timeout => ErrorCode::UpstreamTimeout,
                 UpstreamFailure::Stalled => ErrorCode::UpstreamStalled,
                 UpstreamFailure::Rejected => ErrorCode::UpstreamRejected,
+                UpstreamFailure::ContextTooLong => ErrorCode::ContextTooLong,
                 UpstreamFailure::Misconfigured => ErrorCode::UpstreamMisconfigured,
                 UpstreamFailure::Protocol => ErrorCode::UpstreamError,
             },
@@ -109,7 +113,8 @@ impl RelayError {
             ErrorCode::InvalidRequest
             | ErrorCode::MalformedJson
             | ErrorCode::UnknownModel
-            | ErrorCode::UpstreamRejected => StatusCode::BAD_REQUEST,
+            | ErrorCode::UpstreamRejected
+            | ErrorCode::ContextTooLong => StatusCode::BAD_REQUEST,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -128,6 +133,13 @@ impl RelayError {
     /// Whether the same request, sent again, could succeed.
     pub fn is_retryable(&self) -> bool {
         self.code().is_retryable()
+    }
+
+    /// Whether another target of the plan could answer where this call failed: every upstream
+    /// failure except a rejection of the request itself (a context too long for this model may
+    /// still fit a larger one).
+    pub fn next_target_may_help(&self) -> bool {
+        matches!(self, RelayError::Upstream { failure, .. } if *failure != UpstreamFailure::Rejected)
     }
 
     /// Whether the client caused this error (and so must not count against the upstream).
@@ -264,6 +276,7 @@ mod tests {
             (UpstreamFailure::Timeout, 504, true),
             (UpstreamFailure::Stalled, 504, true),
             (UpstreamFailure::Rejected, 400, false),
+            (UpstreamFailure::ContextTooLong, 400, false),
             (UpstreamFailure::Misconfigured, 502, false),
             (UpstreamFailure::Protocol, 502, true),
         ] {

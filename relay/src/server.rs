@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
@@ -15,7 +16,7 @@ use crate::config::{BedrockMode, ProviderKind, RelayConfig};
 use crate::error::RelayError;
 use crate::provider::bedrock::{self, BedrockEndpoint};
 use crate::provider::{BedrockProvider, Provider};
-use crate::routing::{ModelCatalog, ModelEntry};
+use crate::routing::{ModelCatalog, ModelEntry, Target};
 use crate::shutdown::{Phase, Shutdown};
 
 /// How long after the grace period the relay waits for streams to send their final event.
@@ -104,6 +105,7 @@ async fn bedrock_endpoint(
                     answer_tokens: None,
                 },
                 models: Default::default(),
+                faults: config.simulator.faults.clone(),
             };
             let sim = fm_sim::spawn(sim_config)
                 .await
@@ -128,35 +130,43 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
     }
 
     let http = bedrock::http_client();
+    // One Bedrock client per region, shared by every model served there.
     let mut clients: Vec<(String, BedrockProvider)> = Vec::new();
     let mut entries = Vec::with_capacity(config.models.len());
     for model in &config.models {
-        let provider = match model.provider {
-            ProviderKind::Bedrock => {
-                let existing = clients.iter().find(|(region, _)| *region == model.region);
-                let client = match existing {
-                    Some((_, client)) => client.clone(),
-                    None => {
-                        let client = BedrockProvider::connect(
-                            &endpoint,
-                            &model.region,
-                            http.clone(),
-                            config.timeouts.connect(),
-                        )
-                        .await;
-                        clients.push((model.region.clone(), client.clone()));
-                        client
-                    }
-                };
-                Provider::Bedrock(client)
-            }
-        };
-        entries.push(ModelEntry::new(
-            model.clone(),
-            provider,
-            config.breaker,
-            config.rate_limit.adaptive,
-        ));
+        let mut targets = Vec::new();
+        for (region, upstream_id) in model.targets() {
+            let provider = match model.provider {
+                ProviderKind::Bedrock => {
+                    let existing = clients.iter().find(|(known, _)| known == region);
+                    let client = match existing {
+                        Some((_, client)) => client.clone(),
+                        None => {
+                            let client = BedrockProvider::connect(
+                                &endpoint,
+                                region,
+                                http.clone(),
+                                config.timeouts.connect(),
+                            )
+                            .await;
+                            clients.push((region.to_string(), client.clone()));
+                            client
+                        }
+                    };
+                    Provider::Bedrock(client)
+                }
+            };
+            targets.push(Arc::new(Target::new(
+                upstream_id,
+                provider,
+                config.breaker,
+                config.rate_limit.adaptive,
+            )));
+        }
+        entries.push(ModelEntry {
+            config: model.clone(),
+            targets,
+        });
     }
     let catalog = ModelCatalog::new(entries, &config.default_model);
 

@@ -63,7 +63,9 @@ async fn sync_and_streamed_answers_agree() {
             usage,
             timings,
             route,
+            degraded,
         } => {
+            assert!(!degraded);
             assert_eq!(*stop_reason, StopReason::EndTurn);
             assert_eq!(*usage, answer.usage);
             let ttft = timings.ttft_ms.unwrap();
@@ -547,7 +549,7 @@ async fn a_failing_target_trips_its_breaker_which_probes_and_closes() {
             .iter()
             .find(|m| m.model == "recovering")
             .unwrap();
-        model.circuit.clone()
+        model.targets[0].circuit.clone()
     };
     // Three failed attempts (one request and its retries) open the breaker.
     let response = harness
@@ -602,6 +604,7 @@ async fn a_throttling_target_is_paced_by_the_adaptive_rate_limit() {
             .iter()
             .find(|m| m.model == id)
             .unwrap()
+            .targets[0]
             .client_rate_limit
     };
     assert_eq!(limit(&stats, "flaky"), None);

@@ -173,6 +173,10 @@ pub struct Timings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatResponse {
     pub request_id: String,
+    /// True when no model could answer and `text` is the relay's stand-in message, not a model's
+    /// answer (`route.source` is then `degraded`).
+    #[serde(default)]
+    pub degraded: bool,
     /// The model that actually answered (see `route` for how it was reached).
     pub model: String,
     pub text: String,

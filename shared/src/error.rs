@@ -24,8 +24,10 @@ pub enum ErrorCode {
     NotFound,
     /// The route exists but not for this HTTP method.
     MethodNotAllowed,
-    /// The upstream rejected the request as invalid (for example, prompt too long for the model).
+    /// The upstream rejected the request as invalid (for example, a content filter).
     UpstreamRejected,
+    /// The conversation is longer than every model the request could go to accepts.
+    ContextTooLong,
     /// The upstream is throttling; retry later.
     UpstreamThrottled,
     /// The upstream is unavailable or failed internally.

@@ -22,12 +22,27 @@ pub enum StreamEvent {
     TextDelta { text: String },
     /// Token counts, as soon as the upstream reports them.
     Usage { usage: Usage },
+    /// The upstream broke off after text was sent and another target takes over. With
+    /// `discard_partial` the new target starts the answer again: throw away the text received
+    /// so far. Without it the new target continues the text where it broke off.
+    Failover {
+        /// The model (as configured in the relay) that takes over.
+        model: String,
+        /// Its region or endpoint.
+        region: String,
+        /// What went wrong, in words for people.
+        reason: String,
+        discard_partial: bool,
+    },
     /// The answer is complete.
     Done {
         stop_reason: StopReason,
         usage: Usage,
         timings: Timings,
         route: RouteInfo,
+        /// True when the text is the relay's stand-in message because no model could answer.
+        #[serde(default)]
+        degraded: bool,
     },
     /// The answer could not be completed; any text received so far is incomplete.
     Error {
@@ -45,6 +60,7 @@ impl StreamEvent {
             StreamEvent::Start { .. } => "start",
             StreamEvent::TextDelta { .. } => "text_delta",
             StreamEvent::Usage { .. } => "usage",
+            StreamEvent::Failover { .. } => "failover",
             StreamEvent::Done { .. } => "done",
             StreamEvent::Error { .. } => "error",
         }

@@ -33,6 +33,21 @@ pub struct CircuitStatus {
     pub reason: Option<String>,
 }
 
+/// One target of a model (a region or inference profile) and its health now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetStats {
+    /// The target as logs and errors name it: `upstream-id in region`.
+    pub target: String,
+    pub region: String,
+    /// The target's circuit breaker.
+    #[serde(default)]
+    pub circuit: CircuitStatus,
+    /// Calls per second the relay allows itself to this target while it throttles (absent when
+    /// not limiting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_rate_limit: Option<f64>,
+}
+
 /// One model's figures over the window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelStats {
@@ -41,19 +56,19 @@ pub struct ModelStats {
     pub requests: u64,
     /// Requests that ended with an error.
     pub errors: u64,
+    /// Upstream calls to this model that failed and were answered elsewhere (another region or
+    /// model), counted apart from the requests: they are not completions.
+    #[serde(default)]
+    pub failed_attempts: u64,
     /// Server-side time to first token of the streamed answers that had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttft_ms: Option<Percentiles>,
     /// Server-side total time of the successful answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_ms: Option<Percentiles>,
-    /// The model's circuit breaker, now.
+    /// The model's targets in failover order, with their breakers and rate limits now.
     #[serde(default)]
-    pub circuit: CircuitStatus,
-    /// Calls per second the relay allows itself to this model while it throttles (absent when
-    /// not limiting).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_rate_limit: Option<f64>,
+    pub targets: Vec<TargetStats>,
 }
 
 /// The answer of `GET /v1/stats`.

@@ -36,6 +36,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::UnknownModel),
         Just(ErrorCode::UpstreamThrottled),
         Just(ErrorCode::UpstreamStalled),
+        Just(ErrorCode::ContextTooLong),
         Just(ErrorCode::DeadlineExceeded),
         Just(ErrorCode::Internal),
         Just(ErrorCode::Unknown),
@@ -83,12 +84,21 @@ fn stream_event() -> impl Strategy<Value = StreamEvent> {
         (text(), text()).prop_map(|(request_id, model)| StreamEvent::Start { request_id, model }),
         text().prop_map(|text| StreamEvent::TextDelta { text }),
         usage().prop_map(|usage| StreamEvent::Usage { usage }),
-        (stop_reason(), usage(), timings(), route()).prop_map(
-            |(stop_reason, usage, timings, route)| StreamEvent::Done {
+        (stop_reason(), usage(), timings(), route(), any::<bool>()).prop_map(
+            |(stop_reason, usage, timings, route, degraded)| StreamEvent::Done {
                 stop_reason,
                 usage,
                 timings,
-                route
+                route,
+                degraded,
+            }
+        ),
+        (text(), text(), text(), any::<bool>()).prop_map(
+            |(model, region, reason, discard_partial)| StreamEvent::Failover {
+                model,
+                region,
+                reason,
+                discard_partial,
             }
         ),
         (error_code(), text(), any::<bool>()).prop_map(|(code, message, retryable)| {
@@ -216,8 +226,11 @@ proptest! {
     fn chat_responses_round_trip(
         request_id in text(), model in text(), text_ in text(),
         stop_reason in stop_reason(), usage in usage(), route in route(), timings in timings(),
+        degraded in any::<bool>(),
     ) {
-        round_trips(&ChatResponse { request_id, model, text: text_, stop_reason, usage, route, timings })?;
+        round_trips(&ChatResponse {
+            request_id, degraded, model, text: text_, stop_reason, usage, route, timings,
+        })?;
     }
 
     #[test]
@@ -244,6 +257,7 @@ proptest! {
     #[test]
     fn stats_round_trip(
         model in text(), requests in any::<u64>(), errors in any::<u64>(),
+        failed_attempts in any::<u64>(), target in text(), region in text(),
         ttft in prop::option::of((finite_ms(), finite_ms(), finite_ms())),
         total in prop::option::of((finite_ms(), finite_ms(), finite_ms())),
         window_secs in any::<u64>(),
@@ -252,11 +266,18 @@ proptest! {
         round_trips(&StatsResponse {
             window_secs,
             models: vec![ModelStats {
-                model, requests, errors,
+                model, requests, errors, failed_attempts,
                 ttft_ms: ttft.map(percentiles),
                 total_ms: total.map(percentiles),
-                circuit: CircuitStatus { state: CircuitState::HalfOpen, reason: Some("probe".into()) },
-                client_rate_limit: ttft.map(|t| t.0),
+                targets: vec![TargetStats {
+                    target,
+                    region,
+                    circuit: CircuitStatus {
+                        state: CircuitState::HalfOpen,
+                        reason: Some("probe".into()),
+                    },
+                    client_rate_limit: ttft.map(|t| t.0),
+                }],
             }],
         })?;
     }

@@ -20,7 +20,7 @@ async fn chat(
 ) -> Result<Json<ChatResponse>, RequestError> {
     let result = async {
         let (ctx, decision) = admit(&state, request_id.clone(), &request)?;
-        state.executor().complete(&ctx, &decision, &request).await
+        state.executor().complete(ctx, decision, request).await
     }
     .await;
     result

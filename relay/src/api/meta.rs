@@ -51,8 +51,7 @@ async fn stats(
     let mut models = state.window().stats(Duration::from_secs(window_secs));
     for model in &mut models {
         if let Some(entry) = state.catalog().get(&model.model) {
-            model.circuit = entry.breaker.status();
-            model.client_rate_limit = entry.limiter.allowed_rate();
+            model.targets = entry.targets.iter().map(|target| target.stats()).collect();
         }
     }
     Ok(Json(StatsResponse {

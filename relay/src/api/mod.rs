@@ -52,6 +52,7 @@ impl AppState {
         let executor = Executor::new(
             config.timeouts,
             config.retry,
+            config.degradation.clone(),
             window.clone(),
             shutdown.clone(),
         );
@@ -113,9 +114,9 @@ pub fn admit(
 pub async fn open_stream(
     state: &AppState,
     request_id: String,
-    request: &ChatRequest,
+    request: ChatRequest,
 ) -> Result<ChatEventStream, RelayError> {
-    let (ctx, decision) = admit(state, request_id, request)?;
+    let (ctx, decision) = admit(state, request_id, &request)?;
     state.executor().open_stream(ctx, decision, request).await
 }
 

@@ -38,7 +38,7 @@ async fn chat_stream(
     RequestId(request_id): RequestId,
     ApiJson(request): ApiJson<ChatRequest>,
 ) -> Result<Response, RequestError> {
-    let opened = open_stream(&state, request_id.clone(), &request).await;
+    let opened = open_stream(&state, request_id.clone(), request).await;
     let events = opened.map_err(|error| error.with_request_id(&request_id))?;
     let keep_alive = Duration::from_secs(state.config().server.sse_keep_alive_secs);
     let mut response = Response::new(sse_body(events, keep_alive));

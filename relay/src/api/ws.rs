@@ -142,7 +142,7 @@ impl Session {
     /// Opens the stream for `request`; a failure becomes its terminal error event.
     async fn start(&mut self, request: ChatRequest) -> bool {
         let RequestId(request_id) = RequestId::generate();
-        let opened = open_stream(&self.state, request_id, &request).await;
+        let opened = open_stream(&self.state, request_id, request).await;
         match opened {
             Ok(stream) => {
                 self.current = Some(stream);

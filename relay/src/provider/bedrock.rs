@@ -240,7 +240,10 @@ impl BedrockProvider {
                     .unwrap_or_else(|| failure_for_status(status));
                 let code = err.code().unwrap_or("error");
                 let detail = err.message().unwrap_or("no message");
-                (failure, format!("{code} (HTTP {status}): {detail}"))
+                (
+                    refine_rejection(failure, detail),
+                    format!("{code} (HTTP {status}): {detail}"),
+                )
             }
             _ => {
                 return RelayError::Internal(format!(
@@ -292,6 +295,20 @@ fn failure_for_code(code: &str) -> Option<UpstreamFailure> {
     })
 }
 
+/// A rejection that says the input is too long for the model is a context-window failure, which
+/// a model with a larger window may still answer.
+fn refine_rejection(failure: UpstreamFailure, message: &str) -> UpstreamFailure {
+    let message = message.to_ascii_lowercase();
+    let too_long = ["too long", "too many input tokens", "too many tokens", "context length"]
+        .iter()
+        .any(|phrase| message.contains(phrase));
+    if failure == UpstreamFailure::Rejected && too_long {
+        UpstreamFailure::ContextTooLong
+    } else {
+        failure
+    }
+}
+
 fn failure_for_status(status: u16) -> UpstreamFailure {
     match status {
         429 => UpstreamFailure::Throttled,
@@ -324,7 +341,7 @@ fn classify_stream_error<R: std::fmt::Debug>(
                     .unwrap_or(UpstreamFailure::Unavailable),
             };
             (
-                failure,
+                refine_rejection(failure, inner.message().unwrap_or_default()),
                 format!(
                     "in-stream {}: {}",
                     exception_name(inner),
@@ -438,6 +455,21 @@ mod tests {
         assert_eq!(failure_for_status(503), UpstreamFailure::Unavailable);
         assert_eq!(failure_for_status(429), UpstreamFailure::Throttled);
         assert_eq!(failure_for_status(418), UpstreamFailure::Rejected);
+        assert_eq!(
+            refine_rejection(
+                UpstreamFailure::Rejected,
+                "Input is too long for requested model."
+            ),
+            UpstreamFailure::ContextTooLong
+        );
+        assert_eq!(
+            refine_rejection(UpstreamFailure::Rejected, "Malformed input request"),
+            UpstreamFailure::Rejected
+        );
+        assert_eq!(
+            refine_rejection(UpstreamFailure::Unavailable, "too long"),
+            UpstreamFailure::Unavailable
+        );
     }
 
     #[test]

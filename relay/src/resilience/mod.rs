@@ -1,13 +1,21 @@
-//! Running a routed request against its upstream under deadlines.
+//! Running a routed request: walking its plan of targets under deadlines, with retries, circuit
+//! breakers, adaptive rate limits and failover.
 //!
-//! Every request has a total deadline from its arrival; a stream also has a first-token deadline
-//! and an idle timeout on every read (the Bedrock SDK detects no stall on event streams). Calls
-//! that the upstream refused for now (throttled, unavailable) are retried ([`retry`]), and each
-//! target has a circuit breaker ([`breaker`]) that fails calls fast while it is unhealthy, and an
-//! adaptive rate limiter ([`rate_limit`]) that slows calls down once the target throttles. The
-//! [`Executor`] applies all of this around the provider calls and turns a provider stream into the
-//! client-facing [`StreamEvent`](fm_protocol::StreamEvent) sequence ([`stream::ChatEventStream`]),
-//! which never ends a truncated answer as a success.
+//! Every request has a total deadline from its arrival; each call to a target has a first-token
+//! deadline, and every read of a stream an idle timeout (the Bedrock SDK detects no stall on
+//! event streams). Calls the upstream refused for now (throttled, unavailable) are retried on the
+//! same target ([`retry`]); each target has a circuit breaker ([`breaker`]) that fails calls fast
+//! while it is unhealthy, and an adaptive rate limiter ([`rate_limit`]) that slows calls down once
+//! the target throttles. A target that still fails, or never answered, hands the request to the
+//! next target of the plan: the same model in another region, then the fallback models.
+//!
+//! Sync and streaming chat take the same path: [`Executor::complete`] collects the stream that
+//! [`Executor::open_stream`] returns ([`stream::ChatEventStream`]). That stream never ends a
+//! truncated answer as a success: a stream that breaks after text was sent continues on the next
+//! target (from the partial answer as prefill where the model accepts it, otherwise restarted
+//! with a `failover` event that tells the client to discard the partial text) or ends with a
+//! typed error. When every target failed before any text, the configured degraded answer stands
+//! in, clearly marked.
 
 pub mod breaker;
 pub mod rate_limit;
@@ -17,12 +25,11 @@ pub mod stream;
 use std::sync::Arc;
 use std::time::Instant;
 
-use fm_protocol::{ChatRequest, ChatResponse, ResponseSource, RouteInfo, Timings};
+use fm_protocol::{ChatRequest, ChatResponse};
 
-use crate::config::{RetryConfig, TimeoutConfig};
-use crate::error::{RelayError, UpstreamFailure};
-use crate::provider::ChatProvider;
-use crate::routing::{ModelEntry, RouteDecision};
+use crate::config::{DegradationConfig, RetryConfig, TimeoutConfig};
+use crate::error::RelayError;
+use crate::routing::{RouteDecision, Target};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{LiveWindow, Outcome};
 use breaker::Permit;
@@ -51,7 +58,7 @@ impl RequestContext {
     }
 }
 
-/// Runs requests against providers under the configured deadlines and retry policy.
+/// Runs requests against their plans under the configured deadlines and retry policy.
 #[derive(Debug, Clone)]
 pub struct Executor {
     timeouts: TimeoutConfig,
@@ -60,6 +67,7 @@ pub struct Executor {
     /// Where every request's outcome is recorded.
     window: Arc<LiveWindow>,
     shutdown: Shutdown,
+    degradation: Arc<DegradationConfig>,
 }
 
 /// Which deadline ends a wait first.
@@ -74,6 +82,7 @@ impl Executor {
     pub fn new(
         timeouts: TimeoutConfig,
         retry: RetryConfig,
+        degradation: DegradationConfig,
         window: Arc<LiveWindow>,
         shutdown: Shutdown,
     ) -> Self {
@@ -82,160 +91,78 @@ impl Executor {
             retrier: Arc::new(Retrier::new(retry)),
             window,
             shutdown,
+            degradation: Arc::new(degradation),
         }
     }
 
-    /// Records how a request to `decision`'s model ended.
-    pub(crate) fn record(&self, decision: &RouteDecision, outcome: Outcome) {
-        self.window.record(&decision.model.config.id, outcome);
-    }
-
-    fn total_deadline(&self, ctx: &RequestContext) -> Instant {
-        ctx.received + self.timeouts.total()
-    }
-
-    /// One-shot answer, with retries, under the total deadline.
+    /// One complete answer: the stream of [`open_stream`](Self::open_stream), collected.
     pub async fn complete(
         &self,
-        ctx: &RequestContext,
-        decision: &RouteDecision,
-        request: &ChatRequest,
+        ctx: RequestContext,
+        decision: RouteDecision,
+        request: ChatRequest,
     ) -> Result<ChatResponse, RelayError> {
-        let entry = &decision.model;
-        let deadline = self.total_deadline(ctx).into();
-        let calls = self.retrier.run(deadline, |_| async {
-            let (answer, permit) = guarded_call(entry, deadline, || {
-                entry.provider.complete(entry.config.upstream_id(), request)
-            })
-            .await?;
-            permit.success();
-            Ok(answer)
-        });
-        let answered = settle(
-            tokio::time::timeout_at(deadline, calls)
-                .await
-                .map_err(|_| RelayError::DeadlineExceeded(self.timeouts.total())),
-        );
-        self.record(
-            decision,
-            Outcome {
-                ok: answered.is_ok(),
-                ttft_ms: None,
-                total_ms: ctx.elapsed_ms(),
-            },
-        );
-        let (answer, attempts) = answered?;
-        Ok(ChatResponse {
-            request_id: ctx.request_id.clone(),
-            model: entry.config.id.clone(),
-            text: answer.text,
-            stop_reason: answer.stop_reason,
-            usage: answer.usage,
-            route: route_info(decision, attempts),
-            timings: Timings {
-                ttft_ms: None,
-                total_ms: ctx.elapsed_ms(),
-            },
-        })
+        self.open_stream(ctx, decision, request)
+            .await?
+            .collect()
+            .await
     }
 
-    /// Opens the upstream stream, with retries (so that failures before the first event are
-    /// ordinary HTTP errors), and returns the client-facing event stream, which starts with
-    /// `start`.
+    /// Walks the plan until a target accepts the call (so that when every target fails before
+    /// answering, the client gets an ordinary HTTP error, or the degraded answer), and returns
+    /// the client-facing event stream, which starts with `start`.
     pub async fn open_stream(
         &self,
         ctx: RequestContext,
         decision: RouteDecision,
-        request: &ChatRequest,
+        request: ChatRequest,
     ) -> Result<ChatEventStream, RelayError> {
-        let entry = &decision.model;
-        let first_token_deadline = ctx.received + self.timeouts.first_token();
-        let (deadline, kind) = earliest(&[
-            (self.total_deadline(&ctx), DeadlineKind::Total),
-            (first_token_deadline, DeadlineKind::FirstToken),
-        ]);
-        let deadline = deadline.into();
-        // The stream's end settles the breaker's permit.
-        let opens = self.retrier.run(deadline, |_| {
-            guarded_call(entry, deadline, || {
-                entry
-                    .provider
-                    .open_stream(entry.config.upstream_id(), request)
-            })
-        });
-        let opened = settle(
-            tokio::time::timeout_at(deadline, opens)
-                .await
-                .map_err(|_| self.deadline_error(kind, &decision)),
-        );
-        let ((upstream, permit), attempts) = match opened {
-            Ok(opened) => opened,
-            Err(err) => {
-                self.record(
-                    &decision,
-                    Outcome {
-                        ok: false,
-                        ttft_ms: None,
-                        total_ms: ctx.elapsed_ms(),
-                    },
-                );
-                return Err(err);
-            }
-        };
-        Ok(ChatEventStream::new(
-            upstream,
-            permit,
-            ctx,
-            decision,
-            self.clone(),
-            first_token_deadline,
-            attempts,
-        ))
+        ChatEventStream::open(self.clone(), ctx, decision, request).await
     }
 
-    /// The error for a passed deadline.
-    pub(crate) fn deadline_error(
-        &self,
-        kind: DeadlineKind,
-        decision: &RouteDecision,
-    ) -> RelayError {
+    /// The error for a passed deadline of a call to `target`.
+    pub(crate) fn deadline_error(&self, kind: DeadlineKind, target: &Target) -> RelayError {
         let (failure, message) = match kind {
             DeadlineKind::Total => return RelayError::DeadlineExceeded(self.timeouts.total()),
             DeadlineKind::FirstToken => (
-                UpstreamFailure::Timeout,
+                crate::error::UpstreamFailure::Timeout,
                 format!("no first token within {:?}", self.timeouts.first_token()),
             ),
             DeadlineKind::Idle => (
-                UpstreamFailure::Stalled,
+                crate::error::UpstreamFailure::Stalled,
                 format!(
                     "the stream stalled: nothing received for {:?}",
                     self.timeouts.idle()
                 ),
             ),
         };
-        decision.model.upstream_error(failure, message)
+        target.upstream_error(failure, message)
     }
 
     pub(crate) fn shutdown(&self) -> &Shutdown {
         &self.shutdown
     }
+
+    pub(crate) fn window(&self) -> &LiveWindow {
+        &self.window
+    }
 }
 
-/// One call to `entry` under its breaker and rate limiter: waits for the limiter, makes the call,
+/// One call to `target` under its breaker and rate limiter: waits for the limiter, makes the call,
 /// feeds the outcome to the limiter, and on failure to the breaker. On success the breaker's
 /// permit is returned unsettled, for the caller to settle when the answer is complete.
 async fn guarded_call<T, Fut>(
-    entry: &ModelEntry,
+    target: &Target,
     deadline: tokio::time::Instant,
     call: impl FnOnce() -> Fut,
 ) -> Result<(T, Permit), RelayError>
 where
     Fut: std::future::Future<Output = Result<T, RelayError>>,
 {
-    let permit = entry.breaker.acquire()?;
-    entry.limiter.acquire(deadline).await?;
+    let permit = target.breaker.acquire()?;
+    target.limiter.acquire(deadline).await?;
     let result = call().await;
-    entry.limiter.observe(&result);
+    target.limiter.observe(&result);
     match result {
         Ok(value) => Ok((value, permit)),
         Err(err) => {
@@ -243,17 +170,6 @@ where
             Err(err)
         }
     }
-}
-
-/// A retried call bounded by a deadline, as its value and the attempts it took; a final error
-/// says how many attempts were made.
-fn settle<T>(bounded: Result<Attempted<T>, RelayError>) -> Result<(T, u32), RelayError> {
-    let attempted = bounded?;
-    let attempts = attempted.attempts;
-    attempted
-        .result
-        .map(|value| (value, attempts))
-        .map_err(|err| err.after_attempts(attempts))
 }
 
 /// The earliest of several deadlines, with its kind.
@@ -265,15 +181,11 @@ pub(crate) fn earliest(deadlines: &[(Instant, DeadlineKind)]) -> (Instant, Deadl
         .unwrap_or((Instant::now(), DeadlineKind::Total))
 }
 
-/// How the answer was reached.
-pub(crate) fn route_info(decision: &RouteDecision, attempts: u32) -> RouteInfo {
-    let entry = &decision.model;
-    RouteInfo {
-        model: entry.config.id.clone(),
-        provider: entry.provider.kind().to_string(),
-        region: entry.provider.location().to_string(),
-        source: ResponseSource::Primary,
-        attempts,
-        reason: decision.reason.clone(),
+/// How a request ended, for the live window.
+pub(crate) fn outcome(ok: bool, ttft_ms: Option<f64>, ctx: &RequestContext) -> Outcome {
+    Outcome {
+        ok,
+        ttft_ms,
+        total_ms: ctx.elapsed_ms(),
     }
 }

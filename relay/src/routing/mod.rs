@@ -1,13 +1,18 @@
-//! Model routing: from a request to a [`RouteDecision`] — which configured model answers and why.
+//! Model routing: from a request to a [`RouteDecision`] — an ordered plan of targets and the
+//! reason for it.
 //!
-//! The catalog holds the configured models with their provider clients. Today a route is static:
-//! the model the request names, or the default model. The decision always carries a sentence
-//! that explains it, which reaches the client in `RouteInfo::reason`.
+//! The catalog holds the configured models; each model has one or more [`Target`]s (its region,
+//! then its failover regions or inference profiles), each with its own provider client, circuit
+//! breaker and adaptive rate limiter (keyed by account, region and model). A request's plan is its
+//! model's targets, then the targets of the model's fallback models; the executor walks it in
+//! order. Today the first model is static: the one the request names, or the default. The
+//! decision always carries a sentence that explains it, which reaches the client in
+//! `RouteInfo::reason`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fm_protocol::{ChatRequest, ModelInfo, ModelList};
+use fm_protocol::{ChatRequest, ModelInfo, ModelList, ResponseSource, TargetStats};
 
 use crate::config::{BreakerConfig, ModelConfig};
 use crate::error::{RelayError, UpstreamFailure};
@@ -15,44 +20,88 @@ use crate::provider::{ChatProvider, Provider};
 use crate::resilience::breaker::CircuitBreaker;
 use crate::resilience::rate_limit::AdaptiveRateLimiter;
 
-/// A configured model, the client that reaches it, and its breaker and rate limiter (a model is
-/// one target: one account, region and model).
+/// One place a model is served: a provider client for a region (or endpoint), the upstream model
+/// or inference-profile id there, and the target's own breaker and rate limiter.
 #[derive(Debug)]
-pub struct ModelEntry {
-    pub config: ModelConfig,
-    /// The upstream call's target, as logs and errors name it: `upstream-id in region`.
-    pub target: String,
+pub struct Target {
+    /// As logs and errors name it: `upstream-id in region`.
+    pub name: String,
+    pub upstream_id: String,
     pub provider: Provider,
     pub breaker: Arc<CircuitBreaker>,
     pub limiter: AdaptiveRateLimiter,
 }
 
-impl ModelEntry {
+impl Target {
     pub fn new(
-        config: ModelConfig,
+        upstream_id: &str,
         provider: Provider,
         breaker: BreakerConfig,
         adaptive_rate_limit: bool,
     ) -> Self {
-        let target = format!("{} in {}", config.upstream_id(), provider.location());
-        ModelEntry {
-            breaker: CircuitBreaker::new(target.clone(), breaker),
-            limiter: AdaptiveRateLimiter::new(target.clone(), adaptive_rate_limit),
-            target,
-            config,
+        let name = format!("{upstream_id} in {}", provider.location());
+        Target {
+            breaker: CircuitBreaker::new(name.clone(), breaker),
+            limiter: AdaptiveRateLimiter::new(name.clone(), adaptive_rate_limit),
+            name,
+            upstream_id: upstream_id.to_string(),
             provider,
         }
     }
 
-    /// An upstream failure of a call to this model.
+    /// The region or endpoint calls go to.
+    pub fn region(&self) -> &str {
+        self.provider.location()
+    }
+
+    /// An upstream failure of a call to this target.
     pub fn upstream_error(&self, failure: UpstreamFailure, message: String) -> RelayError {
         RelayError::Upstream {
             failure,
             provider: self.provider.kind(),
-            target: self.target.clone(),
+            target: self.name.clone(),
             message,
             retry_after: None,
         }
+    }
+
+    /// The target's health, as `GET /v1/stats` shows it.
+    pub fn stats(&self) -> TargetStats {
+        TargetStats {
+            target: self.name.clone(),
+            region: self.region().to_string(),
+            circuit: self.breaker.status(),
+            client_rate_limit: self.limiter.allowed_rate(),
+        }
+    }
+}
+
+/// A configured model and its targets, in failover order (the configured region first).
+#[derive(Debug)]
+pub struct ModelEntry {
+    pub config: ModelConfig,
+    pub targets: Vec<Arc<Target>>,
+}
+
+/// One step of a plan: a target, the model it serves, and what answering from it means.
+#[derive(Debug, Clone)]
+pub struct PlanStep {
+    pub model: Arc<ModelEntry>,
+    pub target: Arc<Target>,
+    pub source: ResponseSource,
+}
+
+/// Where one request may go, in order, and why.
+#[derive(Debug, Clone)]
+pub struct RouteDecision {
+    pub plan: Arc<[PlanStep]>,
+    pub reason: String,
+}
+
+impl RouteDecision {
+    /// The model the plan starts with.
+    pub fn first_model(&self) -> &Arc<ModelEntry> {
+        &self.plan[0].model
     }
 }
 
@@ -62,17 +111,13 @@ pub struct ModelCatalog {
     models: Vec<Arc<ModelEntry>>,
     by_id: HashMap<String, usize>,
     default_index: usize,
-}
-
-/// Where one request goes, and why.
-#[derive(Debug, Clone)]
-pub struct RouteDecision {
-    pub model: Arc<ModelEntry>,
-    pub reason: String,
+    /// Each model's plan, built once: routing a request only picks one.
+    plans: Vec<Arc<[PlanStep]>>,
 }
 
 impl ModelCatalog {
-    /// Builds the catalog; `default_model` must be one of `entries` (the config guarantees it).
+    /// Builds the catalog; `default_model` and every fallback must be one of `entries`, and every
+    /// entry must have a target (the config guarantees both).
     pub fn new(entries: Vec<ModelEntry>, default_model: &str) -> ModelCatalog {
         let models: Vec<Arc<ModelEntry>> = entries.into_iter().map(Arc::new).collect();
         let by_id: HashMap<String, usize> = models
@@ -81,11 +126,50 @@ impl ModelCatalog {
             .map(|(index, entry)| (entry.config.id.clone(), index))
             .collect();
         let default_index = by_id.get(default_model).copied().unwrap_or(0);
+        let plans = models
+            .iter()
+            .map(|model| Self::plan_for(model, &models, &by_id))
+            .collect();
         ModelCatalog {
             models,
             by_id,
             default_index,
+            plans,
         }
+    }
+
+    /// `model`'s targets, then those of its fallback models.
+    fn plan_for(
+        model: &Arc<ModelEntry>,
+        models: &[Arc<ModelEntry>],
+        by_id: &HashMap<String, usize>,
+    ) -> Arc<[PlanStep]> {
+        let own = model
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(index, target)| PlanStep {
+                model: model.clone(),
+                target: target.clone(),
+                source: if index == 0 {
+                    ResponseSource::Primary
+                } else {
+                    ResponseSource::FallbackRegion
+                },
+            });
+        let fallbacks = model
+            .config
+            .fallback_models
+            .iter()
+            .filter_map(|id| by_id.get(id).map(|&index| &models[index]))
+            .flat_map(|fallback| {
+                fallback.targets.iter().map(|target| PlanStep {
+                    model: fallback.clone(),
+                    target: target.clone(),
+                    source: ResponseSource::FallbackModel,
+                })
+            });
+        own.chain(fallbacks).collect()
     }
 
     pub fn contains(&self, id: &str) -> bool {
@@ -105,7 +189,7 @@ impl ModelCatalog {
                 .enumerate()
                 .map(|(index, entry)| ModelInfo {
                     id: entry.config.id.clone(),
-                    provider: entry.provider.kind().to_string(),
+                    provider: entry.targets[0].provider.kind().to_string(),
                     region: entry.config.region.clone(),
                     input_price_per_1k: entry.config.input_price_per_1k,
                     output_price_per_1k: entry.config.output_price_per_1k,
@@ -116,7 +200,7 @@ impl ModelCatalog {
         }
     }
 
-    /// Chooses the model for a validated request.
+    /// Chooses the plan for a validated request.
     pub fn route(&self, request: &ChatRequest) -> RouteDecision {
         let (index, mut reason) = match request
             .model
@@ -138,8 +222,71 @@ impl ModelCatalog {
             ));
         }
         RouteDecision {
-            model: self.models[index].clone(),
+            plan: self.plans[index].clone(),
             reason,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RelayConfig;
+    use crate::provider::BedrockProvider;
+    use crate::provider::bedrock::{BedrockEndpoint, http_client};
+
+    async fn catalog() -> ModelCatalog {
+        let config = RelayConfig::embedded_default();
+        let http = http_client();
+        let mut entries = Vec::new();
+        for model in &config.models {
+            let mut targets = Vec::new();
+            for (region, upstream_id) in model.targets() {
+                let provider = BedrockProvider::connect(
+                    &BedrockEndpoint::Url("http://127.0.0.1:9".into()),
+                    region,
+                    http.clone(),
+                    config.timeouts.connect(),
+                )
+                .await;
+                targets.push(Arc::new(Target::new(
+                    upstream_id,
+                    Provider::Bedrock(provider),
+                    config.breaker,
+                    true,
+                )));
+            }
+            entries.push(ModelEntry {
+                config: model.clone(),
+                targets,
+            });
+        }
+        ModelCatalog::new(entries, &config.default_model)
+    }
+
+    #[tokio::test]
+    async fn a_plan_is_the_model_in_each_region_then_its_fallbacks() {
+        let catalog = catalog().await;
+        let decision = catalog.route(&ChatRequest {
+            model: Some("claude-sonnet-4".into()),
+            ..ChatRequest::from_prompt("hi")
+        });
+        let steps: Vec<_> = decision
+            .plan
+            .iter()
+            .map(|step| (step.model.config.id.as_str(), step.target.region(), step.source))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("claude-sonnet-4", "us-east-1", ResponseSource::Primary),
+                ("claude-sonnet-4", "us-west-2", ResponseSource::FallbackRegion),
+                ("claude-3-5-haiku", "us-east-1", ResponseSource::FallbackModel),
+                ("claude-3-5-haiku", "us-west-2", ResponseSource::FallbackModel),
+            ]
+        );
+        assert!(decision.reason.contains("claude-sonnet-4"));
+        let default = catalog.route(&ChatRequest::from_prompt("hi"));
+        assert_eq!(default.first_model().config.id, "claude-3-5-haiku");
     }
 }

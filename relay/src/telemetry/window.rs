@@ -1,5 +1,6 @@
 //! [`LiveWindow`]: the recent outcomes of each model — when a request ended, whether it succeeded,
-//! its server-side time to first token and total time — kept for [`MAX_WINDOW`] (and at most
+//! its server-side time to first token and total time, and the failed upstream calls that other
+//! targets made up for — kept for [`MAX_WINDOW`] (and at most
 //! [`MAX_SAMPLES`] per model), summarised as percentiles on demand.
 //!
 //! Recording is one uncontended lock and a push per request: each model has its own buffer, so
@@ -21,7 +22,7 @@ pub const MAX_SAMPLES: usize = 10_000;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Outcome {
     pub ok: bool,
-    /// Server-side time to first token, for streamed answers that had one.
+    /// Server-side time to first token, for answers that had text.
     pub ttft_ms: Option<f64>,
     pub total_ms: f64,
 }
@@ -29,7 +30,8 @@ pub struct Outcome {
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     at: Instant,
-    outcome: Outcome,
+    /// `None` for a failed upstream call whose request went on to another target.
+    outcome: Option<Outcome>,
 }
 
 /// Recent outcomes per model.
@@ -52,6 +54,15 @@ impl LiveWindow {
 
     /// Records the outcome of a request to `model` (ignored for a model not configured).
     pub fn record(&self, model: &str, outcome: Outcome) {
+        self.push(model, Some(outcome));
+    }
+
+    /// Records a failed upstream call to `model` after which the request moved on.
+    pub fn record_failed_attempt(&self, model: &str) {
+        self.push(model, None);
+    }
+
+    fn push(&self, model: &str, outcome: Option<Outcome>) {
         let Some(buffer) = self.samples.get(model) else {
             return;
         };
@@ -66,30 +77,32 @@ impl LiveWindow {
         buffer.push_back(Sample { at: now, outcome });
     }
 
-    /// Every model's figures over the last `window` (the circuit and rate limit left for the
-    /// caller to fill).
+    /// Every model's figures over the last `window` (the targets' health left for the caller to
+    /// fill).
     pub fn stats(&self, window: Duration) -> Vec<ModelStats> {
         let now = Instant::now();
         self.models
             .iter()
             .map(|model| {
-                let recent: Vec<Outcome> = self.samples[model]
+                let samples: Vec<Option<Outcome>> = self.samples[model]
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .iter()
                     .filter(|s| now - s.at <= window)
                     .map(|s| s.outcome)
                     .collect();
+                let failed_attempts = samples.iter().filter(|s| s.is_none()).count();
+                let recent: Vec<Outcome> = samples.into_iter().flatten().collect();
                 let errors = recent.iter().filter(|o| !o.ok).count();
                 let ok = || recent.iter().filter(|o| o.ok);
                 ModelStats {
                     model: model.clone(),
                     requests: recent.len() as u64,
                     errors: errors as u64,
+                    failed_attempts: failed_attempts as u64,
                     ttft_ms: percentiles(ok().filter_map(|o| o.ttft_ms).collect()),
                     total_ms: percentiles(ok().map(|o| o.total_ms).collect()),
-                    circuit: Default::default(),
-                    client_rate_limit: None,
+                    targets: Vec::new(),
                 }
             })
             .collect()

@@ -39,7 +39,8 @@ pub const FAULT_MODELS: &[(&str, &str)] = &[
     ("recovering", "unavailable*3"),
 ];
 
-fn model(id: &str, upstream_id: String) -> ModelConfig {
+/// A model in us-east-1 with no failover, fallback or prefill.
+pub fn model(id: &str, upstream_id: String) -> ModelConfig {
     ModelConfig {
         id: id.into(),
         provider: ProviderKind::Bedrock,
@@ -48,6 +49,9 @@ fn model(id: &str, upstream_id: String) -> ModelConfig {
         input_price_per_1k: 0.001,
         output_price_per_1k: 0.002,
         context_window: 100_000,
+        accepts_prefill: false,
+        failover: Vec::new(),
+        fallback_models: Vec::new(),
     }
 }
 
@@ -84,6 +88,8 @@ pub fn relay_config(sim: &SimHandle) -> RelayConfig {
     config.rate_limit.adaptive = false;
     config.breaker.consecutive_failures = 1000;
     config.breaker.min_requests = 1000;
+    // Errors as errors, unless a test is about the degraded answer.
+    config.degradation.enabled = false;
     config.bedrock.mode = BedrockMode::Endpoint;
     config.bedrock.endpoint = Some(sim.endpoint_url());
     config.default_model = "plain".into();
