@@ -438,6 +438,9 @@ fn main() {
         input_price_per_1k: 0.0,
         output_price_per_1k: 0.0,
         context_window: 100_000,
+        accepts_prefill: false,
+        failover: Vec::new(),
+        fallback_models: Vec::new(),
     }];
     let relay = relay_runtime.block_on(fm_relay::start(config)).unwrap();
     let sdk = load_runtime.block_on(BedrockProvider::connect(

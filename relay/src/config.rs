@@ -445,7 +445,10 @@ impl RelayConfig {
             let targets = model.targets();
             for (index, (region, upstream_id)) in targets.iter().enumerate() {
                 if region.trim().is_empty() {
-                    return Err(format!("model `{}` has a failover with an empty `region`", model.id));
+                    return Err(format!(
+                        "model `{}` has a failover with an empty `region`",
+                        model.id
+                    ));
                 }
                 if targets[..index].contains(&(region, upstream_id)) {
                     return Err(format!(
@@ -503,7 +506,9 @@ impl RelayConfig {
             return Err("`bedrock.mode` is \"endpoint\" but `bedrock.endpoint` is not set".into());
         }
         if self.degradation.enabled && self.degradation.message.trim().is_empty() {
-            return Err("`degradation.message` must not be empty while degradation is enabled".into());
+            return Err(
+                "`degradation.message` must not be empty while degradation is enabled".into(),
+            );
         }
         self.simulator
             .faults

@@ -599,13 +599,7 @@ async fn a_throttling_target_is_paced_by_the_adaptive_rate_limit() {
     let harness = start_with(sim_config(), |config| config.rate_limit.adaptive = true).await;
     let stats: fm_protocol::StatsResponse = harness.get_json("/v1/stats").await;
     let limit = |stats: &fm_protocol::StatsResponse, id: &str| {
-        stats
-            .models
-            .iter()
-            .find(|m| m.model == id)
-            .unwrap()
-            .targets[0]
-            .client_rate_limit
+        stats.models.iter().find(|m| m.model == id).unwrap().targets[0].client_rate_limit
     };
     assert_eq!(limit(&stats, "flaky"), None);
     // Throttled twice, then answered: the answer still comes, and the relay now paces itself.

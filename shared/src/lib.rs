@@ -29,7 +29,5 @@ pub use chat::{
 pub use error::{ApiError, ApiErrorBody, ErrorCode};
 pub use event::StreamEvent;
 pub use sse::{SseDecoder, SseFrame, encode_sse_frame};
-pub use stats::{
-    CircuitState, CircuitStatus, ModelStats, Percentiles, StatsResponse, TargetStats,
-};
+pub use stats::{CircuitState, CircuitStatus, ModelStats, Percentiles, StatsResponse, TargetStats};
 pub use validate::{ValidationError, limits, validate_chat_request};

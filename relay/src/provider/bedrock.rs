@@ -299,9 +299,14 @@ fn failure_for_code(code: &str) -> Option<UpstreamFailure> {
 /// a model with a larger window may still answer.
 fn refine_rejection(failure: UpstreamFailure, message: &str) -> UpstreamFailure {
     let message = message.to_ascii_lowercase();
-    let too_long = ["too long", "too many input tokens", "too many tokens", "context length"]
-        .iter()
-        .any(|phrase| message.contains(phrase));
+    let too_long = [
+        "too long",
+        "too many input tokens",
+        "too many tokens",
+        "context length",
+    ]
+    .iter()
+    .any(|phrase| message.contains(phrase));
     if failure == UpstreamFailure::Rejected && too_long {
         UpstreamFailure::ContextTooLong
     } else {

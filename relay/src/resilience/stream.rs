@@ -125,14 +125,13 @@ impl Walk {
                 (total, DeadlineKind::Total),
                 (first_token_deadline, DeadlineKind::FirstToken),
             ]);
-            let prefill = if partial.is_empty()
-                || self.prefill_refused
-                || !step.model.config.accepts_prefill
-            {
-                None
-            } else {
-                prefilled(&self.request, partial)
-            };
+            let prefill =
+                if partial.is_empty() || self.prefill_refused || !step.model.config.accepts_prefill
+                {
+                    None
+                } else {
+                    prefilled(&self.request, partial)
+                };
             let request = prefill.as_ref().map_or(&self.request, |(r, _)| r);
             let target = &step.target;
             let deadline = tokio::time::Instant::from(deadline);
@@ -440,7 +439,10 @@ impl StreamState {
                 },
                 Step::Event(Some(Err(err))) => self.recover(err).await,
                 Step::Deadline(kind) => {
-                    let err = self.walk.executor.deadline_error(kind, &attempt.step.target);
+                    let err = self
+                        .walk
+                        .executor
+                        .deadline_error(kind, &attempt.step.target);
                     self.recover(err).await;
                 }
                 Step::Stopped => self.fail(RelayError::ShuttingDown),
@@ -574,7 +576,8 @@ impl StreamState {
                     self.walk.decision.reason
                 ),
             };
-            self.pending.push_back(Ok(StreamEvent::TextDelta { text: message }));
+            self.pending
+                .push_back(Ok(StreamEvent::TextDelta { text: message }));
             self.pending.push_back(Ok(StreamEvent::Done {
                 stop_reason: StopReason::EndTurn,
                 usage: Usage::default(),

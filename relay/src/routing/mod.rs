@@ -274,15 +274,33 @@ mod tests {
         let steps: Vec<_> = decision
             .plan
             .iter()
-            .map(|step| (step.model.config.id.as_str(), step.target.region(), step.source))
+            .map(|step| {
+                (
+                    step.model.config.id.as_str(),
+                    step.target.region(),
+                    step.source,
+                )
+            })
             .collect();
         assert_eq!(
             steps,
             [
                 ("claude-sonnet-4", "us-east-1", ResponseSource::Primary),
-                ("claude-sonnet-4", "us-west-2", ResponseSource::FallbackRegion),
-                ("claude-3-5-haiku", "us-east-1", ResponseSource::FallbackModel),
-                ("claude-3-5-haiku", "us-west-2", ResponseSource::FallbackModel),
+                (
+                    "claude-sonnet-4",
+                    "us-west-2",
+                    ResponseSource::FallbackRegion
+                ),
+                (
+                    "claude-3-5-haiku",
+                    "us-east-1",
+                    ResponseSource::FallbackModel
+                ),
+                (
+                    "claude-3-5-haiku",
+                    "us-west-2",
+                    ResponseSource::FallbackModel
+                ),
             ]
         );
         assert!(decision.reason.contains("claude-sonnet-4"));
