@@ -86,6 +86,7 @@ impl Default for ServerConfig {
 pub struct TimeoutConfig {
     pub connect_ms: u64,
     pub first_token_ms: u64,
+    pub one_shot_ms: u64,
     pub idle_ms: u64,
     pub total_ms: u64,
 }
@@ -95,6 +96,7 @@ impl Default for TimeoutConfig {
         TimeoutConfig {
             connect_ms: 3_000,
             first_token_ms: 10_000,
+            one_shot_ms: 60_000,
             idle_ms: 15_000,
             total_ms: 120_000,
         }
@@ -107,6 +109,9 @@ impl TimeoutConfig {
     }
     pub fn first_token(&self) -> Duration {
         Duration::from_millis(self.first_token_ms)
+    }
+    pub fn one_shot(&self) -> Duration {
+        Duration::from_millis(self.one_shot_ms)
     }
     pub fn idle(&self) -> Duration {
         Duration::from_millis(self.idle_ms)
@@ -348,6 +353,7 @@ pub struct Overrides {
     pub bedrock_endpoint: Option<String>,
     pub connect_timeout_ms: Option<u64>,
     pub first_token_timeout_ms: Option<u64>,
+    pub one_shot_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
     pub total_timeout_ms: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
@@ -403,6 +409,7 @@ impl RelayConfig {
             &mut timeouts.first_token_ms,
             overrides.first_token_timeout_ms,
         );
+        set(&mut timeouts.one_shot_ms, overrides.one_shot_timeout_ms);
         set(&mut timeouts.idle_ms, overrides.idle_timeout_ms);
         set(&mut timeouts.total_ms, overrides.total_timeout_ms);
         set(&mut self.bedrock.mode, overrides.bedrock_mode);
@@ -487,6 +494,7 @@ impl RelayConfig {
         for (name, value) in [
             ("connect_ms", t.connect_ms),
             ("first_token_ms", t.first_token_ms),
+            ("one_shot_ms", t.one_shot_ms),
             ("idle_ms", t.idle_ms),
             ("total_ms", t.total_ms),
         ] {

@@ -50,6 +50,9 @@ struct ServeArgs {
     /// Time-to-first-token deadline in ms [file: timeouts.first_token_ms].
     #[arg(long, env = "FM_RELAY_FIRST_TOKEN_TIMEOUT_MS")]
     first_token_timeout_ms: Option<u64>,
+    /// Deadline of one non-streaming call to one target in ms [file: timeouts.one_shot_ms].
+    #[arg(long, env = "FM_RELAY_ONE_SHOT_TIMEOUT_MS")]
+    one_shot_timeout_ms: Option<u64>,
     /// Longest silence between stream chunks in ms [file: timeouts.idle_ms].
     #[arg(long, env = "FM_RELAY_IDLE_TIMEOUT_MS")]
     idle_timeout_ms: Option<u64>,
@@ -70,6 +73,7 @@ impl ServeArgs {
             bedrock_endpoint: self.bedrock_endpoint.clone(),
             connect_timeout_ms: self.connect_timeout_ms,
             first_token_timeout_ms: self.first_token_timeout_ms,
+            one_shot_timeout_ms: self.one_shot_timeout_ms,
             idle_timeout_ms: self.idle_timeout_ms,
             total_timeout_ms: self.total_timeout_ms,
             shutdown_grace_secs: self.shutdown_grace_secs,

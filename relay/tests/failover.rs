@@ -37,6 +37,7 @@ async fn start(adjust: impl FnOnce(&mut RelayConfig)) -> Harness {
         config.models.push(regional("prefilling", true));
         config.timeouts.idle_ms = 300;
         config.timeouts.first_token_ms = 300;
+        config.timeouts.one_shot_ms = 300;
         adjust(config);
         config.validate().unwrap();
     })
@@ -195,8 +196,9 @@ async fn a_stream_cut_mid_answer_is_continued_from_a_prefill_where_the_model_acc
         let last = harness.sim.stats().recent.last().cloned().unwrap();
         assert_eq!(last.region.as_deref(), Some(SECONDARY), "{fault}");
     }
-    // The same break on the sync route gives the whole answer once.
-    break_primary(&harness, "cut@5");
+    // On the sync route (one-shot calls) an in-stream exception is an error answer: the next
+    // region answers in full.
+    break_primary(&harness, "stream-error@5");
     let answer = harness.chat(Some("prefilling"), PROMPT).await;
     assert_eq!(answer.text, whole);
     assert_eq!(answer.route.source, ResponseSource::FallbackRegion);
@@ -222,9 +224,11 @@ async fn a_model_without_prefill_restarts_and_tells_the_client_to_discard() {
     assert_eq!(shown_text(&events), whole);
     assert_eq!(done_route(&events).region, SECONDARY);
 
-    // The sync route does not repeat the discarded part.
+    // On the sync route the stalled call passes its one-shot deadline; the next region answers.
     let answer = harness.chat(Some("regional"), PROMPT).await;
     assert_eq!(answer.text, whole);
+    assert_eq!(answer.route.region, SECONDARY);
+    assert_eq!(answer.route.attempts, 2);
 }
 
 #[tokio::test]

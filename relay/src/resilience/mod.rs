@@ -9,26 +9,28 @@
 //! the target throttles. A target that still fails, or never answered, hands the request to the
 //! next target of the plan: the same model in another region, then the fallback models.
 //!
-//! Sync and streaming chat take the same path: [`Executor::complete`] collects the stream that
-//! [`Executor::open_stream`] returns ([`stream::ChatEventStream`]). That stream never ends a
-//! truncated answer as a success: a stream that breaks after text was sent continues on the next
-//! target (from the partial answer as prefill where the model accepts it, otherwise restarted
-//! with a `failover` event that tells the client to discard the partial text) or ends with a
-//! typed error. When every target failed before any text, the configured degraded answer stands
-//! in, clearly marked.
+//! Sync and streaming chat walk the plan the same way ([`walk::Walk`]). [`Executor::complete`]
+//! makes one-shot calls (Converse: a third of the CPU of decoding an event stream), each bounded
+//! by the one-shot attempt deadline. [`Executor::open_stream`] returns a
+//! [`stream::ChatEventStream`], which never ends a truncated answer as a success: a stream that
+//! breaks after text was sent continues on the next target (from the partial answer as prefill
+//! where the model accepts it, otherwise restarted with a `failover` event that tells the client
+//! to discard the partial text) or ends with a typed error. When every target failed before any
+//! text, the configured degraded answer stands in, clearly marked.
 
 pub mod breaker;
 pub mod rate_limit;
 pub mod retry;
 pub mod stream;
+pub mod walk;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use fm_protocol::{ChatRequest, ChatResponse};
+use fm_protocol::{ChatRequest, ChatResponse, StopReason, Timings, Usage};
 
 use crate::config::{DegradationConfig, RetryConfig, TimeoutConfig};
-use crate::error::RelayError;
+use crate::error::{RelayError, UpstreamFailure};
 use crate::routing::{RouteDecision, Target};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{LiveWindow, Outcome};
@@ -76,6 +78,8 @@ pub(crate) enum DeadlineKind {
     Total,
     FirstToken,
     Idle,
+    /// A one-shot call's whole answer.
+    OneShot,
 }
 
 impl Executor {
@@ -95,17 +99,68 @@ impl Executor {
         }
     }
 
-    /// One complete answer: the stream of [`open_stream`](Self::open_stream), collected.
+    /// One complete answer from the first target of the plan that gives one; the degraded
+    /// answer when none does and degradation applies.
     pub async fn complete(
         &self,
         ctx: RequestContext,
         decision: RouteDecision,
         request: ChatRequest,
     ) -> Result<ChatResponse, RelayError> {
-        self.open_stream(ctx, decision, request)
-            .await?
-            .collect()
-            .await
+        let request_id = ctx.request_id.clone();
+        let mut walk = walk::Walk::new(self.clone(), ctx, decision, request);
+        let (answer, route) = match walk.call_next(walk::CallKind::OneShot, "").await {
+            Ok(called) => {
+                let walk::Reply::Answer(answer) = called.reply else {
+                    return Err(RelayError::Internal(
+                        "a one-shot call returned a stream".into(),
+                    ));
+                };
+                called.permit.success();
+                let route = walk.route_info(&called.step);
+                self.window
+                    .record(&route.model, outcome(true, None, &walk.ctx));
+                (answer, route)
+            }
+            Err(err) => {
+                let first_model = &walk.decision.first_model().config.id;
+                self.window
+                    .record(first_model, outcome(false, None, &walk.ctx));
+                if !walk.degrades(&err, false) {
+                    return Err(err);
+                }
+                tracing::warn!(
+                    request_id = %request_id, error = %err,
+                    "every target failed; answering with the degraded answer"
+                );
+                return Ok(ChatResponse {
+                    request_id,
+                    degraded: true,
+                    model: first_model.clone(),
+                    text: walk.degraded_text(),
+                    stop_reason: StopReason::EndTurn,
+                    usage: Usage::default(),
+                    route: walk.degraded_route(&err),
+                    timings: Timings {
+                        ttft_ms: None,
+                        total_ms: walk.ctx.elapsed_ms(),
+                    },
+                });
+            }
+        };
+        Ok(ChatResponse {
+            request_id,
+            degraded: false,
+            model: route.model.clone(),
+            text: answer.text,
+            stop_reason: answer.stop_reason,
+            usage: answer.usage,
+            route,
+            timings: Timings {
+                ttft_ms: None,
+                total_ms: walk.ctx.elapsed_ms(),
+            },
+        })
     }
 
     /// Walks the plan until a target accepts the call (so that when every target fails before
@@ -125,11 +180,15 @@ impl Executor {
         let (failure, message) = match kind {
             DeadlineKind::Total => return RelayError::DeadlineExceeded(self.timeouts.total()),
             DeadlineKind::FirstToken => (
-                crate::error::UpstreamFailure::Timeout,
+                UpstreamFailure::Timeout,
                 format!("no first token within {:?}", self.timeouts.first_token()),
             ),
+            DeadlineKind::OneShot => (
+                UpstreamFailure::Timeout,
+                format!("no answer within {:?}", self.timeouts.one_shot()),
+            ),
             DeadlineKind::Idle => (
-                crate::error::UpstreamFailure::Stalled,
+                UpstreamFailure::Stalled,
                 format!(
                     "the stream stalled: nothing received for {:?}",
                     self.timeouts.idle()

@@ -2,16 +2,10 @@
 //! text deltas and usage as they arrive, `failover` when another target takes over mid-answer,
 //! then exactly one terminal event.
 //!
-//! **Walking the plan.** [`Walk`] opens the next target that may answer: it skips targets whose
-//! context window is not larger than one that already found the conversation too long, retries
-//! a target that said "not now" ([`Retrier`](super::Retrier)), and moves on after any other
-//! upstream failure, a first-token deadline that passed, or an open circuit. A client error (the
-//! upstream rejected the request itself) and the total deadline end the walk at once.
-//!
-//! **Breaks.** Before any text reached the client, a failure moves on silently. After text was
-//! sent, the next target continues from the partial answer as an assistant prefill when its model
-//! accepts one (a prefill the upstream refuses is retried once as a restart), otherwise it starts
-//! again and a `failover` event with `discard_partial` tells the client to drop what it has. When
+//! **Breaks.** The plan is walked by [`Walk`](super::walk::Walk). Before any text reached the
+//! client, a failure moves on silently. After text was sent, the next target continues from the
+//! partial answer as an assistant prefill when its model accepts one, otherwise it starts again
+//! and a `failover` event with `discard_partial` tells the client to drop what it has. When
 //! no target is left the stream ends with the typed error of the last failure — or, if no text was
 //! sent yet and degradation is on, with the configured degraded answer, marked as such. A stream
 //! that ends without the upstream's stop event is a failure like any other: a truncated answer is
@@ -29,39 +23,19 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use fm_protocol::{
-    ChatRequest, ChatResponse, Message, ResponseSource, RouteInfo, StopReason, StreamEvent,
-    Timings, Usage,
-};
+use fm_protocol::{ChatRequest, StopReason, StreamEvent, Timings, Usage};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 
 use super::breaker::Permit;
-use super::{DeadlineKind, Executor, RequestContext, earliest, guarded_call, outcome};
+use super::walk::{CallKind, Called, Reply, Walk};
+use super::{DeadlineKind, Executor, RequestContext, earliest, outcome};
 use crate::error::{RelayError, UpstreamFailure};
-use crate::provider::{ChatProvider, ProviderEvent, ProviderStream};
+use crate::provider::{ProviderEvent, ProviderStream};
 use crate::routing::{PlanStep, RouteDecision};
 use crate::shutdown::Phase;
 
-/// The walk through a request's plan: which step comes next, and what the steps so far taught.
-struct Walk {
-    executor: Executor,
-    ctx: RequestContext,
-    decision: RouteDecision,
-    request: ChatRequest,
-    next_step: usize,
-    /// Targets whose model's context window is not larger than this are skipped: a model with
-    /// this window found the conversation too long.
-    too_long_for: u32,
-    /// An upstream refused a prefill: continue by restarting from now on.
-    prefill_refused: bool,
-    /// Upstream calls made so far, failed ones included.
-    attempts: u32,
-    /// The failure that made the walk move on last.
-    last_error: Option<RelayError>,
-}
-
-/// A target that accepted the call, and what it has sent so far.
+/// The target answering now, and what it has sent so far.
 struct Attempt {
     step: PlanStep,
     upstream: ProviderStream,
@@ -71,8 +45,8 @@ struct Attempt {
     first_token_deadline: Instant,
     /// Whether this call continues the partial answer from a prefill.
     continues: bool,
-    /// Whitespace cut from the end of the prefill (upstreams refuse a prefill that ends in
-    /// whitespace); the client has it already, so it is dropped if the continuation repeats it.
+    /// Whitespace the prefill left out that the client has already; dropped if the continuation
+    /// repeats it.
     sent_whitespace: String,
     got_text: bool,
     stop: Option<StopReason>,
@@ -80,6 +54,25 @@ struct Attempt {
 }
 
 impl Attempt {
+    fn new(called: Called) -> Result<Attempt, RelayError> {
+        let Reply::Stream(upstream) = called.reply else {
+            return Err(RelayError::Internal(
+                "a stream call returned a one-shot answer".into(),
+            ));
+        };
+        Ok(Attempt {
+            step: called.step,
+            upstream,
+            permit: Some(called.permit),
+            first_token_deadline: called.first_token_deadline,
+            continues: called.continues,
+            sent_whitespace: called.sent_whitespace,
+            got_text: false,
+            stop: None,
+            usage: None,
+        })
+    }
+
     /// A text delta as the client should see it.
     fn client_text(&mut self, text: String) -> String {
         if self.sent_whitespace.is_empty() {
@@ -93,152 +86,9 @@ impl Attempt {
     }
 }
 
-/// `request` with `partial` as the assistant's prefill, and the trailing whitespace cut from it;
-/// `None` when the partial answer is only whitespace.
-fn prefilled(request: &ChatRequest, partial: &str) -> Option<(ChatRequest, String)> {
-    let trimmed = partial.trim_end();
-    if trimmed.is_empty() {
-        return None;
-    }
-    let mut continued = request.clone();
-    continued.messages.push(Message::assistant(trimmed));
-    Some((continued, partial[trimmed.len()..].to_string()))
-}
-
-impl Walk {
-    /// Opens the next target of the plan that accepts the call; `partial` is the text the client
-    /// already has.
-    async fn open_next(&mut self, partial: &str) -> Result<Attempt, RelayError> {
-        let timeouts = self.executor.timeouts;
-        let total = self.ctx.received + timeouts.total();
-        while let Some(step) = self.decision.plan.get(self.next_step).cloned() {
-            self.next_step += 1;
-            if step.model.config.context_window <= self.too_long_for {
-                continue;
-            }
-            let now = Instant::now();
-            if total <= now {
-                return Err(RelayError::DeadlineExceeded(timeouts.total()));
-            }
-            let first_token_deadline = now + timeouts.first_token();
-            let (deadline, kind) = earliest(&[
-                (total, DeadlineKind::Total),
-                (first_token_deadline, DeadlineKind::FirstToken),
-            ]);
-            let prefill =
-                if partial.is_empty() || self.prefill_refused || !step.model.config.accepts_prefill
-                {
-                    None
-                } else {
-                    prefilled(&self.request, partial)
-                };
-            let request = prefill.as_ref().map_or(&self.request, |(r, _)| r);
-            let target = &step.target;
-            let deadline = tokio::time::Instant::from(deadline);
-            let calls = self.executor.retrier.run(deadline, |_| {
-                guarded_call(target, deadline, || {
-                    target.provider.open_stream(&target.upstream_id, request)
-                })
-            });
-            let (result, attempts) = match tokio::time::timeout_at(deadline, calls).await {
-                Ok(attempted) => (attempted.result, attempted.attempts),
-                Err(_) => (Err(self.executor.deadline_error(kind, target)), 1),
-            };
-            self.attempts += attempts;
-            match result {
-                Ok((upstream, permit)) => {
-                    let (continues, sent_whitespace) = match prefill {
-                        Some((_, whitespace)) => (true, whitespace),
-                        None => (false, String::new()),
-                    };
-                    return Ok(Attempt {
-                        step,
-                        upstream,
-                        permit: Some(permit),
-                        first_token_deadline,
-                        continues,
-                        sent_whitespace,
-                        got_text: false,
-                        stop: None,
-                        usage: None,
-                    });
-                }
-                Err(err) if prefill.is_some() && is_rejection(&err) => {
-                    tracing::info!(
-                        request_id = %self.ctx.request_id, target = %step.target.name, error = %err,
-                        "the upstream refused the prefill; restarting the answer instead"
-                    );
-                    self.prefill_refused = true;
-                    self.next_step -= 1;
-                }
-                Err(err) => self.move_on(&step, err)?,
-            }
-        }
-        Err(self.last_error.take().unwrap_or_else(|| {
-            RelayError::Internal("the route's plan has no target left to try".into())
-        }))
-    }
-
-    /// Notes that `step` failed with `err`; an error when no other target can help.
-    fn move_on(&mut self, step: &PlanStep, err: RelayError) -> Result<(), RelayError> {
-        if !err.next_target_may_help() {
-            return Err(err.after_attempts(self.attempts));
-        }
-        self.executor
-            .window()
-            .record_failed_attempt(&step.model.config.id);
-        if is_context_too_long(&err) {
-            self.too_long_for = self.too_long_for.max(step.model.config.context_window);
-        }
-        tracing::info!(
-            request_id = %self.ctx.request_id, target = %step.target.name, error = %err,
-            "target failed; moving on to the next one of the plan"
-        );
-        self.last_error = Some(err.after_attempts(self.attempts));
-        Ok(())
-    }
-
-    /// How the answer from `step` was reached.
-    fn route_info(&self, step: &PlanStep) -> RouteInfo {
-        let mut reason = self.decision.reason.clone();
-        if step.source != ResponseSource::Primary
-            && let Some(err) = &self.last_error
-        {
-            reason.push_str(&format!(
-                "; answered by `{}` in {} because earlier targets failed (last: {err})",
-                step.model.config.id,
-                step.target.region()
-            ));
-        }
-        RouteInfo {
-            model: step.model.config.id.clone(),
-            provider: step.target.provider.kind().to_string(),
-            region: step.target.region().to_string(),
-            source: step.source,
-            attempts: self.attempts,
-            reason,
-        }
-    }
-}
-
-fn is_rejection(err: &RelayError) -> bool {
-    matches!(
-        err,
-        RelayError::Upstream {
-            failure: UpstreamFailure::Rejected,
-            ..
-        }
-    )
-}
-
-fn is_context_too_long(err: &RelayError) -> bool {
-    matches!(
-        err,
-        RelayError::Upstream {
-            failure: UpstreamFailure::ContextTooLong,
-            ..
-        }
-    )
+/// The walk's next stream, as an [`Attempt`].
+async fn open_next(walk: &mut Walk, partial: &str) -> Result<Attempt, RelayError> {
+    Attempt::new(walk.call_next(CallKind::Stream, partial).await?)
 }
 
 /// An item of the stream: an event, or the error that ends it.
@@ -286,18 +136,8 @@ impl ChatEventStream {
     ) -> Result<ChatEventStream, RelayError> {
         let request_id = ctx.request_id.clone();
         let shutdown = executor.shutdown().subscribe();
-        let mut walk = Walk {
-            executor,
-            ctx,
-            decision,
-            request,
-            next_step: 0,
-            too_long_for: 0,
-            prefill_refused: false,
-            attempts: 0,
-            last_error: None,
-        };
-        let opened = walk.open_next("").await;
+        let mut walk = Walk::new(executor, ctx, decision, request);
+        let opened = open_next(&mut walk, "").await;
         let mut state = StreamState {
             attempt: None,
             pending: VecDeque::with_capacity(2),
@@ -317,7 +157,7 @@ impl ChatEventStream {
                 }));
                 state.attempt = Some(attempt);
             }
-            Err(err) if state.degrades(&err) => {
+            Err(err) if state.walk.degrades(&err, false) => {
                 state.pending.push_back(Ok(StreamEvent::Start {
                     request_id: request_id.clone(),
                     model: state.walk.decision.first_model().config.id.clone(),
@@ -338,42 +178,6 @@ impl ChatEventStream {
             // Fused: polling again after the end yields `None` again (batching writers do).
             inner: Box::pin(inner.fuse()),
         })
-    }
-
-    /// The whole answer, as `POST /v1/chat` returns it.
-    pub async fn collect(mut self) -> Result<ChatResponse, RelayError> {
-        let mut text = String::new();
-        while let Some(item) = self.inner.next().await {
-            match item? {
-                StreamEvent::TextDelta { text: delta } => text.push_str(&delta),
-                StreamEvent::Failover {
-                    discard_partial: true,
-                    ..
-                } => text.clear(),
-                StreamEvent::Done {
-                    stop_reason,
-                    usage,
-                    timings,
-                    route,
-                    degraded,
-                } => {
-                    return Ok(ChatResponse {
-                        request_id: self.request_id,
-                        degraded,
-                        model: route.model.clone(),
-                        text,
-                        stop_reason,
-                        usage,
-                        route,
-                        timings,
-                    });
-                }
-                _ => {}
-            }
-        }
-        Err(RelayError::Internal(
-            "the answer's stream ended without a terminal event".into(),
-        ))
     }
 }
 
@@ -518,7 +322,7 @@ impl StreamState {
             return self.fail(err);
         }
         drop(attempt);
-        match self.walk.open_next(&self.partial).await {
+        match open_next(&mut self.walk, &self.partial).await {
             Ok(next) => {
                 if !self.partial.is_empty() {
                     let discard_partial = !next.continues;
@@ -539,45 +343,20 @@ impl StreamState {
         }
     }
 
-    /// Whether `err` ends the request with the degraded answer rather than an error: degradation
-    /// is on, the client has no text yet, and the failure is the upstreams' (or the clock's), not
-    /// the request's.
-    fn degrades(&self, err: &RelayError) -> bool {
-        let upstreams_fault = match err {
-            RelayError::Upstream { failure, .. } => !matches!(
-                failure,
-                UpstreamFailure::Rejected | UpstreamFailure::ContextTooLong
-            ),
-            RelayError::DeadlineExceeded(_) => true,
-            _ => false,
-        };
-        self.walk.executor.degradation.enabled && self.partial.is_empty() && upstreams_fault
-    }
-
     /// Ends the stream after `err`: with the degraded answer when that applies, else the error.
     fn fail(&mut self, err: RelayError) {
         self.finished = true;
         self.attempt = None;
         self.record(false);
-        if self.degrades(&err) {
+        if self.walk.degrades(&err, !self.partial.is_empty()) {
             tracing::warn!(
                 request_id = %self.walk.ctx.request_id, error = %err,
                 "every target failed; answering with the degraded answer"
             );
-            let message = self.walk.executor.degradation.message.clone();
-            let route = RouteInfo {
-                model: self.walk.decision.first_model().config.id.clone(),
-                provider: "fm-relay".into(),
-                region: "local".into(),
-                source: ResponseSource::Degraded,
-                attempts: self.walk.attempts,
-                reason: format!(
-                    "{}; every target failed (last: {err}), so the relay answered with its degraded answer",
-                    self.walk.decision.reason
-                ),
-            };
-            self.pending
-                .push_back(Ok(StreamEvent::TextDelta { text: message }));
+            let route = self.walk.degraded_route(&err);
+            self.pending.push_back(Ok(StreamEvent::TextDelta {
+                text: self.walk.degraded_text(),
+            }));
             self.pending.push_back(Ok(StreamEvent::Done {
                 stop_reason: StopReason::EndTurn,
                 usage: Usage::default(),
@@ -627,20 +406,5 @@ impl StreamState {
             .executor
             .window()
             .record(model, outcome(ok, self.ttft_ms, &self.walk.ctx));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_prefill_drops_trailing_whitespace_and_the_continuation_repeats_none_of_it() {
-        let request = ChatRequest::from_prompt("hi");
-        let (continued, whitespace) = prefilled(&request, "The relay \n").unwrap();
-        assert_eq!(continued.messages.len(), 2);
-        assert_eq!(continued.messages[1], Message::assistant("The relay"));
-        assert_eq!(whitespace, " \n");
-        assert!(prefilled(&request, "  ").is_none());
     }
 }
