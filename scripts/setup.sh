@@ -30,3 +30,28 @@ else
     log "rustup not found: make sure rustfmt, clippy and the wasm32-unknown-unknown target are installed"
 fi
 log "toolchain ready: $(cargo --version)"
+
+# Debian packages the tests use: redis-server (the answer cache's shared backend, started by the
+# tests themselves on a free port).
+missing_packages=()
+command -v redis-server >/dev/null 2>&1 || missing_packages+=(redis-server)
+if [ ${#missing_packages[@]} -gt 0 ]; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+        log "missing ${missing_packages[*]} and no apt-get to install them: install them and run this again"
+        exit 1
+    fi
+    sudo_cmd=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then
+            sudo_cmd=(sudo)
+        else
+            log "installing ${missing_packages[*]} needs root: run this as root or install sudo"
+            exit 1
+        fi
+    fi
+    log "installing Debian packages: ${missing_packages[*]}"
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends \
+        "${missing_packages[@]}" >/dev/null
+fi
+log "redis-server ready: $(redis-server --version | cut -d' ' -f1-3)"

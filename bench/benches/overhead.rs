@@ -430,6 +430,8 @@ fn main() {
     config.bedrock.mode = BedrockMode::Endpoint;
     config.bedrock.endpoint = Some(sim.endpoint_url());
     config.default_model = "bench".into();
+    // The same prompt again and again: with the cache on, the relay would not call the upstream.
+    config.cache.enabled = false;
     config.models = vec![ModelConfig {
         id: "bench".into(),
         provider: ProviderKind::Bedrock,

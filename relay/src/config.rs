@@ -37,7 +37,72 @@ pub struct RelayConfig {
     pub simulator: SimulatorConfig,
     #[serde(default)]
     pub degradation: DegradationConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
     pub models: Vec<ModelConfig>,
+}
+
+/// Where the answer cache keeps answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheBackend {
+    Memory,
+    Redis,
+}
+
+/// The answer cache; see the embedded default for each key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    pub backend: CacheBackend,
+    pub redis_url: String,
+    pub ttl_secs: u64,
+    pub stale_secs: u64,
+    pub max_entries: u64,
+    pub semantic: bool,
+    pub semantic_threshold: f32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            backend: CacheBackend::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            ttl_secs: 3600,
+            stale_secs: 86_400,
+            max_entries: 10_000,
+            semantic: true,
+            semantic_threshold: 0.95,
+        }
+    }
+}
+
+impl CacheConfig {
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_secs)
+    }
+
+    pub fn stale(&self) -> Duration {
+        Duration::from_secs(self.stale_secs)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(self.semantic_threshold > 0.0 && self.semantic_threshold <= 1.0) {
+            return Err("`cache.semantic_threshold` must be above 0 and at most 1".into());
+        }
+        if self.max_entries == 0 {
+            return Err("`cache.max_entries` must be at least 1".into());
+        }
+        if self.backend == CacheBackend::Redis && !self.redis_url.starts_with("redis") {
+            return Err(format!(
+                "`cache.redis_url` must be a redis:// or rediss:// URL, got `{}`",
+                self.redis_url
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The stand-in answer when no model can answer; see the embedded default.
@@ -503,6 +568,7 @@ impl RelayConfig {
             }
         }
         self.retry.validate()?;
+        self.cache.validate()?;
         self.breaker.validate()?;
         if self.server.sse_keep_alive_secs == 0 {
             return Err("`server.sse_keep_alive_secs` must be greater than 0".into());

@@ -74,6 +74,9 @@ pub enum RelayError {
     /// The relay could not start (bind, TLS, simulator).
     #[error("cannot start: {0}")]
     Startup(String),
+    /// The answer cache failed (logged and treated as a miss; never a request's answer).
+    #[error("cache: {0}")]
+    Cache(String),
     /// A bug: something that should not happen did.
     #[error("internal error: {0}")]
     Internal(String),
@@ -102,9 +105,10 @@ impl RelayError {
             },
             RelayError::DeadlineExceeded(_) => ErrorCode::DeadlineExceeded,
             RelayError::ShuttingDown => ErrorCode::ShuttingDown,
-            RelayError::Config { .. } | RelayError::Startup(_) | RelayError::Internal(_) => {
-                ErrorCode::Internal
-            }
+            RelayError::Config { .. }
+            | RelayError::Startup(_)
+            | RelayError::Cache(_)
+            | RelayError::Internal(_) => ErrorCode::Internal,
         }
     }
 

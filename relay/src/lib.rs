@@ -17,6 +17,7 @@
 //! one error type).
 
 pub mod api;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod provider;

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
+use crate::cache::AnswerCache;
 use crate::config::{BedrockMode, ProviderKind, RelayConfig};
 use crate::error::RelayError;
 use crate::provider::bedrock::{self, BedrockEndpoint};
@@ -169,6 +170,14 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         });
     }
     let catalog = ModelCatalog::new(entries, &config.default_model);
+    let cache = AnswerCache::connect(&config.cache).await?;
+    if cache.is_some() {
+        tracing::info!(
+            backend = ?config.cache.backend,
+            semantic = config.cache.semantic,
+            "answer cache on"
+        );
+    }
 
     let addr = SocketAddr::new(config.server.host, config.server.port);
     let listener = TcpListener::bind(addr)
@@ -179,7 +188,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         .map_err(|err| RelayError::Startup(err.to_string()))?;
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let shutdown = Shutdown::default();
-    let state = AppState::new(config, catalog, shutdown.clone());
+    let state = AppState::new(config, catalog, cache, shutdown.clone());
     let app = api::app(state.clone());
     let listener = listener.tap_io(|tcp| {
         if let Err(err) = tcp.set_nodelay(true) {

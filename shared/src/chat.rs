@@ -73,6 +73,9 @@ pub struct ChatRequest {
     /// Strings that end the answer when the model produces them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop_sequences: Vec<String>,
+    /// Neither serve this request from the relay's answer cache nor store its answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_cache: bool,
 }
 
 impl ChatRequest {

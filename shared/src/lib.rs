@@ -29,5 +29,7 @@ pub use chat::{
 pub use error::{ApiError, ApiErrorBody, ErrorCode};
 pub use event::StreamEvent;
 pub use sse::{SseDecoder, SseFrame, encode_sse_frame};
-pub use stats::{CircuitState, CircuitStatus, ModelStats, Percentiles, StatsResponse, TargetStats};
+pub use stats::{
+    CacheStats, CircuitState, CircuitStatus, ModelStats, Percentiles, StatsResponse, TargetStats,
+};
 pub use validate::{ValidationError, limits, validate_chat_request};

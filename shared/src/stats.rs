@@ -71,10 +71,29 @@ pub struct ModelStats {
     pub targets: Vec<TargetStats>,
 }
 
+/// The answer cache's counters since the relay started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheStats {
+    /// Answers served for the same request.
+    pub exact_hits: u64,
+    /// Answers served for a similar request.
+    pub semantic_hits: u64,
+    /// Answers past their freshness, served because every target failed.
+    pub stale_hits: u64,
+    pub misses: u64,
+    /// Answers stored.
+    pub stored: u64,
+    /// Lookups and writes that failed (counted as misses for the request).
+    pub errors: u64,
+}
+
 /// The answer of `GET /v1/stats`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatsResponse {
     /// How far back the figures reach.
     pub window_secs: u64,
     pub models: Vec<ModelStats>,
+    /// The answer cache, when it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheStats>,
 }

@@ -127,9 +127,19 @@ fn chat_request() -> impl Strategy<Value = ChatRequest> {
         prop::option::of(text()),
         prop::option::of(0.0f32..1.0),
         prop::collection::vec(text(), 0..3),
+        any::<bool>(),
     )
         .prop_map(
-            |(messages, system, model, max_tokens, routing_hint, temperature, stop_sequences)| {
+            |(
+                messages,
+                system,
+                model,
+                max_tokens,
+                routing_hint,
+                temperature,
+                stop_sequences,
+                no_cache,
+            )| {
                 ChatRequest {
                     messages,
                     system,
@@ -138,6 +148,7 @@ fn chat_request() -> impl Strategy<Value = ChatRequest> {
                     routing_hint,
                     temperature,
                     stop_sequences,
+                    no_cache,
                 }
             },
         )
@@ -265,6 +276,7 @@ proptest! {
         let percentiles = |(p50, p95, p99)| Percentiles { p50, p95, p99 };
         round_trips(&StatsResponse {
             window_secs,
+            cache: ttft.map(|_| CacheStats { exact_hits: requests, misses: errors, ..CacheStats::default() }),
             models: vec![ModelStats {
                 model, requests, errors, failed_attempts,
                 ttft_ms: ttft.map(percentiles),

@@ -57,6 +57,7 @@ async fn stats(
     Ok(Json(StatsResponse {
         window_secs,
         models,
+        cache: state.cache().map(|cache| cache.stats()),
     }))
 }
 

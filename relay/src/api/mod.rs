@@ -18,6 +18,7 @@ use axum::http::{Method, Uri};
 use fm_protocol::{ChatRequest, limits::MAX_BODY_BYTES, validate_chat_request};
 use tokio_util::task::TaskTracker;
 
+use crate::cache::AnswerCache;
 use crate::config::RelayConfig;
 use crate::error::{RelayError, RequestError};
 use crate::resilience::{ChatEventStream, Executor, RequestContext};
@@ -37,6 +38,7 @@ struct AppInner {
     config: RelayConfig,
     catalog: ModelCatalog,
     executor: Executor,
+    cache: Option<Arc<AnswerCache>>,
     /// Recent outcomes per model, recorded by the executor.
     window: Arc<LiveWindow>,
     shutdown: Shutdown,
@@ -45,7 +47,12 @@ struct AppInner {
 }
 
 impl AppState {
-    pub fn new(config: RelayConfig, catalog: ModelCatalog, shutdown: Shutdown) -> Self {
+    pub fn new(
+        config: RelayConfig,
+        catalog: ModelCatalog,
+        cache: Option<Arc<AnswerCache>>,
+        shutdown: Shutdown,
+    ) -> Self {
         let window = Arc::new(LiveWindow::new(
             catalog.list().models.into_iter().map(|model| model.id),
         ));
@@ -53,6 +60,7 @@ impl AppState {
             config.timeouts,
             config.retry,
             config.degradation.clone(),
+            cache.clone(),
             window.clone(),
             shutdown.clone(),
         );
@@ -61,6 +69,7 @@ impl AppState {
                 config,
                 catalog,
                 executor,
+                cache,
                 window,
                 shutdown,
                 ws_sessions: TaskTracker::new(),
@@ -78,6 +87,11 @@ impl AppState {
 
     pub fn executor(&self) -> &Executor {
         &self.inner.executor
+    }
+
+    /// The answer cache, when it is on.
+    pub fn cache(&self) -> Option<&AnswerCache> {
+        self.inner.cache.as_deref()
     }
 
     pub fn shutdown(&self) -> &Shutdown {

@@ -29,6 +29,7 @@ use std::time::Instant;
 
 use fm_protocol::{ChatRequest, ChatResponse, StopReason, Timings, Usage};
 
+use crate::cache::{AnswerCache, Hit};
 use crate::config::{DegradationConfig, RetryConfig, TimeoutConfig};
 use crate::error::{RelayError, UpstreamFailure};
 use crate::routing::{RouteDecision, Target};
@@ -70,6 +71,8 @@ pub struct Executor {
     window: Arc<LiveWindow>,
     shutdown: Shutdown,
     degradation: Arc<DegradationConfig>,
+    /// The answer cache, when it is on.
+    cache: Option<Arc<AnswerCache>>,
 }
 
 /// Which deadline ends a wait first.
@@ -87,10 +90,12 @@ impl Executor {
         timeouts: TimeoutConfig,
         retry: RetryConfig,
         degradation: DegradationConfig,
+        cache: Option<Arc<AnswerCache>>,
         window: Arc<LiveWindow>,
         shutdown: Shutdown,
     ) -> Self {
         Executor {
+            cache,
             timeouts,
             retrier: Arc::new(Retrier::new(retry)),
             window,
@@ -99,8 +104,9 @@ impl Executor {
         }
     }
 
-    /// One complete answer from the first target of the plan that gives one; the degraded
-    /// answer when none does and degradation applies.
+    /// One complete answer: from the cache when it has a fresh one, else from the first target
+    /// of the plan that gives one; when none does, a stale cached answer or the degraded answer
+    /// where they apply.
     pub async fn complete(
         &self,
         ctx: RequestContext,
@@ -109,6 +115,9 @@ impl Executor {
     ) -> Result<ChatResponse, RelayError> {
         let request_id = ctx.request_id.clone();
         let mut walk = walk::Walk::new(self.clone(), ctx, decision, request);
+        if let Some(hit) = walk.cached(false).await {
+            return Ok(cached_response(&walk, request_id, hit));
+        }
         let (answer, route) = match walk.call_next(walk::CallKind::OneShot, "").await {
             Ok(called) => {
                 let walk::Reply::Answer(answer) = called.reply else {
@@ -117,6 +126,7 @@ impl Executor {
                     ));
                 };
                 called.permit.success();
+                walk.remember(&called.step, &answer.text, answer.stop_reason, answer.usage);
                 let route = walk.route_info(&called.step);
                 self.window
                     .record(&route.model, outcome(true, None, &walk.ctx));
@@ -126,6 +136,12 @@ impl Executor {
                 let first_model = &walk.decision.first_model().config.id;
                 self.window
                     .record(first_model, outcome(false, None, &walk.ctx));
+                if walk::Walk::upstreams_fault(&err)
+                    && let Some(hit) = walk.cached(true).await
+                {
+                    tracing::warn!(request_id = %request_id, error = %err, "every target failed; answering from the cache");
+                    return Ok(cached_response(&walk, request_id, hit));
+                }
                 if !walk.degrades(&err, false) {
                     return Err(err);
                 }
@@ -228,6 +244,24 @@ where
             permit.failure(&err);
             Err(err)
         }
+    }
+}
+
+/// The answer of `POST /v1/chat` from the cache. Its usage is zero: no tokens were spent on it.
+fn cached_response(walk: &walk::Walk, request_id: String, hit: Hit) -> ChatResponse {
+    let route = walk.cache_route(&hit);
+    ChatResponse {
+        request_id,
+        degraded: false,
+        model: route.model.clone(),
+        text: hit.answer.text,
+        stop_reason: hit.answer.stop_reason,
+        usage: Usage::default(),
+        route,
+        timings: Timings {
+            ttft_ms: None,
+            total_ms: walk.ctx.elapsed_ms(),
+        },
     }
 }
 

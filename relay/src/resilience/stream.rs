@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use super::breaker::Permit;
 use super::walk::{CallKind, Called, Reply, Walk};
 use super::{DeadlineKind, Executor, RequestContext, earliest, outcome};
+use crate::cache::Hit;
 use crate::error::{RelayError, UpstreamFailure};
 use crate::provider::{ProviderEvent, ProviderStream};
 use crate::routing::{PlanStep, RouteDecision};
@@ -43,6 +44,8 @@ struct Attempt {
     /// client leaves first).
     permit: Option<Permit>,
     first_token_deadline: Instant,
+    /// The last event from this call (or its start): the idle timeout counts from here.
+    last_activity: Instant,
     /// Whether this call continues the partial answer from a prefill.
     continues: bool,
     /// Whitespace the prefill left out that the client has already; dropped if the continuation
@@ -65,6 +68,7 @@ impl Attempt {
             upstream,
             permit: Some(called.permit),
             first_token_deadline: called.first_token_deadline,
+            last_activity: Instant::now(),
             continues: called.continues,
             sent_whitespace: called.sent_whitespace,
             got_text: false,
@@ -104,7 +108,6 @@ struct StreamState {
     /// Fires at (or before) the earliest deadline; see the module docs.
     timer: Pin<Box<tokio::time::Sleep>>,
     shutdown: watch::Receiver<Phase>,
-    last_activity: Instant,
     finished: bool,
     ttft_ms: Option<f64>,
     /// The text the client has of the current answer.
@@ -136,37 +139,52 @@ impl ChatEventStream {
     ) -> Result<ChatEventStream, RelayError> {
         let request_id = ctx.request_id.clone();
         let shutdown = executor.shutdown().subscribe();
-        let mut walk = Walk::new(executor, ctx, decision, request);
-        let opened = open_next(&mut walk, "").await;
+        let walk = Walk::new(executor, ctx, decision, request);
         let mut state = StreamState {
             attempt: None,
-            pending: VecDeque::with_capacity(2),
+            pending: VecDeque::with_capacity(3),
             timer: Box::pin(tokio::time::sleep_until(walk.ctx.received.into())),
             shutdown,
-            last_activity: Instant::now(),
             finished: false,
             ttft_ms: None,
             partial: String::new(),
             walk,
         };
-        match opened {
-            Ok(attempt) => {
-                state.pending.push_back(Ok(StreamEvent::Start {
-                    request_id: request_id.clone(),
-                    model: attempt.step.model.config.id.clone(),
-                }));
-                state.attempt = Some(attempt);
-            }
-            Err(err) if state.walk.degrades(&err, false) => {
-                state.pending.push_back(Ok(StreamEvent::Start {
-                    request_id: request_id.clone(),
-                    model: state.walk.decision.first_model().config.id.clone(),
-                }));
-                state.fail(err);
-            }
-            Err(err) => {
-                state.record(false);
-                return Err(err);
+        let start = |model: &str| {
+            Ok(StreamEvent::Start {
+                request_id: request_id.clone(),
+                model: model.to_string(),
+            })
+        };
+        if let Some(hit) = state.walk.cached(false).await {
+            state.pending.push_back(start(&hit.answer.model));
+            state.serve_cached(hit);
+        } else {
+            match open_next(&mut state.walk, "").await {
+                Ok(attempt) => {
+                    state
+                        .pending
+                        .push_back(start(&attempt.step.model.config.id));
+                    state.attempt = Some(attempt);
+                }
+                Err(err) => {
+                    let stale = match Walk::upstreams_fault(&err) {
+                        true => state.walk.cached(true).await,
+                        false => None,
+                    };
+                    if let Some(hit) = stale {
+                        state.record(false);
+                        state.pending.push_back(start(&hit.answer.model));
+                        state.serve_cached(hit);
+                    } else if state.walk.degrades(&err, false) {
+                        let model = state.walk.decision.first_model().config.id.clone();
+                        state.pending.push_back(start(&model));
+                        state.fail(err);
+                    } else {
+                        state.record(false);
+                        return Err(err);
+                    }
+                }
             }
         }
         let inner = futures_util::stream::unfold(state, |mut state| async move {
@@ -211,7 +229,7 @@ impl StreamState {
             let attempt = self.attempt.as_mut()?;
             match step {
                 Step::Event(Some(Ok(event))) => {
-                    self.last_activity = Instant::now();
+                    attempt.last_activity = Instant::now();
                     match event {
                         ProviderEvent::TextDelta(text) => {
                             let text = attempt.client_text(text);
@@ -261,7 +279,7 @@ impl StreamState {
             self.walk.ctx.received + timeouts.total(),
             DeadlineKind::Total,
         );
-        let idle = (self.last_activity + timeouts.idle(), DeadlineKind::Idle);
+        let idle = (attempt.last_activity + timeouts.idle(), DeadlineKind::Idle);
         if attempt.got_text {
             earliest(&[total, idle])
         } else {
@@ -319,7 +337,7 @@ impl StreamState {
         }
         let reason = err.to_string();
         if let Err(err) = self.walk.move_on(&attempt.step, err) {
-            return self.fail(err);
+            return self.give_up(err).await;
         }
         drop(attempt);
         match open_next(&mut self.walk, &self.partial).await {
@@ -336,11 +354,49 @@ impl StreamState {
                         discard_partial,
                     }));
                 }
-                self.last_activity = Instant::now();
                 self.attempt = Some(next);
             }
-            Err(err) => self.fail(err),
+            Err(err) => self.give_up(err).await,
         }
+    }
+
+    /// No target can go on after `err`: a stale cached answer when the client has no text yet
+    /// and the failure is the upstreams', else [`fail`](Self::fail).
+    async fn give_up(&mut self, err: RelayError) {
+        if self.partial.is_empty()
+            && Walk::upstreams_fault(&err)
+            && let Some(hit) = self.walk.cached(true).await
+        {
+            tracing::warn!(
+                request_id = %self.walk.ctx.request_id, error = %err,
+                "every target failed; answering from the cache"
+            );
+            self.attempt = None;
+            self.record(false);
+            self.serve_cached(hit);
+            return;
+        }
+        self.fail(err);
+    }
+
+    /// Ends the stream with a cached answer. Its usage is zero: no tokens were spent on it.
+    fn serve_cached(&mut self, hit: Hit) {
+        self.finished = true;
+        let route = self.walk.cache_route(&hit);
+        let elapsed = self.walk.ctx.elapsed_ms();
+        self.pending.push_back(Ok(StreamEvent::TextDelta {
+            text: hit.answer.text,
+        }));
+        self.pending.push_back(Ok(StreamEvent::Done {
+            stop_reason: hit.answer.stop_reason,
+            usage: Usage::default(),
+            timings: Timings {
+                ttft_ms: Some(elapsed),
+                total_ms: elapsed,
+            },
+            route,
+            degraded: false,
+        }));
     }
 
     /// Ends the stream after `err`: with the degraded answer when that applies, else the error.
@@ -383,13 +439,16 @@ impl StreamState {
             permit.success();
         }
         let route = self.walk.route_info(&attempt.step);
+        let usage = attempt.usage.unwrap_or_default();
+        self.walk
+            .remember(&attempt.step, &self.partial, stop_reason, usage);
         self.walk
             .executor
             .window()
             .record(&route.model, outcome(true, self.ttft_ms, &self.walk.ctx));
         StreamEvent::Done {
             stop_reason,
-            usage: attempt.usage.unwrap_or_default(),
+            usage,
             timings: Timings {
                 ttft_ms: self.ttft_ms,
                 total_ms: self.walk.ctx.elapsed_ms(),

@@ -12,10 +12,11 @@
 
 use std::time::Instant;
 
-use fm_protocol::{ChatRequest, Message, ResponseSource, RouteInfo};
+use fm_protocol::{ChatRequest, Message, ResponseSource, RouteInfo, StopReason, Usage};
 
 use super::breaker::Permit;
 use super::{DeadlineKind, Executor, RequestContext, earliest, guarded_call};
+use crate::cache::{CacheKeys, Hit};
 use crate::error::{RelayError, UpstreamFailure};
 use crate::provider::{ChatProvider, ProviderAnswer, ProviderStream};
 use crate::routing::{PlanStep, RouteDecision};
@@ -66,6 +67,8 @@ pub(crate) struct Walk {
     pub attempts: u32,
     /// The failure that made the walk move on last.
     last_error: Option<RelayError>,
+    /// Where the answer is in the cache; `None` when the cache is off or the request opted out.
+    cache_keys: Option<CacheKeys>,
 }
 
 impl Walk {
@@ -75,7 +78,14 @@ impl Walk {
         decision: RouteDecision,
         request: ChatRequest,
     ) -> Self {
+        let cache_keys = match &executor.cache {
+            Some(cache) if !request.no_cache => {
+                Some(cache.keys(&decision.first_model().config.id, &request))
+            }
+            _ => None,
+        };
         Walk {
+            cache_keys,
             executor,
             ctx,
             decision,
@@ -230,19 +240,53 @@ impl Walk {
         }
     }
 
-    /// Whether `err` ends the request with the degraded answer rather than an error, given
-    /// whether the client has text already: degradation is on, the client has none, and the
-    /// failure is the upstreams' (or the clock's), not the request's.
-    pub fn degrades(&self, err: &RelayError, client_has_text: bool) -> bool {
-        let upstreams_fault = match err {
+    /// Whether `err` is the upstreams' (or the clock's) failure rather than the request's: only
+    /// then may a stale cached answer or the degraded answer stand in.
+    pub fn upstreams_fault(err: &RelayError) -> bool {
+        match err {
             RelayError::Upstream { failure, .. } => !matches!(
                 failure,
                 UpstreamFailure::Rejected | UpstreamFailure::ContextTooLong
             ),
             RelayError::DeadlineExceeded(_) => true,
             _ => false,
+        }
+    }
+
+    /// Whether `err` ends the request with the degraded answer rather than an error, given
+    /// whether the client has text already: degradation is on, the client has none, and the
+    /// failure is the upstreams'.
+    pub fn degrades(&self, err: &RelayError, client_has_text: bool) -> bool {
+        self.executor.degradation.enabled && !client_has_text && Self::upstreams_fault(err)
+    }
+
+    /// The cached answer to this request, if any; a stale one only when `allow_stale`.
+    pub async fn cached(&self, allow_stale: bool) -> Option<Hit> {
+        let (cache, keys) = (self.executor.cache.as_ref()?, self.cache_keys.as_ref()?);
+        cache.lookup(keys, allow_stale).await
+    }
+
+    /// Stores a complete answer from `step`, when it is the requested model's.
+    pub fn remember(&self, step: &PlanStep, text: &str, stop_reason: StopReason, usage: Usage) {
+        let (Some(cache), Some(keys)) = (&self.executor.cache, &self.cache_keys) else {
+            return;
         };
-        self.executor.degradation.enabled && !client_has_text && upstreams_fault
+        let model = &step.model.config.id;
+        if *model == self.decision.first_model().config.id {
+            cache.store(keys.clone(), model, text.to_string(), stop_reason, usage);
+        }
+    }
+
+    /// How a cached answer was reached.
+    pub fn cache_route(&self, hit: &Hit) -> RouteInfo {
+        RouteInfo {
+            model: hit.answer.model.clone(),
+            provider: "cache".into(),
+            region: "local".into(),
+            source: ResponseSource::Cache,
+            attempts: self.attempts,
+            reason: format!("{}; {}", self.decision.reason, hit.describe()),
+        }
     }
 
     /// The configured degraded answer's text.

@@ -90,6 +90,8 @@ pub fn relay_config(sim: &SimHandle) -> RelayConfig {
     config.breaker.min_requests = 1000;
     // Errors as errors, unless a test is about the degraded answer.
     config.degradation.enabled = false;
+    // Every request reaches the upstream, unless a test is about the cache.
+    config.cache.enabled = false;
     config.bedrock.mode = BedrockMode::Endpoint;
     config.bedrock.endpoint = Some(sim.endpoint_url());
     config.default_model = "plain".into();
