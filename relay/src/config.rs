@@ -237,11 +237,15 @@ impl RetryConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     pub adaptive: bool,
+    pub max_wait_ms: u64,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        RateLimitConfig { adaptive: true }
+        RateLimitConfig {
+            adaptive: true,
+            max_wait_ms: 0,
+        }
     }
 }
 

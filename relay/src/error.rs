@@ -32,6 +32,19 @@ pub enum UpstreamFailure {
     Protocol,
     /// The target's circuit breaker is open: the call was not made.
     CircuitOpen,
+    /// The relay's own adaptive rate limit held the call back (the target throttled recently):
+    /// the call was not made.
+    RateLimited,
+}
+
+impl UpstreamFailure {
+    /// Whether the relay refused the call itself, so that it never reached the upstream.
+    pub fn is_local(self) -> bool {
+        matches!(
+            self,
+            UpstreamFailure::CircuitOpen | UpstreamFailure::RateLimited
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +105,9 @@ impl RelayError {
             RelayError::NotFound { .. } => ErrorCode::NotFound,
             RelayError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             RelayError::Upstream { failure, .. } => match failure {
-                UpstreamFailure::Throttled => ErrorCode::UpstreamThrottled,
+                UpstreamFailure::Throttled | UpstreamFailure::RateLimited => {
+                    ErrorCode::UpstreamThrottled
+                }
                 UpstreamFailure::Unavailable | UpstreamFailure::CircuitOpen => {
                     ErrorCode::UpstreamUnavailable
                 }

@@ -153,6 +153,25 @@ async fn an_unavailable_region_is_retried_then_the_next_region_answers() {
 }
 
 #[tokio::test]
+async fn a_throttled_region_is_not_retried_while_another_can_answer() {
+    let harness = start(|_| {}).await;
+    break_primary(&harness, "throttle");
+    let answer = harness.chat(Some("regional"), PROMPT).await;
+    assert_eq!(answer.route.region, SECONDARY);
+    assert_eq!(answer.route.attempts, 2);
+    assert_eq!(requests_in(&harness, PRIMARY), 1);
+    // With no other target left, throttling is retried as configured.
+    let harness = start(|config| {
+        config
+            .models
+            .push(model("alone", format!("{REGIONAL}~throttle*2")));
+    })
+    .await;
+    let answer = harness.chat(Some("alone"), PROMPT).await;
+    assert_eq!(answer.route.attempts, 3);
+}
+
+#[tokio::test]
 async fn a_first_token_deadline_moves_on_without_retrying_the_slow_region() {
     let harness = start(|_| {}).await;
     for fault in ["slow@60000", "no-response"] {
@@ -398,9 +417,12 @@ async fn an_open_breaker_sends_traffic_straight_to_the_next_region() {
     })
     .await;
     break_primary(&harness, "unavailable");
-    for _ in 0..5 {
+    for request in 0..5 {
         let answer = harness.chat(Some("regional"), PROMPT).await;
         assert_eq!(answer.route.region, SECONDARY);
+        // Once open, the breaker's refusal is no upstream call: one attempt, the secondary's.
+        let expected = if request < 2 { 2 } else { 1 };
+        assert_eq!(answer.route.attempts, expected, "request {request}");
     }
     // Two failures opened the primary's breaker; the later requests did not try it.
     assert_eq!(requests_in(&harness, PRIMARY), 2);

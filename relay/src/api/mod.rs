@@ -56,14 +56,7 @@ impl AppState {
         let window = Arc::new(LiveWindow::new(
             catalog.list().models.into_iter().map(|model| model.id),
         ));
-        let executor = Executor::new(
-            config.timeouts,
-            config.retry,
-            config.degradation.clone(),
-            cache.clone(),
-            window.clone(),
-            shutdown.clone(),
-        );
+        let executor = Executor::new(&config, cache.clone(), window.clone(), shutdown.clone());
         AppState {
             inner: Arc::new(AppInner {
                 config,

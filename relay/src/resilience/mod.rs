@@ -25,12 +25,12 @@ pub mod stream;
 pub mod walk;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fm_protocol::{ChatRequest, ChatResponse, StopReason, Timings, Usage};
 
 use crate::cache::{AnswerCache, Hit};
-use crate::config::{DegradationConfig, RetryConfig, TimeoutConfig};
+use crate::config::{DegradationConfig, RelayConfig, TimeoutConfig};
 use crate::error::{RelayError, UpstreamFailure};
 use crate::routing::{RouteDecision, Target};
 use crate::shutdown::Shutdown;
@@ -71,6 +71,8 @@ pub struct Executor {
     window: Arc<LiveWindow>,
     shutdown: Shutdown,
     degradation: Arc<DegradationConfig>,
+    /// Longest a call waits for a target's rate limiter while another target could take it.
+    max_limiter_wait: Duration,
     /// The answer cache, when it is on.
     cache: Option<Arc<AnswerCache>>,
 }
@@ -86,21 +88,21 @@ pub(crate) enum DeadlineKind {
 }
 
 impl Executor {
+    /// The executor of `config`'s policies.
     pub fn new(
-        timeouts: TimeoutConfig,
-        retry: RetryConfig,
-        degradation: DegradationConfig,
+        config: &RelayConfig,
         cache: Option<Arc<AnswerCache>>,
         window: Arc<LiveWindow>,
         shutdown: Shutdown,
     ) -> Self {
         Executor {
             cache,
-            timeouts,
-            retrier: Arc::new(Retrier::new(retry)),
+            timeouts: config.timeouts,
+            retrier: Arc::new(Retrier::new(config.retry)),
+            max_limiter_wait: Duration::from_millis(config.rate_limit.max_wait_ms),
             window,
             shutdown,
-            degradation: Arc::new(degradation),
+            degradation: Arc::new(config.degradation.clone()),
         }
     }
 
@@ -223,19 +225,20 @@ impl Executor {
     }
 }
 
-/// One call to `target` under its breaker and rate limiter: waits for the limiter, makes the call,
-/// feeds the outcome to the limiter, and on failure to the breaker. On success the breaker's
-/// permit is returned unsettled, for the caller to settle when the answer is complete.
+/// One call to `target` under its breaker and rate limiter: waits for the limiter (until
+/// `wait_until` at the latest), makes the call, feeds the outcome to the limiter, and on failure
+/// to the breaker. On success the breaker's permit is returned unsettled, for the caller to
+/// settle when the answer is complete.
 async fn guarded_call<T, Fut>(
     target: &Target,
-    deadline: tokio::time::Instant,
+    wait_until: tokio::time::Instant,
     call: impl FnOnce() -> Fut,
 ) -> Result<(T, Permit), RelayError>
 where
     Fut: std::future::Future<Output = Result<T, RelayError>>,
 {
     let permit = target.breaker.acquire()?;
-    target.limiter.acquire(deadline).await?;
+    target.limiter.acquire(wait_until).await?;
     let result = call().await;
     target.limiter.observe(&result);
     match result {

@@ -102,11 +102,11 @@ impl AdaptiveRateLimiter {
             };
             if Instant::now() + wait > deadline {
                 return Err(RelayError::Upstream {
-                    failure: UpstreamFailure::Throttled,
+                    failure: UpstreamFailure::RateLimited,
                     provider: "relay",
                     target: self.target.clone(),
                     message: format!(
-                        "the upstream is throttling and the client-side rate limit would delay this call by {wait:?}, past its deadline"
+                        "the upstream is throttling and the client-side rate limit would delay this call by {wait:?}, longer than it may wait"
                     ),
                     retry_after: Some(wait),
                 });
@@ -271,7 +271,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_wait_past_the_deadline_fails_at_once_as_throttled() {
+    async fn a_wait_past_the_deadline_fails_at_once_as_rate_limited() {
         let limiter = AdaptiveRateLimiter::new("t".into(), true);
         steady(&limiter, 2, 2).await;
         limiter.update(true);
@@ -286,9 +286,10 @@ mod tests {
         assert!(matches!(
             err,
             RelayError::Upstream {
-                failure: UpstreamFailure::Throttled,
+                failure: UpstreamFailure::RateLimited,
                 ..
             }
         ));
+        assert_eq!(err.code(), fm_protocol::ErrorCode::UpstreamThrottled);
     }
 }

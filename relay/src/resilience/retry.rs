@@ -64,8 +64,15 @@ impl Retrier {
     }
 
     /// Calls `call(attempt)` until it succeeds, fails for good, runs out of attempts or budget,
-    /// or the next wait would pass `deadline`.
-    pub async fn run<T, F, Fut>(&self, deadline: Instant, mut call: F) -> Attempted<T>
+    /// or the next wait would pass `deadline`. With `failover_available` (another target could
+    /// take the call) a throttled call is not retried here: the next target gets it at once, and
+    /// the throttled one is sent less.
+    pub async fn run<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        failover_available: bool,
+        mut call: F,
+    ) -> Attempted<T>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, RelayError>>,
@@ -86,7 +93,17 @@ impl Retrier {
                 result: Err(err),
                 attempts: attempt,
             };
-            if !Self::is_retryable(&err) || attempt >= self.config.max_attempts {
+            let throttled = matches!(
+                err,
+                RelayError::Upstream {
+                    failure: UpstreamFailure::Throttled,
+                    ..
+                }
+            );
+            if !Self::is_retryable(&err)
+                || attempt >= self.config.max_attempts
+                || (throttled && failover_available)
+            {
                 return give_up(err);
             }
             let ceiling = self.backoff_ceiling(attempt);
@@ -142,7 +159,7 @@ mod tests {
     ) -> (Attempted<&'static str>, Vec<Instant>) {
         let starts = Mutex::new(Vec::new());
         let outcome = retrier
-            .run(Instant::now() + deadline, |attempt| {
+            .run(Instant::now() + deadline, false, |attempt| {
                 starts.lock().unwrap().push(Instant::now());
                 let result = match failures.get(attempt as usize - 1) {
                     Some(&failure) => Err(upstream(failure)),

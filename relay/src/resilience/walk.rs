@@ -131,27 +131,42 @@ impl Walk {
             let request = prefill.as_ref().map_or(&self.request, |(r, _)| r);
             let target = &step.target;
             let deadline = tokio::time::Instant::from(deadline);
-            let calls = self.executor.retrier.run(deadline, |_| {
-                guarded_call(target, deadline, || async {
-                    let upstream_id = &target.upstream_id;
-                    match kind {
-                        CallKind::Stream => target
-                            .provider
-                            .open_stream(upstream_id, request)
-                            .await
-                            .map(Reply::Stream),
-                        CallKind::OneShot => target
-                            .provider
-                            .complete(upstream_id, request)
-                            .await
-                            .map(Reply::Answer),
-                    }
-                })
-            });
-            let (result, attempts) = match tokio::time::timeout_at(deadline, calls).await {
+            // Another target could take the call: do not wait long for this one.
+            let failover_available = self.next_step < self.decision.plan.len();
+            let limiter_wait = match failover_available {
+                true => deadline.min(tokio::time::Instant::now() + self.executor.max_limiter_wait),
+                false => deadline,
+            };
+            let calls = self
+                .executor
+                .retrier
+                .run(deadline, failover_available, |_| {
+                    guarded_call(target, limiter_wait, || async {
+                        let upstream_id = &target.upstream_id;
+                        match kind {
+                            CallKind::Stream => target
+                                .provider
+                                .open_stream(upstream_id, request)
+                                .await
+                                .map(Reply::Stream),
+                            CallKind::OneShot => target
+                                .provider
+                                .complete(upstream_id, request)
+                                .await
+                                .map(Reply::Answer),
+                        }
+                    })
+                });
+            let (result, mut attempts) = match tokio::time::timeout_at(deadline, calls).await {
                 Ok(attempted) => (attempted.result, attempted.attempts),
                 Err(_) => (Err(self.executor.deadline_error(deadline_kind, target)), 1),
             };
+            if let Err(RelayError::Upstream { failure, .. }) = &result
+                && failure.is_local()
+            {
+                // The last try was refused by the relay itself: no upstream call was made.
+                attempts -= 1;
+            }
             self.attempts += attempts;
             match result {
                 Ok((reply, permit)) => {
