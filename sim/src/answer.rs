@@ -30,6 +30,14 @@ impl StopKind {
         }
     }
 
+    /// The `finish_reason` of an OpenAI answer.
+    pub fn openai_finish_reason(&self) -> &'static str {
+        match self {
+            StopKind::MaxTokens => "length",
+            StopKind::EndTurn | StopKind::StopSequence(_) => "stop",
+        }
+    }
+
     pub fn stop_sequence(&self) -> Option<&str> {
         match self {
             StopKind::StopSequence(s) => Some(s),

@@ -10,6 +10,7 @@
 //! | `POST /model/{modelId}/converse-stream` | ConverseStream (AWS event-stream frames) |
 //! | `POST /model/{modelId}/invoke` | InvokeModel, Anthropic Messages body |
 //! | `POST /model/{modelId}/invoke-with-response-stream` | InvokeModelWithResponseStream |
+//! | `POST /v1/chat/completions` | OpenAI chat completions, JSON or SSE (`stream`, `stream_options.include_usage`) |
 //! | `GET /_sim/stats` | what the simulator saw (see [`StatsSnapshot`]) |
 //! | `GET`, `PUT`, `DELETE /_sim/faults` | the fault schedule (see [`schedule`]) |
 //!

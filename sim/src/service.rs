@@ -23,8 +23,8 @@ use crate::error::SimError;
 use crate::fault::{Fault, FaultSpec, HttpFault, split_model_id};
 use crate::schedule::{FaultRule, FaultSchedule, signed_region};
 use crate::stats::SimStats;
-use crate::stream::{StreamFormat, spawn_stream};
-use crate::wire::{AnthropicRequest, ConverseRequest, Prompt};
+use crate::stream::{StreamFormat, openai_error_body, openai_usage, spawn_stream};
+use crate::wire::{AnthropicRequest, ConverseRequest, OpenAiRequest, Prompt};
 
 /// The header a client may set to ask for a fault on one request.
 pub const FAULT_HEADER: &str = "x-fm-sim-fault";
@@ -103,12 +103,128 @@ impl Operation {
 pub(crate) fn router(state: Arc<SimState>) -> Router {
     Router::new()
         .route("/model/{model_id}/{operation}", post(model_operation))
+        .route("/v1/chat/completions", post(openai_chat))
         .route("/_sim/stats", get(stats))
         .route(
             "/_sim/faults",
             get(get_faults).put(put_faults).delete(delete_faults),
         )
         .with_state(state)
+}
+
+/// `POST /v1/chat/completions`: the OpenAI chat-completions API, with the same answers, faults
+/// (header, `model~fault` suffix, or the schedule's rules that name no region) and pacing as the
+/// Bedrock operations, and OpenAI's error bodies.
+async fn openai_chat(
+    State(state): State<Arc<SimState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match serve_openai(&state, &headers, &body).await {
+        Ok(response) => response,
+        Err(error) => {
+            state.stats.record_error();
+            let (status, body) = match &error {
+                SimError::Injected(fault) => (fault.status(), openai_error_body(*fault)),
+                other => (
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": {"message": other.to_string(), "type": "invalid_request_error", "param": null, "code": null}}),
+                ),
+            };
+            (status, Json(body)).into_response()
+        }
+    }
+}
+
+async fn serve_openai(
+    state: &SimState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, SimError> {
+    let request: OpenAiRequest = serde_json::from_slice(body)
+        .map_err(|e| SimError::Validation(format!("invalid request body: {e}")))?;
+    let (model, suffix_fault) =
+        split_model_id(&request.model).map_err(|e| SimError::Validation(e.to_string()))?;
+    let header_value = headers
+        .get(FAULT_HEADER)
+        .map(|value| value.to_str().unwrap_or_default());
+    let header_fault = header_value
+        .map(|value| {
+            value
+                .parse::<FaultSpec>()
+                .map_err(|e| SimError::Validation(e.to_string()))
+        })
+        .transpose()?;
+    let requested = header_fault.or(suffix_fault);
+    let fault = match requested {
+        Some(_) => state.fault_for(&request.model, header_value, requested),
+        None => state.schedule.fault_for(model, None),
+    };
+    state.stats.record_request(
+        "chat-completions",
+        &request.model,
+        None,
+        fault.map(|f| f.to_string()),
+    );
+    match fault {
+        Some(Fault::Http(http_fault)) => return Err(SimError::Injected(http_fault)),
+        Some(Fault::NoResponse) => std::future::pending::<()>().await,
+        _ => {}
+    }
+    let prompt = Prompt::from(&request);
+    prompt.check().map_err(SimError::Validation)?;
+    if fault == Some(Fault::RejectPrefill) && prompt.ends_with_assistant() {
+        return Err(SimError::Injected(HttpFault::PrefillRejected));
+    }
+    let mut answer = Answer::plan(&state.config, model, &prompt);
+    if let Some(Fault::Slow { first_token_ms }) = fault {
+        answer.profile.first_token_ms = u64::from(first_token_ms);
+    }
+    let request_id = format!("{:016x}", fastrand::u64(..));
+    if request.stream {
+        let body = spawn_stream(
+            answer,
+            fault,
+            StreamFormat::OpenAi {
+                include_usage: request.include_usage(),
+            },
+            request_id,
+            state.stats.clone(),
+        );
+        let mut response = (StatusCode::OK, body).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        return Ok(response);
+    }
+    match fault {
+        Some(Fault::Stall { .. }) => std::future::pending::<()>().await,
+        Some(Fault::StreamException { exception, .. }) => {
+            tokio::time::sleep(answer.profile.first_token_delay()).await;
+            return Err(SimError::Injected(exception.as_http()));
+        }
+        _ => {}
+    }
+    let generation = generation_time(&answer);
+    if !generation.is_zero() {
+        tokio::time::sleep(generation).await;
+    }
+    Ok(Json(json!({
+        "id": format!("chatcmpl-{request_id}"),
+        "object": "chat.completion",
+        "created": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs()),
+        "model": answer.model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": answer.text()},
+            "finish_reason": answer.stop.openai_finish_reason(),
+        }],
+        "usage": openai_usage(&answer),
+    }))
+    .into_response())
 }
 
 /// The body of `GET` and `PUT /_sim/faults`.

@@ -1,6 +1,7 @@
 //! Streaming an [`Answer`] as event-stream frames, in the shape of ConverseStream or of
-//! InvokeModelWithResponseStream (Anthropic events, base64 inside `chunk` frames), paced by the
-//! model's profile and interrupted where a scripted fault says so.
+//! InvokeModelWithResponseStream (Anthropic events, base64 inside `chunk` frames), or as the
+//! Server-Sent Events of OpenAI chat completions, paced by the model's profile and interrupted
+//! where a scripted fault says so.
 //!
 //! A producer task writes frames into a small channel that backs the HTTP body. When the client
 //! goes away, hyper drops the body, the channel closes, and the producer notices at its next send
@@ -18,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::answer::Answer;
 use crate::eventstream::{event_frame, exception_frame};
-use crate::fault::Fault;
+use crate::fault::{Fault, HttpFault};
 use crate::stats::SimStats;
 
 /// Which operation's event shapes to send.
@@ -27,6 +28,11 @@ pub enum StreamFormat {
     Converse,
     /// Anthropic Messages events inside InvokeModelWithResponseStream chunks.
     Invoke,
+    /// OpenAI `chat.completion.chunk` SSE events, then `data: [DONE]`; with `include_usage` a
+    /// usage chunk before it.
+    OpenAi {
+        include_usage: bool,
+    },
 }
 
 /// The client hung up.
@@ -108,7 +114,7 @@ impl Producer {
             };
             self.wait_until(first_token_at + interval * index as u32)
                 .await?;
-            self.send(self.delta(token)).await?;
+            self.send(self.delta(answer, token)).await?;
         }
         let latency_ms = started.elapsed().as_millis() as u64;
         for frame in self.closing(answer, latency_ms, started, first_token_at) {
@@ -118,6 +124,9 @@ impl Producer {
     }
 
     async fn fail(&self, fault: Option<Fault>) -> Result<(), Closed> {
+        if let StreamFormat::OpenAi { .. } = self.format {
+            return self.fail_openai(fault).await;
+        }
         match fault {
             Some(Fault::StreamException { exception, .. }) => {
                 self.send(exception_frame(
@@ -132,7 +141,11 @@ impl Producer {
             }
             Some(Fault::Garbage { .. }) => {
                 // A well-formed frame with one payload byte flipped: the message CRC fails.
-                let mut frame = self.delta("corrupt").to_vec();
+                let mut frame = event_frame(
+                    "contentBlockDelta",
+                    &json!({"contentBlockIndex": 0, "delta": {"text": "corrupt"}}),
+                )
+                .to_vec();
                 let middle = frame.len() / 2;
                 frame[middle] ^= 0xff;
                 self.send(Bytes::from(frame)).await?;
@@ -144,8 +157,48 @@ impl Producer {
         }
     }
 
+    /// OpenAI streams fail the way OpenAI-compatible servers do: an `error` object as the last
+    /// event, a line that is not JSON, silence, or an end without `[DONE]`.
+    async fn fail_openai(&self, fault: Option<Fault>) -> Result<(), Closed> {
+        match fault {
+            Some(Fault::StreamException { exception, .. }) => {
+                let error = openai_error_body(exception.as_http());
+                self.send(sse_data(&error.to_string())).await
+            }
+            Some(Fault::Stall { .. }) => {
+                self.tx.closed().await;
+                Err(Closed)
+            }
+            Some(Fault::Garbage { .. }) => {
+                self.send(Bytes::from_static(b"data: {\"choices\": [{\"delta\": \n\n"))
+                    .await?;
+                self.tx.closed().await;
+                Err(Closed)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// One `chat.completion.chunk`.
+    fn openai_chunk(&self, answer: &Answer, choices: serde_json::Value) -> serde_json::Value {
+        json!({
+            "id": format!("chatcmpl-{}", self.request_id),
+            "object": "chat.completion.chunk",
+            "created": unix_seconds(),
+            "model": answer.model,
+            "choices": choices,
+        })
+    }
+
     fn opening(&self, answer: &Answer) -> Vec<Bytes> {
         match self.format {
+            StreamFormat::OpenAi { .. } => {
+                let first = self.openai_chunk(
+                    answer,
+                    json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
+                );
+                vec![sse_data(&first.to_string())]
+            }
             StreamFormat::Converse => {
                 vec![event_frame("messageStart", &json!({"role": "assistant"}))]
             }
@@ -172,8 +225,16 @@ impl Producer {
         }
     }
 
-    fn delta(&self, token: &str) -> Bytes {
+    fn delta(&self, answer: &Answer, token: &str) -> Bytes {
         match self.format {
+            StreamFormat::OpenAi { .. } => sse_data(
+                &self
+                    .openai_chunk(
+                        answer,
+                        json!([{"index": 0, "delta": {"content": token}, "finish_reason": null}]),
+                    )
+                    .to_string(),
+            ),
             StreamFormat::Converse => event_frame(
                 "contentBlockDelta",
                 &json!({"contentBlockIndex": 0, "delta": {"text": token}}),
@@ -195,6 +256,23 @@ impl Producer {
     ) -> Vec<Bytes> {
         let output_tokens = answer.output_tokens();
         match self.format {
+            StreamFormat::OpenAi { include_usage } => {
+                let mut frames = vec![sse_data(
+                    &self
+                        .openai_chunk(
+                            answer,
+                            json!([{"index": 0, "delta": {}, "finish_reason": answer.stop.openai_finish_reason()}]),
+                        )
+                        .to_string(),
+                )];
+                if include_usage {
+                    let mut usage = self.openai_chunk(answer, json!([]));
+                    usage["usage"] = openai_usage(answer);
+                    frames.push(sse_data(&usage.to_string()));
+                }
+                frames.push(sse_data("[DONE]"));
+                frames
+            }
             StreamFormat::Converse => vec![
                 event_frame("contentBlockStop", &json!({"contentBlockIndex": 0})),
                 event_frame("messageStop", &json!({"stopReason": answer.stop.as_str()})),
@@ -232,6 +310,43 @@ impl Producer {
             ],
         }
     }
+}
+
+/// One SSE event with only a `data:` field.
+fn sse_data(data: &str) -> Bytes {
+    Bytes::from(format!("data: {data}\n\n"))
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// The `usage` object of an OpenAI answer.
+pub fn openai_usage(answer: &Answer) -> serde_json::Value {
+    let output = answer.output_tokens();
+    json!({
+        "prompt_tokens": answer.input_tokens,
+        "completion_tokens": output,
+        "total_tokens": answer.input_tokens + output,
+    })
+}
+
+/// The body of an OpenAI error answer for `fault`.
+pub fn openai_error_body(fault: HttpFault) -> serde_json::Value {
+    let (kind, code) = match fault {
+        HttpFault::Throttle => ("requests", "rate_limit_exceeded"),
+        HttpFault::Unavailable | HttpFault::NotReady => ("server_error", "service_unavailable"),
+        HttpFault::Internal => ("server_error", "internal_error"),
+        HttpFault::ModelTimeout => ("server_error", "timeout"),
+        HttpFault::Validation | HttpFault::PrefillRejected => {
+            ("invalid_request_error", "invalid_request")
+        }
+        HttpFault::NotFound => ("invalid_request_error", "model_not_found"),
+        HttpFault::ContextTooLong => ("invalid_request_error", "context_length_exceeded"),
+    };
+    json!({"error": {"message": fault.message(), "type": kind, "param": null, "code": code}})
 }
 
 /// An InvokeModelWithResponseStream `chunk` frame carrying one Anthropic event.

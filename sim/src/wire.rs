@@ -1,6 +1,6 @@
-//! The JSON bodies of the Bedrock Runtime operations the simulator serves: the Converse request
-//! (`messages`, `system`, `inferenceConfig`) and the Anthropic Messages body that InvokeModel
-//! carries for Claude models. Unknown fields are ignored, as Bedrock ignores what it does not use;
+//! The JSON bodies of the operations the simulator serves: the Converse request (`messages`,
+//! `system`, `inferenceConfig`), the Anthropic Messages body that InvokeModel carries for Claude
+//! models, and an OpenAI chat-completions request. Unknown fields are ignored, as Bedrock ignores what it does not use;
 //! content blocks other than text (images, tool use) are accepted and not read.
 
 use serde::Deserialize;
@@ -199,5 +199,93 @@ impl TryFrom<AnthropicRequest> for Prompt {
             max_tokens,
             stop_sequences: request.stop_sequences,
         })
+    }
+}
+
+/// `POST /v1/chat/completions`: the OpenAI chat-completions request.
+#[derive(Debug, Deserialize)]
+pub struct OpenAiRequest {
+    pub model: String,
+    #[serde(default)]
+    pub messages: Vec<OpenAiMessage>,
+    pub max_tokens: Option<u32>,
+    pub max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    pub stop: Option<OpenAiStop>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub stream_options: Option<OpenAiStreamOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OpenAiMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<OpenAiContent>,
+}
+
+/// Content is a string or a list of typed parts.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OpenAiContent {
+    Text(String),
+    Parts(Vec<AnthropicBlock>),
+}
+
+/// `stop` is one string or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OpenAiStop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct OpenAiStreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+impl OpenAiRequest {
+    /// Whether a streamed answer ends with a usage chunk.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|options| options.include_usage)
+    }
+}
+
+impl From<&OpenAiRequest> for Prompt {
+    fn from(request: &OpenAiRequest) -> Self {
+        let text = |content: &Option<OpenAiContent>| match content {
+            Some(OpenAiContent::Text(text)) => text.clone(),
+            Some(OpenAiContent::Parts(parts)) => parts
+                .iter()
+                .filter_map(|part| part.text.clone())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            None => String::new(),
+        };
+        let (system, messages): (Vec<_>, Vec<_>) = request
+            .messages
+            .iter()
+            .partition(|message| message.role == "system" || message.role == "developer");
+        Prompt {
+            system: system.iter().map(|m| text(&m.content)).collect(),
+            messages: messages
+                .iter()
+                .map(|m| (m.role.clone(), text(&m.content)))
+                .collect(),
+            max_tokens: request
+                .max_completion_tokens
+                .or(request.max_tokens)
+                .unwrap_or(CONVERSE_DEFAULT_MAX_TOKENS),
+            stop_sequences: match &request.stop {
+                Some(OpenAiStop::One(stop)) => vec![stop.clone()],
+                Some(OpenAiStop::Many(stops)) => stops.clone(),
+                None => Vec::new(),
+            },
+        }
     }
 }
