@@ -101,6 +101,8 @@ async fn main() {
         provider: ProviderKind::Bedrock,
         upstream_id: Some(UPSTREAM.into()),
         region: PRIMARY.into(),
+        endpoint: None,
+        api_key_env: None,
         input_price_per_1k: 0.001,
         output_price_per_1k: 0.002,
         context_window: 200_000,
@@ -108,11 +110,13 @@ async fn main() {
         failover: vec![FailoverTarget {
             region: SECONDARY.into(),
             upstream_id: None,
+            endpoint: None,
         }],
         fallback_models: Vec::new(),
     }];
     let relay = fm_relay::start(config).await.unwrap();
     let base = relay.url();
+    fm_relay::provider::openai::install_crypto_provider();
     let http = reqwest::Client::builder()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(256)

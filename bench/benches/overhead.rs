@@ -209,6 +209,7 @@ async fn run_scenario(
     warmup: Duration,
     measure: Duration,
 ) -> Outcome {
+    fm_relay::provider::openai::install_crypto_provider();
     let client = reqwest::Client::builder()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(concurrency * 2)
@@ -437,6 +438,8 @@ fn main() {
         provider: ProviderKind::Bedrock,
         upstream_id: Some(UPSTREAM_MODEL.into()),
         region: "us-east-1".into(),
+        endpoint: None,
+        api_key_env: None,
         input_price_per_1k: 0.0,
         output_price_per_1k: 0.0,
         context_window: 100_000,

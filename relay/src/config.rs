@@ -348,12 +348,16 @@ impl Default for SimulatorConfig {
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
     Bedrock,
+    /// Any server with the OpenAI chat-completions API (OpenAI, Ollama, vLLM, ...).
+    #[serde(rename = "openai")]
+    OpenAi,
 }
 
 impl ProviderKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Bedrock => "bedrock",
+            ProviderKind::OpenAi => "openai",
         }
     }
 }
@@ -367,7 +371,17 @@ pub struct ModelConfig {
     /// The provider's model or inference-profile id; defaults to `id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_id: Option<String>,
+    /// Where the model answers: the AWS region for Bedrock, a label of your choice for an
+    /// OpenAI-compatible server (shown in routes).
     pub region: String,
+    /// The API base URL of an OpenAI-compatible server (`http://127.0.0.1:11434/v1`); only for
+    /// provider "openai" (Bedrock's endpoint is `[bedrock]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The environment variable holding the API key of an OpenAI-compatible server, sent as a
+    /// bearer token; none is sent when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
     pub input_price_per_1k: f64,
     pub output_price_per_1k: f64,
     pub context_window: u32,
@@ -393,6 +407,18 @@ pub struct FailoverTarget {
     /// The model or inference-profile id there; the model's own `upstream_id` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_id: Option<String>,
+    /// For provider "openai": the server's base URL; the model's own `endpoint` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+/// One place serving a model, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetSpec<'a> {
+    pub region: &'a str,
+    pub upstream_id: &'a str,
+    /// The OpenAI-compatible base URL (provider "openai" only).
+    pub endpoint: Option<&'a str>,
 }
 
 impl ModelConfig {
@@ -400,16 +426,19 @@ impl ModelConfig {
         self.upstream_id.as_deref().unwrap_or(&self.id)
     }
 
-    /// Every `(region, upstream id)` serving this model, in failover order.
-    pub fn targets(&self) -> Vec<(&str, &str)> {
-        std::iter::once((self.region.as_str(), self.upstream_id()))
-            .chain(self.failover.iter().map(|target| {
-                (
-                    target.region.as_str(),
-                    target.upstream_id.as_deref().unwrap_or(self.upstream_id()),
-                )
-            }))
-            .collect()
+    /// Every place serving this model, in failover order.
+    pub fn targets(&self) -> Vec<TargetSpec<'_>> {
+        std::iter::once(TargetSpec {
+            region: &self.region,
+            upstream_id: self.upstream_id(),
+            endpoint: self.endpoint.as_deref(),
+        })
+        .chain(self.failover.iter().map(|target| TargetSpec {
+            region: &target.region,
+            upstream_id: target.upstream_id.as_deref().unwrap_or(self.upstream_id()),
+            endpoint: target.endpoint.as_deref().or(self.endpoint.as_deref()),
+        }))
+        .collect()
     }
 }
 
@@ -519,18 +548,42 @@ impl RelayConfig {
                 return Err(format!("model `{}` has a zero `context_window`", model.id));
             }
             let targets = model.targets();
-            for (index, (region, upstream_id)) in targets.iter().enumerate() {
+            for (index, target) in targets.iter().enumerate() {
+                let (region, upstream_id) = (target.region, target.upstream_id);
                 if region.trim().is_empty() {
                     return Err(format!(
                         "model `{}` has a failover with an empty `region`",
                         model.id
                     ));
                 }
-                if targets[..index].contains(&(region, upstream_id)) {
+                if targets[..index].contains(target) {
                     return Err(format!(
                         "model `{}` lists `{upstream_id}` in `{region}` twice",
                         model.id
                     ));
+                }
+                match (model.provider, target.endpoint) {
+                    (ProviderKind::OpenAi, None) => {
+                        return Err(format!(
+                            "model `{}` has provider \"openai\" but no `endpoint` (the server's base URL, e.g. http://127.0.0.1:11434/v1)",
+                            model.id
+                        ));
+                    }
+                    (ProviderKind::OpenAi, Some(url))
+                        if !(url.starts_with("http://") || url.starts_with("https://")) =>
+                    {
+                        return Err(format!(
+                            "model `{}` has `endpoint` `{url}`, which is not an http:// or https:// URL",
+                            model.id
+                        ));
+                    }
+                    (ProviderKind::Bedrock, Some(_)) => {
+                        return Err(format!(
+                            "model `{}` is a Bedrock model with an `endpoint`; Bedrock's endpoint is set under [bedrock]",
+                            model.id
+                        ));
+                    }
+                    _ => {}
                 }
             }
         }
@@ -678,6 +731,21 @@ mod tests {
                 "failover = [{ region = \"us-west-2\" }]\nfallback_models = [\"nova-lite\"]",
                 "failover = [{ region = \"us-west-2\", upstream = \"x\" }]",
                 "upstream",
+            ),
+            (
+                "id = \"nova-lite\"\nprovider = \"bedrock\"",
+                "id = \"nova-lite\"\nprovider = \"openai\"",
+                "no `endpoint`",
+            ),
+            (
+                "id = \"nova-lite\"\nprovider = \"bedrock\"",
+                "id = \"nova-lite\"\nprovider = \"openai\"\nendpoint = \"localhost:11434\"",
+                "not an http:// or https:// URL",
+            ),
+            (
+                "id = \"nova-lite\"\nprovider = \"bedrock\"",
+                "id = \"nova-lite\"\nprovider = \"bedrock\"\nendpoint = \"http://x\"",
+                "set under [bedrock]",
             ),
         ] {
             assert!(DEFAULT_CONFIG_TOML.contains(from), "{from}");

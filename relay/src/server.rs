@@ -16,7 +16,7 @@ use crate::cache::AnswerCache;
 use crate::config::{BedrockMode, ProviderKind, RelayConfig};
 use crate::error::RelayError;
 use crate::provider::bedrock::{self, BedrockEndpoint};
-use crate::provider::{BedrockProvider, Provider};
+use crate::provider::{BedrockProvider, OpenAiProvider, Provider, openai};
 use crate::routing::{ModelCatalog, ModelEntry, Target};
 use crate::shutdown::{Phase, Shutdown};
 
@@ -131,13 +131,36 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
     }
 
     let http = bedrock::http_client();
-    // One Bedrock client per region, shared by every model served there.
+    // One Bedrock client per region, shared by every model served there; one HTTP client for
+    // every OpenAI-compatible server.
     let mut clients: Vec<(String, BedrockProvider)> = Vec::new();
+    let mut openai_http: Option<reqwest::Client> = None;
     let mut entries = Vec::with_capacity(config.models.len());
     for model in &config.models {
         let mut targets = Vec::new();
-        for (region, upstream_id) in model.targets() {
+        for spec in model.targets() {
+            let (region, upstream_id) = (spec.region, spec.upstream_id);
             let provider = match model.provider {
+                ProviderKind::OpenAi => {
+                    let http = match &openai_http {
+                        Some(http) => http.clone(),
+                        None => {
+                            let http = openai::http_client(config.timeouts.connect())?;
+                            openai_http = Some(http.clone());
+                            http
+                        }
+                    };
+                    let api_key = model
+                        .api_key_env
+                        .as_ref()
+                        .and_then(|name| std::env::var(name).ok());
+                    Provider::OpenAi(OpenAiProvider::new(
+                        http,
+                        spec.endpoint.unwrap_or_default(),
+                        api_key,
+                        region,
+                    ))
+                }
                 ProviderKind::Bedrock => {
                     let existing = clients.iter().find(|(known, _)| known == region);
                     let client = match existing {

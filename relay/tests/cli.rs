@@ -70,7 +70,7 @@ async fn serve_streams_tokens_on_the_embedded_simulator_and_stops_on_sigterm() {
     // Keep draining the log so the child never blocks on a full pipe.
     let drain = std::thread::spawn(move || log.map_while(Result::ok).collect::<Vec<_>>());
 
-    let response = reqwest::Client::new()
+    let response = common::http_client()
         .post(format!("{url}/v1/chat/stream"))
         .body(r#"{"messages":[{"role":"user","content":"Hello"}],"max_tokens":20}"#)
         .send()

@@ -24,6 +24,7 @@ fn regional(id: &str, accepts_prefill: bool) -> ModelConfig {
         failover: vec![FailoverTarget {
             region: SECONDARY.into(),
             upstream_id: None,
+            endpoint: None,
         }],
         ..model(id, REGIONAL.into())
     }

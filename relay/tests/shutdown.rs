@@ -40,7 +40,7 @@ async fn open_streams_finish_while_new_work_is_refused() {
     let url = harness.relay.url();
     harness.relay.begin_shutdown();
     // New work is refused: the listener is closed (or, on a racing connection, a 503).
-    let fresh = reqwest::Client::new();
+    let fresh = common::http_client();
     match fresh
         .post(format!("{url}/v1/chat"))
         .body(chat_body(None, "too late"))

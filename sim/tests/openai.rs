@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 const MODEL: &str = "llama-test";
 
 async fn post(sim: &SimHandle, body: Value) -> reqwest::Response {
+    // rustls needs its crypto provider chosen before a client is built.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
         .post(format!("{}/v1/chat/completions", sim.endpoint_url()))
         .json(&body)

@@ -521,6 +521,8 @@ async fn scheduled_faults_hit_their_region_only() {
 #[tokio::test]
 async fn the_admin_endpoint_replaces_lists_and_clears_the_schedule() {
     let sim = sim().await;
+    // rustls needs its crypto provider chosen before a client is built.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let url = format!("{}/_sim/faults", sim.endpoint_url());
     let rules = serde_json::json!({"rules": [

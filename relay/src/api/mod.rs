@@ -1,12 +1,13 @@
 //! The HTTP surfaces, one file each: [`chat`] (`POST /v1/chat`), [`sse`]
-//! (`POST /v1/chat/stream`), [`ws`] (`GET /v1/ws`) and [`meta`] (`/healthz`, `/v1/models`,
-//! `/v1/stats`).
+//! (`POST /v1/chat/stream`), [`ws`] (`GET /v1/ws`), [`openai`] (`POST /v1/chat/completions`) and
+//! [`meta`] (`/healthz`, `/v1/models`, `/v1/stats`).
 //! This is the only module that knows HTTP; it admits a request ([`admit`]: shutdown check,
 //! validation, routing) and hands it to the executor.
 
 pub mod chat;
 pub mod extract;
 pub mod meta;
+pub mod openai;
 pub mod sse;
 pub mod ws;
 
@@ -133,6 +134,7 @@ pub fn app(state: AppState) -> Router {
         .merge(chat::routes())
         .merge(sse::routes())
         .merge(ws::routes())
+        .merge(openai::routes())
         .merge(meta::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -41,7 +41,12 @@ async fn chat_stream(
     let opened = open_stream(&state, request_id.clone(), request).await;
     let events = opened.map_err(|error| error.with_request_id(&request_id))?;
     let keep_alive = Duration::from_secs(state.config().server.sse_keep_alive_secs);
-    let mut response = Response::new(sse_body(events, keep_alive));
+    Ok(sse_response(sse_body(events, keep_alive, NativeEvents)))
+}
+
+/// A `text/event-stream` answer carrying `body`.
+pub(super) fn sse_response(body: Body) -> Response {
+    let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -50,40 +55,67 @@ async fn chat_stream(
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Ask reverse proxies (nginx) not to buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    response
 }
 
-fn push_event(chunk: &mut String, event: &StreamEvent) {
-    chunk.push_str(&encode_sse_frame(event.name(), &event.to_json()));
+/// Turns stream events into SSE text for one surface.
+pub(super) trait SseEncoder: Send + 'static {
+    /// Appends the SSE events for `event` to `chunk`; `false` ends the body after them.
+    fn encode(&mut self, event: &StreamEvent, chunk: &mut String) -> bool;
+}
+
+/// The native surface: one SSE event per stream event, named after it.
+struct NativeEvents;
+
+impl SseEncoder for NativeEvents {
+    fn encode(&mut self, event: &StreamEvent, chunk: &mut String) -> bool {
+        chunk.push_str(&encode_sse_frame(event.name(), &event.to_json()));
+        true
+    }
 }
 
 /// The SSE body: each chunk holds every event ready at that moment, or a keep-alive comment
 /// after `keep_alive` of silence. One timer per stream: when it fires after recent writes it is
 /// re-armed for `keep_alive` after the last one.
-fn sse_body(events: ChatEventStream, keep_alive: Duration) -> Body {
-    struct State {
+pub(super) fn sse_body(
+    events: ChatEventStream,
+    keep_alive: Duration,
+    encoder: impl SseEncoder,
+) -> Body {
+    struct State<E> {
         events: ChatEventStream,
+        encoder: E,
         timer: Pin<Box<Sleep>>,
         last_write: Instant,
+        ended: bool,
     }
     let state = State {
         events,
+        encoder,
         timer: Box::pin(tokio::time::sleep(keep_alive)),
         last_write: Instant::now(),
+        ended: false,
     };
     let chunks = futures_util::stream::unfold(state, move |mut state| async move {
+        if state.ended {
+            return None;
+        }
         let mut chunk = String::new();
         loop {
             tokio::select! {
                 biased;
                 event = state.events.next() => {
-                    push_event(&mut chunk, &event?);
+                    let mut open = state.encoder.encode(&event?, &mut chunk);
                     for _ in 1..MAX_BATCH {
+                        if !open {
+                            break;
+                        }
                         match state.events.next().now_or_never() {
-                            Some(Some(event)) => push_event(&mut chunk, &event),
+                            Some(Some(event)) => open = state.encoder.encode(&event, &mut chunk),
                             _ => break,
                         }
                     }
+                    state.ended = !open;
                 }
                 () = state.timer.as_mut() => {
                     let due = state.last_write + keep_alive;

@@ -7,6 +7,7 @@
 //! futures on the hot path.
 
 pub mod bedrock;
+pub mod openai;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +18,7 @@ use futures_util::Stream;
 use crate::error::RelayError;
 
 pub use bedrock::BedrockProvider;
+pub use openai::OpenAiProvider;
 
 /// A complete answer from one upstream call.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,18 +67,21 @@ pub trait ChatProvider {
 #[derive(Debug, Clone)]
 pub enum Provider {
     Bedrock(BedrockProvider),
+    OpenAi(OpenAiProvider),
 }
 
 impl ChatProvider for Provider {
     fn kind(&self) -> &'static str {
         match self {
             Provider::Bedrock(p) => p.kind(),
+            Provider::OpenAi(p) => p.kind(),
         }
     }
 
     fn location(&self) -> &str {
         match self {
             Provider::Bedrock(p) => p.location(),
+            Provider::OpenAi(p) => p.location(),
         }
     }
 
@@ -87,6 +92,7 @@ impl ChatProvider for Provider {
     ) -> Result<ProviderAnswer, RelayError> {
         match self {
             Provider::Bedrock(p) => p.complete(upstream_id, request).await,
+            Provider::OpenAi(p) => p.complete(upstream_id, request).await,
         }
     }
 
@@ -97,6 +103,7 @@ impl ChatProvider for Provider {
     ) -> Result<ProviderStream, RelayError> {
         match self {
             Provider::Bedrock(p) => p.open_stream(upstream_id, request).await,
+            Provider::OpenAi(p) => p.open_stream(upstream_id, request).await,
         }
     }
 }

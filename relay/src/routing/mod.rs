@@ -241,16 +241,16 @@ mod tests {
         let mut entries = Vec::new();
         for model in &config.models {
             let mut targets = Vec::new();
-            for (region, upstream_id) in model.targets() {
+            for spec in model.targets() {
                 let provider = BedrockProvider::connect(
                     &BedrockEndpoint::Url("http://127.0.0.1:9".into()),
-                    region,
+                    spec.region,
                     http.clone(),
                     config.timeouts.connect(),
                 )
                 .await;
                 targets.push(Arc::new(Target::new(
-                    upstream_id,
+                    spec.upstream_id,
                     Provider::Bedrock(provider),
                     config.breaker,
                     true,

@@ -46,6 +46,8 @@ pub fn model(id: &str, upstream_id: String) -> ModelConfig {
         provider: ProviderKind::Bedrock,
         upstream_id: Some(upstream_id),
         region: "us-east-1".into(),
+        endpoint: None,
+        api_key_env: None,
         input_price_per_1k: 0.001,
         output_price_per_1k: 0.002,
         context_window: 100_000,
@@ -119,7 +121,7 @@ pub async fn start_with(sim_config: SimConfig, adjust: impl FnOnce(&mut RelayCon
     Harness {
         relay,
         sim,
-        http: reqwest::Client::new(),
+        http: http_client(),
     }
 }
 
@@ -167,6 +169,12 @@ impl Harness {
             self.sim.stats().streams_cancelled
         );
     }
+}
+
+/// An HTTP client for the tests (rustls needs its crypto provider chosen first).
+pub fn http_client() -> reqwest::Client {
+    fm_relay::provider::openai::install_crypto_provider();
+    reqwest::Client::new()
 }
 
 /// A request body asking `model` (or the default) to answer `prompt`.

@@ -1,0 +1,422 @@
+//! `POST /v1/chat/completions`: the OpenAI chat-completions API, so that existing OpenAI clients
+//! and SDKs work against the relay with only a base URL changed — with every policy of the
+//! native routes (routing, failover, cache, degradation) behind it.
+//!
+//! Requests: `model` (a relay model id), `messages` (`system` / `developer` messages become the
+//! system prompt; content as a string or text parts), `max_tokens` or `max_completion_tokens`,
+//! `temperature` (the relay accepts 0 to 1), `stop`, `stream`, `stream_options.include_usage`.
+//! Fields the relay does not use are ignored, as OpenAI-compatible servers do; `n` above 1 and
+//! tool calls are refused, since the relay cannot honour them.
+//!
+//! Answers: `chat.completion` objects, or SSE `chat.completion.chunk`s ending with
+//! `data: [DONE]` (a usage chunk before it when asked), plus an `fm_relay` object with the route,
+//! timings and the degraded flag. Errors use OpenAI's body (`{"error": {"message", "type",
+//! "param", "code"}}`) with the relay's status codes and codes. A stream that fails after it
+//! started ends with an `error` object and no `[DONE]`; an answer that another target restarted
+//! from scratch cannot be taken back from an OpenAI client, so that too ends with an error rather
+//! than a spliced text.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use fm_protocol::{ChatRequest, ChatResponse, ErrorCode, Message, StopReason, StreamEvent, Usage};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::{ApiJson, RequestId};
+use super::sse::{SseEncoder, sse_body, sse_response};
+use super::{AppState, admit, open_stream};
+use crate::error::{RelayError, RequestError};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/chat/completions", post(chat_completions))
+}
+
+/// The request, as far as the relay reads it.
+#[derive(Debug, Deserialize)]
+struct CompletionRequest {
+    model: Option<String>,
+    #[serde(default)]
+    messages: Vec<CompletionMessage>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    temperature: Option<f32>,
+    stop: Option<Stop>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    n: Option<u32>,
+    tools: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+fn unsupported(field: &str, message: &str) -> RelayError {
+    RelayError::MalformedJson {
+        message: format!("{field}: {message}"),
+        field: Some(field.to_string()),
+    }
+}
+
+impl CompletionRequest {
+    /// The relay's request for this one.
+    fn to_chat_request(&self) -> Result<ChatRequest, RelayError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(unsupported(
+                "n",
+                "the relay answers with one choice; send n = 1",
+            ));
+        }
+        if self.tools.is_some() {
+            return Err(unsupported(
+                "tools",
+                "tool calls are not supported by the relay",
+            ));
+        }
+        let mut system = Vec::new();
+        let mut messages = Vec::with_capacity(self.messages.len());
+        for (index, message) in self.messages.iter().enumerate() {
+            let text = match &message.content {
+                Some(Content::Text(text)) => text.clone(),
+                Some(Content::Parts(parts)) => {
+                    if let Some(part) = parts.iter().find(|part| part.kind != "text") {
+                        return Err(unsupported(
+                            &format!("messages[{index}].content"),
+                            &format!("only text parts are supported, got `{}`", part.kind),
+                        ));
+                    }
+                    parts
+                        .iter()
+                        .filter_map(|part| part.text.clone())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                }
+                None => String::new(),
+            };
+            match message.role.as_str() {
+                "system" | "developer" => system.push(text),
+                "user" => messages.push(Message::user(text)),
+                "assistant" => messages.push(Message::assistant(text)),
+                other => {
+                    return Err(unsupported(
+                        &format!("messages[{index}].role"),
+                        &format!("role `{other}` is not supported; use system, user or assistant"),
+                    ));
+                }
+            }
+        }
+        Ok(ChatRequest {
+            messages,
+            system: (!system.is_empty()).then(|| system.join("\n\n")),
+            model: self.model.clone(),
+            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            temperature: self.temperature,
+            stop_sequences: match &self.stop {
+                Some(Stop::One(stop)) => vec![stop.clone()],
+                Some(Stop::Many(stops)) => stops.clone(),
+                None => Vec::new(),
+            },
+            ..ChatRequest::default()
+        })
+    }
+
+    fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|options| options.include_usage)
+    }
+}
+
+async fn chat_completions(
+    State(state): State<AppState>,
+    RequestId(request_id): RequestId,
+    body: Result<ApiJson<CompletionRequest>, RequestError>,
+) -> Response {
+    let answer = async {
+        let ApiJson(completion) = body.map_err(|rejection| rejection.error)?;
+        let request = completion.to_chat_request()?;
+        if completion.stream {
+            let events = open_stream(&state, request_id.clone(), request).await?;
+            let keep_alive = Duration::from_secs(state.config().server.sse_keep_alive_secs);
+            let encoder = ChunkEncoder {
+                id: format!("chatcmpl-{request_id}"),
+                created: unix_seconds(),
+                model: String::new(),
+                include_usage: completion.include_usage(),
+                usage: Usage::default(),
+                sent_text: false,
+            };
+            Ok(sse_response(sse_body(events, keep_alive, encoder)))
+        } else {
+            let (ctx, decision) = admit(&state, request_id.clone(), &request)?;
+            let answer = state.executor().complete(ctx, decision, request).await?;
+            Ok(Json(completion_body(&answer)).into_response())
+        }
+    }
+    .await;
+    answer.unwrap_or_else(|err: RelayError| error_response(err, &request_id))
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+fn finish_reason(stop: StopReason) -> &'static str {
+    match stop {
+        StopReason::EndTurn | StopReason::StopSequence | StopReason::Other => "stop",
+        StopReason::MaxTokens => "length",
+        StopReason::ContentFiltered => "content_filter",
+        StopReason::ToolUse => "tool_calls",
+    }
+}
+
+fn usage_body(usage: Usage) -> Value {
+    json!({
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens,
+    })
+}
+
+/// A `chat.completion` for the relay's answer.
+fn completion_body(answer: &ChatResponse) -> Value {
+    json!({
+        "id": format!("chatcmpl-{}", answer.request_id),
+        "object": "chat.completion",
+        "created": unix_seconds(),
+        "model": answer.model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": answer.text},
+            "finish_reason": finish_reason(answer.stop_reason),
+        }],
+        "usage": usage_body(answer.usage),
+        "fm_relay": {
+            "route": answer.route,
+            "timings": answer.timings,
+            "degraded": answer.degraded,
+        },
+    })
+}
+
+/// OpenAI's error body for `code`.
+fn error_body(code: ErrorCode, message: &str, field: Option<&str>) -> Value {
+    let kind = match code {
+        ErrorCode::UpstreamThrottled => "rate_limit_error",
+        ErrorCode::Internal | ErrorCode::Unknown => "api_error",
+        code if code.is_retryable() => "server_error",
+        _ => "invalid_request_error",
+    };
+    let code = serde_json::to_value(code).unwrap_or(Value::Null);
+    json!({"error": {"message": message, "type": kind, "param": field, "code": code}})
+}
+
+/// An error as an OpenAI error answer, with the relay's status (and `Retry-After` when known).
+fn error_response(err: RelayError, request_id: &str) -> Response {
+    let status = err.status();
+    if status.is_server_error() {
+        tracing::warn!(error = %err, request_id, "request failed");
+    }
+    let body = err.to_body(Some(request_id)).error;
+    let mut response = (
+        status,
+        Json(error_body(body.code, &body.message, body.field.as_deref())),
+    )
+        .into_response();
+    if let RelayError::Upstream {
+        retry_after: Some(wait),
+        ..
+    } = &err
+        && let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string())
+    {
+        response.headers_mut().insert("retry-after", value);
+    }
+    response
+}
+
+/// Writes stream events as `chat.completion.chunk`s.
+struct ChunkEncoder {
+    id: String,
+    created: u64,
+    /// The model answering, from the `start` event.
+    model: String,
+    include_usage: bool,
+    usage: Usage,
+    sent_text: bool,
+}
+
+impl ChunkEncoder {
+    fn chunk(&self, choices: Value) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        })
+    }
+
+    fn push(chunk: &mut String, data: &str) {
+        chunk.push_str("data: ");
+        chunk.push_str(data);
+        chunk.push_str("\n\n");
+    }
+}
+
+impl SseEncoder for ChunkEncoder {
+    fn encode(&mut self, event: &StreamEvent, chunk: &mut String) -> bool {
+        match event {
+            StreamEvent::Start { model, .. } => {
+                self.model = model.clone();
+                let first = self.chunk(json!([{
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "finish_reason": null,
+                }]));
+                Self::push(chunk, &first.to_string());
+            }
+            StreamEvent::TextDelta { text } => {
+                self.sent_text = true;
+                let delta = self.chunk(json!([{
+                    "index": 0,
+                    "delta": {"content": text},
+                    "finish_reason": null,
+                }]));
+                Self::push(chunk, &delta.to_string());
+            }
+            StreamEvent::Usage { usage } => self.usage = *usage,
+            StreamEvent::Failover {
+                discard_partial, ..
+            } => {
+                if *discard_partial && self.sent_text {
+                    let message = "the upstream broke off and the answer restarted on another \
+                                   target; the partial answer cannot be taken back: send the \
+                                   request again";
+                    let error = error_body(ErrorCode::UpstreamError, message, None);
+                    Self::push(chunk, &error.to_string());
+                    return false;
+                }
+            }
+            StreamEvent::Done {
+                stop_reason,
+                usage,
+                route,
+                timings,
+                degraded,
+            } => {
+                let mut last = self.chunk(json!([{
+                    "index": 0,
+                    "delta": {},
+                    "finish_reason": finish_reason(*stop_reason),
+                }]));
+                last["fm_relay"] =
+                    json!({"route": route, "timings": timings, "degraded": degraded});
+                Self::push(chunk, &last.to_string());
+                if self.include_usage {
+                    let mut usage_chunk = self.chunk(json!([]));
+                    usage_chunk["usage"] = usage_body(*usage);
+                    Self::push(chunk, &usage_chunk.to_string());
+                }
+                Self::push(chunk, "[DONE]");
+                return false;
+            }
+            StreamEvent::Error { code, message, .. } => {
+                Self::push(chunk, &error_body(*code, message, None).to_string());
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: Value) -> Result<ChatRequest, RelayError> {
+        serde_json::from_value::<CompletionRequest>(body)
+            .unwrap()
+            .to_chat_request()
+    }
+
+    #[test]
+    fn openai_requests_become_relay_requests() {
+        let request = parse(json!({
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "developer", "content": "Answer in English."},
+                {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+            ],
+            "max_completion_tokens": 20,
+            "max_tokens": 99,
+            "stop": "END",
+            "temperature": 0.3,
+            "user": "ignored",
+            "top_p": 1,
+        }))
+        .unwrap();
+        assert_eq!(
+            request.system.as_deref(),
+            Some("Be brief.\n\nAnswer in English.")
+        );
+        assert_eq!(request.messages, [Message::user("Hi")]);
+        assert_eq!(request.max_tokens, Some(20));
+        assert_eq!(request.stop_sequences, ["END"]);
+        assert_eq!(request.temperature, Some(0.3));
+    }
+
+    #[test]
+    fn what_the_relay_cannot_honour_is_refused_by_name() {
+        let tool = parse(json!({"model": "m", "messages": [], "tools": []})).unwrap_err();
+        assert!(tool.to_string().contains("tools"), "{tool}");
+        let many = parse(json!({"model": "m", "messages": [], "n": 2})).unwrap_err();
+        assert!(many.to_string().starts_with("n:"), "{many}");
+        let image = parse(json!({"model": "m", "messages": [
+            {"role": "user", "content": [{"type": "image_url"}]}]}))
+        .unwrap_err();
+        assert!(image.to_string().contains("image_url"), "{image}");
+        let tool_role =
+            parse(json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}))
+                .unwrap_err();
+        assert!(tool_role.to_string().contains("role `tool`"), "{tool_role}");
+    }
+}

@@ -1,0 +1,295 @@
+//! OpenAI compatibility over real sockets, both ways: OpenAI-shaped clients calling
+//! `/v1/chat/completions`, and models served by an OpenAI-compatible upstream (fm-sim's
+//! chat-completions surface) with the same resilience, in fallback chains mixed with Bedrock.
+
+mod common;
+
+use common::{Harness, chat_body, model, sim_config, sse_events, start_with, text_of};
+use fm_protocol::{ResponseSource, StreamEvent};
+use fm_relay::RelayConfig;
+use fm_relay::config::{ModelConfig, ProviderKind};
+use serde_json::{Value, json};
+
+/// The upstream id both an OpenAI-compatible model and a Bedrock model use in these tests: the
+/// sim plans the same answer for it on both surfaces.
+const SHARED_UPSTREAM: &str = "llama-test";
+
+fn openai_model(id: &str, upstream_id: &str, sim_url: &str) -> ModelConfig {
+    ModelConfig {
+        provider: ProviderKind::OpenAi,
+        region: "local-gpu".into(),
+        endpoint: Some(format!("{sim_url}/v1")),
+        ..model(id, upstream_id.into())
+    }
+}
+
+/// A relay with `ollama` (OpenAI-compatible, on the sim) and `bedrock-twin` (Bedrock, same
+/// upstream id, takes prefill), plus what `adjust` adds given the sim's URL.
+async fn start(adjust: impl FnOnce(&mut RelayConfig, &str)) -> Harness {
+    start_with(sim_config(), |config| {
+        // The relay's Bedrock endpoint is the sim, which serves the OpenAI API too.
+        let sim_url = config.bedrock.endpoint.clone().unwrap();
+        config
+            .models
+            .push(openai_model("ollama", SHARED_UPSTREAM, &sim_url));
+        config.models.push(ModelConfig {
+            accepts_prefill: true,
+            ..model("bedrock-twin", SHARED_UPSTREAM.into())
+        });
+        adjust(config, &sim_url);
+        config.validate().unwrap();
+    })
+    .await
+}
+
+fn completion_request(model: &str, stream: bool) -> String {
+    json!({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Explain what a relay does."},
+        ],
+        "max_tokens": 64,
+        "stream": stream,
+        "stream_options": {"include_usage": true},
+    })
+    .to_string()
+}
+
+/// The `data:` payloads of an SSE answer.
+async fn data_lines(response: reqwest::Response) -> Vec<String> {
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let body = response.text().await.unwrap();
+    body.split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+fn chunk_text(chunks: &[Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn openai_clients_get_completions_and_chunks_from_a_bedrock_model() {
+    let harness = start(|_, _| {}).await;
+    let response = harness
+        .post("/v1/chat/completions", completion_request("plain", false))
+        .await;
+    assert_eq!(response.status(), 200);
+    let completion: Value = response.json().await.unwrap();
+    assert_eq!(completion["object"], "chat.completion");
+    assert_eq!(completion["model"], "plain");
+    let text = completion["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    assert!(!text.is_empty());
+    assert_eq!(completion["choices"][0]["finish_reason"], "stop");
+    assert!(completion["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(completion["fm_relay"]["route"]["source"], "primary");
+
+    let lines = data_lines(
+        harness
+            .post("/v1/chat/completions", completion_request("plain", true))
+            .await,
+    )
+    .await;
+    assert_eq!(lines.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = lines[..lines.len() - 1]
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(chunk_text(&chunks), text);
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"], completion["usage"]);
+}
+
+#[tokio::test]
+async fn openai_clients_get_openai_error_bodies() {
+    let harness = start(|_, _| {}).await;
+    let cases = [
+        (
+            completion_request("gpt-9", false),
+            400,
+            "unknown_model",
+            "invalid_request_error",
+        ),
+        (
+            "{not json".to_string(),
+            400,
+            "malformed_json",
+            "invalid_request_error",
+        ),
+        (
+            json!({"model": "plain", "messages": [{"role": "user", "content": "x"}], "n": 3})
+                .to_string(),
+            400,
+            "malformed_json",
+            "invalid_request_error",
+        ),
+        (
+            completion_request("throttle", false),
+            429,
+            "upstream_throttled",
+            "rate_limit_error",
+        ),
+        (
+            completion_request("unavailable", true),
+            503,
+            "upstream_unavailable",
+            "server_error",
+        ),
+    ];
+    for (body, status, code, kind) in cases {
+        let response = harness.post("/v1/chat/completions", body.clone()).await;
+        assert_eq!(response.status(), status, "{body}");
+        assert!(response.headers().contains_key("x-request-id"));
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], code, "{body}: {error}");
+        assert_eq!(error["error"]["type"], kind, "{body}: {error}");
+        assert!(error["error"]["message"].as_str().unwrap().len() > 5);
+    }
+    // A stream that breaks after it started ends with an error object and no [DONE].
+    let lines = data_lines(
+        harness
+            .post("/v1/chat/completions", completion_request("cut", true))
+            .await,
+    )
+    .await;
+    assert!(!lines.iter().any(|line| line == "[DONE]"), "{lines:?}");
+    let last: Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_error");
+}
+
+#[tokio::test]
+async fn an_openai_compatible_upstream_serves_every_surface() {
+    let harness = start(|_, _| {}).await;
+    // The sim plans the same answer for the same model id on both of its surfaces.
+    let twin = harness
+        .chat(Some("bedrock-twin"), "Explain what a relay does.")
+        .await;
+    let answer = harness
+        .chat(Some("ollama"), "Explain what a relay does.")
+        .await;
+    assert_eq!(answer.text, twin.text);
+    assert_eq!(answer.route.provider, "openai");
+    assert_eq!(answer.route.region, "local-gpu");
+    assert_eq!(answer.usage, twin.usage);
+
+    let events = sse_events(
+        harness
+            .post(
+                "/v1/chat/stream",
+                chat_body(Some("ollama"), "Explain what a relay does."),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(text_of(&events), twin.text);
+    match events.last() {
+        Some(StreamEvent::Done { usage, route, .. }) => {
+            assert_eq!(*usage, twin.usage, "include_usage brings the usage");
+            assert_eq!(route.provider, "openai");
+        }
+        other => panic!("{other:?}"),
+    }
+    let seen: Vec<String> = harness
+        .sim
+        .stats()
+        .recent
+        .iter()
+        .map(|r| r.operation.clone())
+        .collect();
+    assert!(seen.iter().any(|op| op == "chat-completions"), "{seen:?}");
+}
+
+#[tokio::test]
+async fn fallback_chains_mix_providers_before_and_after_the_first_token() {
+    let harness = start(|config, sim_url| {
+        let mut down = openai_model(
+            "ollama-down",
+            &format!("{SHARED_UPSTREAM}~unavailable"),
+            sim_url,
+        );
+        down.fallback_models = vec!["bedrock-twin".into()];
+        let mut cut = openai_model("ollama-cut", &format!("{SHARED_UPSTREAM}~cut@3"), sim_url);
+        cut.fallback_models = vec!["bedrock-twin".into()];
+        let mut slow = openai_model(
+            "ollama-throttled",
+            &format!("{SHARED_UPSTREAM}~throttle"),
+            sim_url,
+        );
+        slow.fallback_models = vec!["bedrock-twin".into()];
+        config.models.extend([down, cut, slow]);
+    })
+    .await;
+    let twin = harness
+        .chat(Some("bedrock-twin"), "Explain what a relay does.")
+        .await;
+
+    let answer = harness
+        .chat(Some("ollama-down"), "Explain what a relay does.")
+        .await;
+    assert_eq!(answer.route.source, ResponseSource::FallbackModel);
+    assert_eq!(answer.route.provider, "bedrock");
+    assert_eq!(answer.text, twin.text);
+    let throttled = harness
+        .chat(Some("ollama-throttled"), "Explain what a relay does.")
+        .await;
+    assert_eq!(throttled.route.provider, "bedrock");
+    assert_eq!(
+        throttled.route.attempts, 2,
+        "no retry while a fallback can answer"
+    );
+
+    // Broken after three tokens on the OpenAI upstream, continued on Bedrock from the prefill:
+    // the client reads one answer.
+    let events = sse_events(
+        harness
+            .post(
+                "/v1/chat/stream",
+                chat_body(Some("ollama-cut"), "Explain what a relay does."),
+            )
+            .await,
+    )
+    .await;
+    let failovers: Vec<_> = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                StreamEvent::Failover {
+                    discard_partial: false,
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert_eq!(failovers.len(), 1, "{events:?}");
+    assert_eq!(text_of(&events), twin.text);
+
+    // The same through the OpenAI surface.
+    let lines = data_lines(
+        harness
+            .post(
+                "/v1/chat/completions",
+                completion_request("ollama-cut", true),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(lines.last().unwrap(), "[DONE]");
+}
