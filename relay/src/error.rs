@@ -197,6 +197,14 @@ impl RelayError {
         }
     }
 
+    /// How long the upstream asked to wait before calling again, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RelayError::Upstream { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// Notes in an upstream error's message how many calls were made, when more than one.
     pub fn after_attempts(mut self, attempts: u32) -> Self {
         if let RelayError::Upstream { message, .. } = &mut self

@@ -111,6 +111,20 @@ fn failovers(events: &[StreamEvent]) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// The relay still serves: health is green and a healthy model answers.
+async fn assert_healthy(harness: &Harness) {
+    let health = harness
+        .http
+        .get(harness.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    harness.sim.set_faults(Vec::new()).unwrap();
+    let answer = harness.chat(Some("plain"), "still there?").await;
+    assert!(!answer.text.is_empty());
+}
+
 fn requests_in(harness: &Harness, region: &str) -> u64 {
     harness
         .sim
@@ -151,6 +165,7 @@ async fn an_unavailable_region_is_retried_then_the_next_region_answers() {
     assert_eq!(regional.failed_attempts, 2);
     let regions: Vec<_> = regional.targets.iter().map(|t| t.region.as_str()).collect();
     assert_eq!(regions, [PRIMARY, SECONDARY]);
+    assert_healthy(&harness).await;
 }
 
 #[tokio::test]
@@ -170,6 +185,7 @@ async fn a_throttled_region_is_not_retried_while_another_can_answer() {
     .await;
     let answer = harness.chat(Some("alone"), PROMPT).await;
     assert_eq!(answer.route.attempts, 3);
+    assert_healthy(&harness).await;
 }
 
 #[tokio::test]
@@ -187,6 +203,7 @@ async fn a_first_token_deadline_moves_on_without_retrying_the_slow_region() {
         assert_eq!(done_route(&events).region, SECONDARY, "{fault}");
         assert!(failovers(&events).is_empty(), "{fault}: {events:?}");
     }
+    assert_healthy(&harness).await;
 }
 
 #[tokio::test]
@@ -222,6 +239,7 @@ async fn a_stream_cut_mid_answer_is_continued_from_a_prefill_where_the_model_acc
     let answer = harness.chat(Some("prefilling"), PROMPT).await;
     assert_eq!(answer.text, whole);
     assert_eq!(answer.route.source, ResponseSource::FallbackRegion);
+    assert_healthy(&harness).await;
 }
 
 #[tokio::test]
@@ -249,6 +267,7 @@ async fn a_model_without_prefill_restarts_and_tells_the_client_to_discard() {
     assert_eq!(answer.text, whole);
     assert_eq!(answer.route.region, SECONDARY);
     assert_eq!(answer.route.attempts, 2);
+    assert_healthy(&harness).await;
 }
 
 #[tokio::test]
@@ -276,6 +295,7 @@ async fn a_refused_prefill_becomes_a_clean_restart_on_the_same_target() {
     // The secondary saw the refused prefill, then the restart.
     assert_eq!(requests_in(&harness, SECONDARY), 2);
     assert_eq!(done_route(&events).attempts, 3);
+    assert_healthy(&harness).await;
 }
 
 #[tokio::test]
@@ -298,6 +318,7 @@ async fn when_every_region_fails_a_fallback_model_answers() {
     assert_eq!(answer.route.source, ResponseSource::FallbackModel);
     assert_eq!(answer.route.attempts, 7);
     assert!(!answer.degraded);
+    assert_healthy(&harness).await;
 }
 
 #[tokio::test]
@@ -332,6 +353,7 @@ async fn a_context_too_long_skips_to_a_model_with_a_larger_window() {
     let response = harness.post("/v1/chat", body("alone")).await;
     let (status, code, _) = error_of(response).await;
     assert_eq!((status, code.as_str()), (400, "context_too_long"));
+    assert_healthy(&harness).await;
 }
 
 #[tokio::test]
@@ -346,6 +368,7 @@ async fn a_rejected_request_is_not_sent_to_the_fallbacks() {
     let (status, code, _) = error_of(response).await;
     assert_eq!((status, code.as_str()), (400, "upstream_rejected"));
     assert_eq!(harness.sim.stats().requests, 1);
+    assert_healthy(&harness).await;
 }
 
 #[tokio::test]
@@ -408,6 +431,7 @@ async fn the_degraded_answer_stands_in_when_nothing_answers_and_is_marked() {
     let stats: fm_protocol::StatsResponse = harness.get_json("/v1/stats").await;
     let regional = stats.models.iter().find(|m| m.model == "regional").unwrap();
     assert_eq!(regional.errors, 3, "degraded answers count as errors");
+    assert_healthy(&harness).await;
 }
 
 #[tokio::test]
@@ -438,4 +462,27 @@ async fn an_open_breaker_sends_traffic_straight_to_the_next_region() {
         regional.targets[1].circuit.state,
         fm_protocol::CircuitState::Closed
     );
+    assert_healthy(&harness).await;
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_then_fails_over() {
+    let harness = start(|config| {
+        let mut unreachable = model("unreachable", "llama-test".into());
+        unreachable.provider = fm_relay::config::ProviderKind::OpenAi;
+        // Nothing listens on port 1: the connection is refused before any header.
+        unreachable.endpoint = Some("http://127.0.0.1:1/v1".into());
+        unreachable.region = "lab".into();
+        unreachable.fallback_models = vec!["regional".into()];
+        config.models.push(unreachable);
+    })
+    .await;
+    let answer = harness.chat(Some("unreachable"), PROMPT).await;
+    assert_eq!(answer.route.model, "regional");
+    assert_eq!(answer.route.source, ResponseSource::FallbackModel);
+    // Refused connections count as unavailable: retried (3 calls), then the fallback.
+    assert_eq!(answer.route.attempts, 4);
+    let events = sse_events(harness.post("/v1/chat/stream", body("unreachable")).await).await;
+    assert_eq!(done_route(&events).model, "regional");
+    assert_healthy(&harness).await;
 }

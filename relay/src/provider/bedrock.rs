@@ -216,8 +216,9 @@ impl BedrockProvider {
     fn classify<E, R>(&self, upstream_id: &str, err: SdkError<E, R>) -> RelayError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: std::fmt::Debug + HttpStatus,
+        R: std::fmt::Debug + RawResponse,
     {
+        let mut retry_after = None;
         let (failure, message) = match &err {
             SdkError::TimeoutError(_) => (UpstreamFailure::Timeout, "no response in time".into()),
             SdkError::DispatchFailure(failure) => {
@@ -240,6 +241,9 @@ impl BedrockProvider {
                     .unwrap_or_else(|| failure_for_status(status));
                 let code = err.code().unwrap_or("error");
                 let detail = err.message().unwrap_or("no message");
+                let raw = service.raw();
+                retry_after =
+                    asked_wait(raw.header("retry-after"), raw.header("x-amz-retry-after"));
                 (
                     refine_rejection(failure, detail),
                     format!("{code} (HTTP {status}): {detail}"),
@@ -257,19 +261,39 @@ impl BedrockProvider {
             provider: KIND,
             target: self.target(upstream_id),
             message,
-            retry_after: None,
+            retry_after,
         }
     }
 }
 
-/// The HTTP status of a raw response, for errors without a known code.
-trait HttpStatus {
-    fn status(&self) -> u16;
+/// How long an error answer asks the caller to wait: `Retry-After` in seconds, or
+/// `x-amz-retry-after` in milliseconds.
+pub(crate) fn asked_wait(seconds: Option<&str>, milliseconds: Option<&str>) -> Option<Duration> {
+    milliseconds
+        .and_then(|ms| ms.trim().parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .or_else(|| {
+            seconds
+                .and_then(|s| s.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64)
+        })
 }
 
-impl HttpStatus for aws_smithy_runtime_api::http::Response {
+/// What classification reads of a raw error response: the HTTP status (for errors without a
+/// known code) and headers.
+trait RawResponse {
+    fn status(&self) -> u16;
+    fn header(&self, name: &str) -> Option<&str>;
+}
+
+impl RawResponse for aws_smithy_runtime_api::http::Response {
     fn status(&self) -> u16 {
         self.status().as_u16()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers().get(name)
     }
 }
 
@@ -475,6 +499,20 @@ mod tests {
             refine_rejection(UpstreamFailure::Unavailable, "too long"),
             UpstreamFailure::Unavailable
         );
+    }
+
+    #[test]
+    fn waits_asked_for_are_read_from_either_header() {
+        assert_eq!(asked_wait(Some("2"), None), Some(Duration::from_secs(2)));
+        assert_eq!(
+            asked_wait(Some("2"), Some("1500")),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            asked_wait(Some("Wed, 21 Oct 2015 07:28:00 GMT"), None),
+            None
+        );
+        assert_eq!(asked_wait(None, None), None);
     }
 
     #[test]

@@ -104,9 +104,26 @@ impl OpenAiProvider {
         if (200..300).contains(&status) {
             return Ok(response);
         }
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after = super::bedrock::asked_wait(
+            header("retry-after").as_deref(),
+            header("retry-after-ms").as_deref(),
+        );
         let body: Value = response.json().await.unwrap_or(Value::Null);
         let (failure, message) = classify_error(status, &body);
-        Err(self.error(upstream_id, failure, message))
+        Err(RelayError::Upstream {
+            failure,
+            provider: KIND,
+            target: self.target(upstream_id),
+            message,
+            retry_after,
+        })
     }
 }
 

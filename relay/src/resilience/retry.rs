@@ -8,7 +8,10 @@
 //! `[0, min(max_delay, base_delay * 2^(n-1))]` ("full jitter"), so synchronized clients spread
 //! out. Retries draw on a budget shared by every request (tower's `TpsBudget`: a percentage of
 //! recent requests plus a small floor per second), so an outage cannot multiply the load on the
-//! upstream. A backoff that would pass the request's deadline is not started.
+//! upstream. A backoff that would pass the request's deadline is not started. When the upstream
+//! says how long to wait (`Retry-After`, `x-amz-retry-after`, `retry-after-ms`), the wait is at
+//! least that; a wait longer than `max_delay_ms` is not waited here: the call fails over or the
+//! client gets the error with the upstream's `Retry-After`.
 
 use std::future::Future;
 use std::time::Duration;
@@ -107,7 +110,14 @@ impl Retrier {
                 return give_up(err);
             }
             let ceiling = self.backoff_ceiling(attempt);
-            let wait = Duration::from_nanos(fastrand::u64(..=ceiling.as_nanos() as u64));
+            let mut wait = Duration::from_nanos(fastrand::u64(..=ceiling.as_nanos() as u64));
+            if let Some(asked) = err.retry_after() {
+                if asked > Duration::from_millis(self.config.max_delay_ms) {
+                    tracing::debug!(%err, ?asked, "no retry: the upstream asks for a longer wait than max_delay_ms");
+                    return give_up(err);
+                }
+                wait = wait.max(asked);
+            }
             if Instant::now() + wait >= deadline {
                 tracing::debug!(%err, ?wait, "no retry: the wait would pass the deadline");
                 return give_up(err);
@@ -185,6 +195,45 @@ mod tests {
         assert!(starts[1] - starts[0] <= Duration::from_millis(100));
         assert!(starts[2] - starts[1] <= Duration::from_millis(200));
         assert_eq!(retrier.backoff_ceiling(5), Duration::from_millis(1000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_is_honoured_up_to_the_cap() {
+        let retrier = retrier(3, 20.0, 10);
+        let asking = |wait_ms: u64| RelayError::Upstream {
+            failure: UpstreamFailure::Throttled,
+            provider: "test",
+            target: "m".into(),
+            message: "slow down".into(),
+            retry_after: Some(Duration::from_millis(wait_ms)),
+        };
+        for (asked_ms, expected_attempts) in [(700, 2), (5_000, 1)] {
+            let starts = Mutex::new(Vec::new());
+            let outcome = retrier
+                .run(Instant::now() + Duration::from_secs(60), false, |attempt| {
+                    starts.lock().unwrap().push(Instant::now());
+                    let result = if attempt == 1 {
+                        Err(asking(asked_ms))
+                    } else {
+                        Ok("answer")
+                    };
+                    async move { result }
+                })
+                .await;
+            let starts = starts.into_inner().unwrap();
+            assert_eq!(outcome.attempts, expected_attempts, "asked {asked_ms} ms");
+            if expected_attempts == 2 {
+                // At least what the upstream asked, though the backoff alone is at most 100 ms.
+                assert!(starts[1] - starts[0] >= Duration::from_millis(asked_ms));
+                assert_eq!(outcome.result.unwrap(), "answer");
+            } else {
+                // More than max_delay_ms (1 s): not waited here; the caller sees the error.
+                assert_eq!(
+                    outcome.result.unwrap_err().retry_after(),
+                    Some(Duration::from_millis(5_000))
+                );
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]
