@@ -611,3 +611,49 @@ async fn a_throttling_target_is_paced_by_the_adaptive_rate_limit() {
     // Other models are untouched.
     assert_eq!(limit(&stats, "plain"), None);
 }
+
+#[tokio::test]
+async fn metrics_are_served_in_the_prometheus_text_format() {
+    let harness = start().await;
+    harness.chat(None, "hello").await;
+    let response = harness
+        .post("/v1/chat", chat_body(Some("throttle"), "hi"))
+        .await;
+    assert_eq!(response.status(), 429);
+    let response = harness
+        .http
+        .get(harness.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = response.text().await.unwrap();
+    for line in [
+        "# TYPE fm_relay_requests_total counter",
+        r#"fm_relay_requests_total{model="plain",outcome="ok"} 1"#,
+        r#"fm_relay_requests_total{model="throttle",outcome="error"} 1"#,
+        r#"fm_relay_circuit_state{model="plain",target="anthropic.test-v1:0 in us-east-1",region="us-east-1",state="closed"} 1"#,
+        r#"fm_relay_circuit_state{model="plain",target="anthropic.test-v1:0 in us-east-1",region="us-east-1",state="open"} 0"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(r#"fm_relay_total_seconds{model="plain",quantile="0.99"} "#)),
+        "{text}"
+    );
+    // Every sample line is `name{labels} value` or `name value`, with a number.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+}

@@ -1,6 +1,9 @@
-//! `GET /healthz` (liveness and drain state), `GET /v1/models` (the configured models) and
+//! `GET /healthz` (liveness and drain state), `GET /v1/models` (the configured models),
 //! `GET /v1/stats?window_secs=N` (server-side latency per model over the last N seconds, default
-//! 300, at most 3600).
+//! 300, at most 3600) and `GET /metrics` (the same figures for Prometheus, in its text format:
+//! counters since start-up, latency quantiles over the last five minutes, each target's circuit
+//! and rate limit, the cache's counters). The text format is a few lines of code over figures the
+//! relay keeps anyway, so no metrics crate is pulled in for it.
 
 use std::time::Duration;
 
@@ -22,6 +25,7 @@ pub fn routes() -> Router<AppState> {
         .route("/healthz", get(health))
         .route("/v1/models", get(models))
         .route("/v1/stats", get(stats))
+        .route("/metrics", get(metrics))
 }
 
 /// 200 while serving; 503 once draining, so load balancers stop sending new work.
@@ -61,6 +65,182 @@ async fn stats(
     }))
 }
 
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    let mut out = String::with_capacity(4096);
+    let window = state
+        .window()
+        .stats(Duration::from_secs(DEFAULT_STATS_WINDOW_SECS));
+    family(
+        &mut out,
+        "fm_relay_requests_total",
+        "counter",
+        "Requests that ended, per model they were routed to and outcome (degraded answers are errors).",
+    );
+    for (model, totals) in state.window().totals() {
+        for (outcome, counter) in [("ok", &totals.ok), ("error", &totals.errors)] {
+            let value = counter.load(std::sync::atomic::Ordering::Relaxed);
+            sample(
+                &mut out,
+                "fm_relay_requests_total",
+                &[("model", model), ("outcome", outcome)],
+                value as f64,
+            );
+        }
+    }
+    family(
+        &mut out,
+        "fm_relay_failed_attempts_total",
+        "counter",
+        "Upstream calls that failed and were answered elsewhere (not completions).",
+    );
+    for (model, totals) in state.window().totals() {
+        let value = totals
+            .failed_attempts
+            .load(std::sync::atomic::Ordering::Relaxed);
+        sample(
+            &mut out,
+            "fm_relay_failed_attempts_total",
+            &[("model", model)],
+            value as f64,
+        );
+    }
+    for (name, help, pick) in [
+        (
+            "fm_relay_ttft_seconds",
+            "Server-side time to first token over the last five minutes.",
+            (|m: &fm_protocol::ModelStats| m.ttft_ms)
+                as fn(&fm_protocol::ModelStats) -> Option<fm_protocol::Percentiles>,
+        ),
+        (
+            "fm_relay_total_seconds",
+            "Server-side total time of successful answers over the last five minutes.",
+            |m: &fm_protocol::ModelStats| m.total_ms,
+        ),
+    ] {
+        family(&mut out, name, "gauge", help);
+        for model in &window {
+            let Some(p) = pick(model) else { continue };
+            for (quantile, ms) in [("0.5", p.p50), ("0.95", p.p95), ("0.99", p.p99)] {
+                sample(
+                    &mut out,
+                    name,
+                    &[("model", &model.model), ("quantile", quantile)],
+                    ms / 1000.0,
+                );
+            }
+        }
+    }
+    family(
+        &mut out,
+        "fm_relay_circuit_state",
+        "gauge",
+        "Each target's circuit breaker: 1 for the state it is in.",
+    );
+    let mut limits = String::new();
+    for model in &window {
+        let Some(entry) = state.catalog().get(&model.model) else {
+            continue;
+        };
+        for target in &entry.targets {
+            let health = target.stats();
+            let labels = [
+                ("model", model.model.as_str()),
+                ("target", &health.target),
+                ("region", &health.region),
+            ];
+            for (name, circuit) in [
+                ("closed", fm_protocol::CircuitState::Closed),
+                ("half_open", fm_protocol::CircuitState::HalfOpen),
+                ("open", fm_protocol::CircuitState::Open),
+            ] {
+                let mut with_state = labels.to_vec();
+                with_state.push(("state", name));
+                let value = if health.circuit.state == circuit {
+                    1.0
+                } else {
+                    0.0
+                };
+                sample(&mut out, "fm_relay_circuit_state", &with_state, value);
+            }
+            if let Some(rate) = health.client_rate_limit {
+                sample(&mut limits, "fm_relay_client_rate_limit", &labels, rate);
+            }
+        }
+    }
+    family(
+        &mut out,
+        "fm_relay_client_rate_limit",
+        "gauge",
+        "Calls per second the relay allows itself to a target that throttled (absent when not limiting).",
+    );
+    out.push_str(&limits);
+    if let Some(cache) = state.cache() {
+        let stats = cache.stats();
+        family(
+            &mut out,
+            "fm_relay_cache_lookups_total",
+            "counter",
+            "Answer-cache lookups by result.",
+        );
+        for (result, value) in [
+            ("exact_hit", stats.exact_hits),
+            ("semantic_hit", stats.semantic_hits),
+            ("stale_hit", stats.stale_hits),
+            ("miss", stats.misses),
+            ("error", stats.errors),
+        ] {
+            sample(
+                &mut out,
+                "fm_relay_cache_lookups_total",
+                &[("result", result)],
+                value as f64,
+            );
+        }
+        family(
+            &mut out,
+            "fm_relay_cache_stored_total",
+            "counter",
+            "Answers stored in the cache.",
+        );
+        sample(
+            &mut out,
+            "fm_relay_cache_stored_total",
+            &[],
+            stats.stored as f64,
+        );
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(key, value)| {
+                let escaped = value
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                format!("{key}=\"{escaped}\"")
+            })
+            .collect();
+        out.push_str(&format!("{{{}}}", labels.join(",")));
+    }
+    out.push_str(&format!(" {value}\n"));
+}
+
 /// The `window_secs` query parameter: 1 to the longest window kept, default 300.
 fn stats_window(query: Option<&str>) -> Result<u64, RelayError> {
     let max = MAX_WINDOW.as_secs();
@@ -87,6 +267,14 @@ fn stats_window(query: Option<&str>) -> Result<u64, RelayError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        sample(&mut out, "m", &[("a", "x\"y\\z\nw")], 1.5);
+        sample(&mut out, "n", &[], 2.0);
+        assert_eq!(out, "m{a=\"x\\\"y\\\\z\\nw\"} 1.5\nn 2\n");
+    }
 
     #[test]
     fn the_stats_window_is_checked() {

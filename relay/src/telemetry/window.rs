@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fm_protocol::{ModelStats, Percentiles};
@@ -34,12 +35,21 @@ struct Sample {
     outcome: Option<Outcome>,
 }
 
-/// Recent outcomes per model.
+/// Recent outcomes per model, and counters since start-up.
 #[derive(Debug)]
 pub struct LiveWindow {
     /// Fixed at start-up: the configured models, in configuration order.
     models: Vec<String>,
     samples: HashMap<String, Mutex<VecDeque<Sample>>>,
+    totals: HashMap<String, Totals>,
+}
+
+/// One model's counters since start-up (for `GET /metrics`).
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub ok: AtomicU64,
+    pub errors: AtomicU64,
+    pub failed_attempts: AtomicU64,
 }
 
 impl LiveWindow {
@@ -49,7 +59,22 @@ impl LiveWindow {
             .iter()
             .map(|model| (model.clone(), Mutex::new(VecDeque::new())))
             .collect();
-        LiveWindow { models, samples }
+        let totals = models
+            .iter()
+            .map(|model| (model.clone(), Totals::default()))
+            .collect();
+        LiveWindow {
+            models,
+            samples,
+            totals,
+        }
+    }
+
+    /// Each model's counters since start-up, in configuration order.
+    pub fn totals(&self) -> impl Iterator<Item = (&str, &Totals)> {
+        self.models
+            .iter()
+            .filter_map(|model| Some((model.as_str(), self.totals.get(model)?)))
     }
 
     /// Records the outcome of a request to `model` (ignored for a model not configured).
@@ -66,6 +91,14 @@ impl LiveWindow {
         let Some(buffer) = self.samples.get(model) else {
             return;
         };
+        if let Some(totals) = self.totals.get(model) {
+            let counter = match outcome {
+                Some(Outcome { ok: true, .. }) => &totals.ok,
+                Some(_) => &totals.errors,
+                None => &totals.failed_attempts,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         let now = Instant::now();
         let mut buffer = buffer.lock().unwrap_or_else(|e| e.into_inner());
         while buffer
