@@ -50,12 +50,13 @@ struct Counters {
     errors: AtomicU64,
 }
 
-/// Where one request's answer is (or would be) in the cache.
+/// Where one request's answer is (or would be) in the cache. The embedding is not kept here:
+/// it is computed from the request when a lookup or a write needs it, so an open stream does not
+/// carry a kilobyte of floats.
 #[derive(Debug, Clone)]
 pub struct CacheKeys {
     exact: String,
     scope: String,
-    embedding: Option<embedding::Embedding>,
 }
 
 /// How a cached answer matched.
@@ -126,12 +127,7 @@ impl AnswerCache {
 
     /// The keys of `request` answered by `model`.
     pub fn keys(&self, model: &str, request: &ChatRequest) -> CacheKeys {
-        let conversation: String = request
-            .messages
-            .iter()
-            .map(|message| message.content.as_str())
-            .collect::<Vec<_>>()
-            .join("\n");
+        let conversation = conversation(request);
         let material = |messages, guard_terms| KeyMaterial {
             model,
             system: request.system.as_deref(),
@@ -143,20 +139,25 @@ impl AnswerCache {
         };
         let exact = digest(&material(Some(&request.messages), None));
         let scope = digest(&material(None, Some(embedding::guard_terms(&conversation))));
-        CacheKeys {
-            exact,
-            scope,
-            embedding: self
-                .config
-                .semantic
-                .then(|| embedding::embed(&conversation)),
-        }
+        CacheKeys { exact, scope }
+    }
+
+    /// The embedding of `request`'s conversation, when the semantic cache is on.
+    fn embedding(&self, request: &ChatRequest) -> Option<embedding::Embedding> {
+        self.config
+            .semantic
+            .then(|| embedding::embed(&conversation(request)))
     }
 
     /// The cached answer for `keys`: exact first, then the most similar; a stale one only when
     /// `allow_stale`.
-    pub async fn lookup(&self, keys: &CacheKeys, allow_stale: bool) -> Option<Hit> {
-        let found = self.find(keys, allow_stale).await;
+    pub async fn lookup(
+        &self,
+        keys: &CacheKeys,
+        request: &ChatRequest,
+        allow_stale: bool,
+    ) -> Option<Hit> {
+        let found = self.find(keys, request, allow_stale).await;
         let counter = match &found {
             Ok(Some(hit)) if hit.stale => &self.counters.stale_hits,
             Ok(Some(Hit {
@@ -174,7 +175,12 @@ impl AnswerCache {
         found.ok().flatten()
     }
 
-    async fn find(&self, keys: &CacheKeys, allow_stale: bool) -> Result<Option<Hit>, RelayError> {
+    async fn find(
+        &self,
+        keys: &CacheKeys,
+        request: &ChatRequest,
+        allow_stale: bool,
+    ) -> Result<Option<Hit>, RelayError> {
         let usable = |answer: &CachedAnswer| {
             let age = now_ms().saturating_sub(answer.stored_at_ms);
             let stale = age >= duration_ms(self.config.ttl());
@@ -189,7 +195,7 @@ impl AnswerCache {
                 stale,
             }));
         }
-        let Some(wanted) = &keys.embedding else {
+        let Some(wanted) = self.embedding(request) else {
             return Ok(None);
         };
         let mut candidates: Vec<(f32, SemanticEntry)> = self
@@ -197,7 +203,7 @@ impl AnswerCache {
             .semantic_entries(&keys.scope)
             .await?
             .into_iter()
-            .map(|entry| (embedding::similarity(wanted, &entry.embedding), entry))
+            .map(|entry| (embedding::similarity(&wanted, &entry.embedding), entry))
             .filter(|(similarity, _)| *similarity >= self.config.semantic_threshold)
             .collect();
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -228,6 +234,7 @@ impl AnswerCache {
     pub fn store(
         self: &Arc<Self>,
         keys: CacheKeys,
+        request: &ChatRequest,
         model: &str,
         text: String,
         stop_reason: StopReason,
@@ -243,11 +250,12 @@ impl AnswerCache {
             model: model.to_string(),
             stored_at_ms: now_ms(),
         };
+        let embedding = self.embedding(request);
         let cache = self.clone();
         let write = async move {
             let stored = async {
                 cache.store.put(&keys.exact, answer).await?;
-                if let Some(embedding) = keys.embedding {
+                if let Some(embedding) = embedding {
                     let entry = SemanticEntry {
                         key: keys.exact,
                         embedding,
@@ -287,6 +295,16 @@ impl AnswerCache {
             errors: load(&self.counters.errors),
         }
     }
+}
+
+/// The conversation's text, as keys and embeddings read it.
+fn conversation(request: &ChatRequest) -> String {
+    request
+        .messages
+        .iter()
+        .map(|message| message.content.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn digest(material: &KeyMaterial<'_>) -> String {
@@ -365,61 +383,74 @@ mod tests {
         let cache = cache(true).await;
         let asked = ask("What is the capital of France?");
         let keys = cache.keys("m", &asked);
-        assert!(cache.lookup(&keys, false).await.is_none());
+        assert!(cache.lookup(&keys, &asked, false).await.is_none());
         cache.store(
             keys.clone(),
+            &asked,
             "m",
             "Paris.".into(),
             StopReason::EndTurn,
             Usage::new(7, 2),
         );
-        let exact = cache.lookup(&keys, false).await.unwrap();
+        let exact = cache.lookup(&keys, &asked, false).await.unwrap();
         assert_eq!(exact.matched, Match::Exact);
         assert_eq!(exact.answer.text, "Paris.");
         assert!(!exact.stale);
 
-        let rephrased = cache.keys("m", &ask("what is the capital of france"));
-        let similar = cache.lookup(&rephrased, false).await.unwrap();
+        let lookup = |model: &'static str, prompt: &'static str| {
+            let cache = cache.clone();
+            async move {
+                let request = ask(prompt);
+                cache
+                    .lookup(&cache.keys(model, &request), &request, false)
+                    .await
+            }
+        };
+        let similar = lookup("m", "what is the capital of france").await.unwrap();
         assert!(matches!(similar.matched, Match::Semantic(s) if s > 0.95));
         assert!(
-            cache
-                .keys("other", &ask("what is the capital of france"))
-                .scope
-                != rephrased.scope
-        );
-        assert!(
-            cache
-                .lookup(&cache.keys("m", &ask("How do I sort a list?")), false)
+            lookup("other", "what is the capital of france")
                 .await
                 .is_none()
         );
+        assert!(lookup("m", "How do I sort a list?").await.is_none());
 
-        let sum = cache.keys("m", &ask("What is 2 + 2?"));
-        cache.store(sum, "m", "4".into(), StopReason::EndTurn, Usage::default());
-        assert!(
-            cache
-                .lookup(&cache.keys("m", &ask("What is 2 + 3?")), false)
-                .await
-                .is_none()
+        let sum = ask("What is 2 + 2?");
+        cache.store(
+            cache.keys("m", &sum),
+            &sum,
+            "m",
+            "4".into(),
+            StopReason::EndTurn,
+            Usage::default(),
         );
+        assert!(lookup("m", "What is 2 + 3?").await.is_none());
         let stats = cache.stats();
         assert_eq!((stats.exact_hits, stats.semantic_hits), (1, 1));
-        assert_eq!(stats.misses, 3);
+        assert_eq!(stats.misses, 4);
         assert_eq!(stats.stored, 2);
     }
 
     #[tokio::test]
     async fn incomplete_answers_are_not_stored() {
         let cache = cache(false).await;
-        let keys = cache.keys("m", &ask("hello"));
+        let hello = ask("hello");
+        let keys = cache.keys("m", &hello);
         for reason in [
             StopReason::ContentFiltered,
             StopReason::ToolUse,
             StopReason::Other,
         ] {
-            cache.store(keys.clone(), "m", "x".into(), reason, Usage::default());
+            cache.store(
+                keys.clone(),
+                &hello,
+                "m",
+                "x".into(),
+                reason,
+                Usage::default(),
+            );
         }
-        assert!(cache.lookup(&keys, true).await.is_none());
+        assert!(cache.lookup(&keys, &hello, true).await.is_none());
         assert_eq!(cache.stats().stored, 0);
     }
 
@@ -431,16 +462,18 @@ mod tests {
             ..CacheConfig::default()
         };
         let cache = AnswerCache::connect(&config).await.unwrap().unwrap();
-        let keys = cache.keys("m", &ask("hello"));
+        let hello = ask("hello");
+        let keys = cache.keys("m", &hello);
         cache.store(
             keys.clone(),
+            &hello,
             "m",
             "hi".into(),
             StopReason::EndTurn,
             Usage::default(),
         );
-        assert!(cache.lookup(&keys, false).await.is_none());
-        let stale = cache.lookup(&keys, true).await.unwrap();
+        assert!(cache.lookup(&keys, &hello, false).await.is_none());
+        let stale = cache.lookup(&keys, &hello, true).await.unwrap();
         assert!(stale.stale);
         assert!(stale.describe().contains("every target failed"));
     }

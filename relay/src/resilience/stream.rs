@@ -256,16 +256,16 @@ impl StreamState {
                             UpstreamFailure::Protocol,
                             "the stream ended before the answer was complete".into(),
                         );
-                        self.recover(err).await;
+                        Box::pin(self.recover(err)).await;
                     }
                 },
-                Step::Event(Some(Err(err))) => self.recover(err).await,
+                Step::Event(Some(Err(err))) => Box::pin(self.recover(err)).await,
                 Step::Deadline(kind) => {
                     let err = self
                         .walk
                         .executor
                         .deadline_error(kind, &attempt.step.target);
-                    self.recover(err).await;
+                    Box::pin(self.recover(err)).await;
                 }
                 Step::Stopped => self.fail(RelayError::ShuttingDown),
             }
@@ -318,6 +318,9 @@ impl StreamState {
     }
 
     /// The current target failed with `err`: continue on the next one, or end the stream.
+    ///
+    /// Callers box this future: it holds a whole upstream call (the SDK's futures are large), and
+    /// inline it would size every waiting stream's state for it.
     async fn recover(&mut self, err: RelayError) {
         let Some(mut attempt) = self.attempt.take() else {
             return self.fail(err);

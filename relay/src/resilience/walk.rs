@@ -278,7 +278,7 @@ impl Walk {
     /// The cached answer to this request, if any; a stale one only when `allow_stale`.
     pub async fn cached(&self, allow_stale: bool) -> Option<Hit> {
         let (cache, keys) = (self.executor.cache.as_ref()?, self.cache_keys.as_ref()?);
-        cache.lookup(keys, allow_stale).await
+        cache.lookup(keys, &self.request, allow_stale).await
     }
 
     /// Stores a complete answer from `step`, when it is the requested model's.
@@ -288,7 +288,14 @@ impl Walk {
         };
         let model = &step.model.config.id;
         if *model == self.decision.first_model().config.id {
-            cache.store(keys.clone(), model, text.to_string(), stop_reason, usage);
+            cache.store(
+                keys.clone(),
+                &self.request,
+                model,
+                text.to_string(),
+                stop_reason,
+                usage,
+            );
         }
     }
 
