@@ -657,3 +657,38 @@ async fn metrics_are_served_in_the_prometheus_text_format() {
         assert!(value.parse::<f64>().is_ok(), "{line}");
     }
 }
+
+#[tokio::test]
+async fn a_stream_that_hangs_after_its_stop_event_is_finished_promptly() {
+    // A long idle timeout: only the grace after the stop event can end this stream soon.
+    let harness = start_with(sim_config(), |config| {
+        config.timeouts.idle_ms = 120_000;
+        config.models.push(common::model(
+            "hanging",
+            format!("{UPSTREAM}~hang-after-stop"),
+        ));
+    })
+    .await;
+    let expected = harness.chat(Some("plain"), "hello").await.text;
+    let events = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        sse_events(
+            harness
+                .post("/v1/chat/stream", chat_body(Some("hanging"), "hello"))
+                .await,
+        )
+        .await
+    })
+    .await
+    .expect("the stream was finished after its stop event, not held until the idle timeout");
+    assert_eq!(text_of(&events), expected);
+    assert!(
+        matches!(
+            events.last(),
+            Some(StreamEvent::Done {
+                stop_reason: StopReason::EndTurn,
+                ..
+            })
+        ),
+        "{events:?}"
+    );
+}

@@ -15,6 +15,7 @@
 //! | `reject-prefill` | 400 `ValidationException` when the conversation ends with an assistant message (a model that takes no prefill); healthy otherwise |
 //! | `no-response` | no answer at all, not even headers, until the client gives up |
 //! | `slow@MS` | the first token comes MS milliseconds after the request |
+//! | `hang-after-stop` | the whole answer and its stop event, then silence: the stream's last frame (usage metadata, `message_stop` or `[DONE]`) never comes and the connection stays open |
 //! | `stream-throttle@N` | N tokens, then an in-stream `throttlingException` |
 //! | `stream-error@N` | N tokens, then an in-stream `modelStreamErrorException` |
 //! | `stream-internal@N` | N tokens, then an in-stream `internalServerException` |
@@ -185,6 +186,8 @@ pub enum Fault {
     NoResponse,
     /// Answer normally, but only `first_token_ms` after the request.
     Slow { first_token_ms: u32 },
+    /// Stream the answer and its stop event, then hang without the last frame.
+    HangAfterStop,
 }
 
 /// A fault specification that could not be understood.
@@ -226,6 +229,7 @@ impl FromStr for Fault {
             "context-too-long" => http(HttpFault::ContextTooLong),
             "reject-prefill" if count.is_none() => Ok(Fault::RejectPrefill),
             "no-response" if count.is_none() => Ok(Fault::NoResponse),
+            "hang-after-stop" if count.is_none() => Ok(Fault::HangAfterStop),
             "slow" if count.is_some() => Ok(Fault::Slow {
                 first_token_ms: after_tokens,
             }),
@@ -257,6 +261,7 @@ impl fmt::Display for Fault {
             Fault::RejectPrefill => write!(f, "reject-prefill"),
             Fault::NoResponse => write!(f, "no-response"),
             Fault::Slow { first_token_ms } => write!(f, "slow@{first_token_ms}"),
+            Fault::HangAfterStop => write!(f, "hang-after-stop"),
         }
     }
 }
@@ -346,6 +351,7 @@ mod tests {
             "reject-prefill",
             "no-response",
             "slow@250",
+            "hang-after-stop",
         ] {
             let fault: Fault = spec.parse().unwrap();
             assert_eq!(fault.to_string(), spec);

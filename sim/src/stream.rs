@@ -92,7 +92,11 @@ impl Producer {
         let first_token_at = started + answer.profile.first_token_delay();
         let interval = answer.profile.token_interval();
         let fault_at = fault.and_then(|f| match f {
-            Fault::Http(_) | Fault::RejectPrefill | Fault::NoResponse | Fault::Slow { .. } => None,
+            Fault::Http(_)
+            | Fault::RejectPrefill
+            | Fault::NoResponse
+            | Fault::Slow { .. }
+            | Fault::HangAfterStop => None,
             Fault::StreamException { after_tokens, .. }
             | Fault::Stall { after_tokens }
             | Fault::Cut { after_tokens }
@@ -117,8 +121,18 @@ impl Producer {
             self.send(self.delta(answer, token)).await?;
         }
         let latency_ms = started.elapsed().as_millis() as u64;
-        for frame in self.closing(answer, latency_ms, started, first_token_at) {
+        let mut closing = self.closing(answer, latency_ms, started, first_token_at);
+        let hang = fault == Some(Fault::HangAfterStop);
+        if hang {
+            // Everything up to the stop event; the last frame never comes.
+            closing.pop();
+        }
+        for frame in closing {
             self.send(frame).await?;
+        }
+        if hang {
+            self.tx.closed().await;
+            return Err(Closed);
         }
         Ok(())
     }

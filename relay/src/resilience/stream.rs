@@ -9,7 +9,9 @@
 //! no target is left the stream ends with the typed error of the last failure — or, if no text was
 //! sent yet and degradation is on, with the configured degraded answer, marked as such. A stream
 //! that ends without the upstream's stop event is a failure like any other: a truncated answer is
-//! never a success.
+//! never a success. One that sent its stop event but not its closing frames (the usage) is
+//! complete: it is finished after a short grace with the usage that arrived, not held until the
+//! idle timeout.
 //!
 //! **Timers.** Each read waits for the earliest of: the total deadline, the current target's
 //! first-token deadline (until it sent text), and the idle timeout since the last upstream event.
@@ -94,6 +96,9 @@ impl Attempt {
 async fn open_next(walk: &mut Walk, partial: &str) -> Result<Attempt, RelayError> {
     Attempt::new(walk.call_next(CallKind::Stream, partial).await?)
 }
+
+/// How long to wait for the closing frames (usage) after the upstream's stop event.
+const AFTER_STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// An item of the stream: an event, or the error that ends it.
 type Item = Result<StreamEvent, RelayError>;
@@ -259,6 +264,13 @@ impl StreamState {
                         Box::pin(self.recover(err)).await;
                     }
                 },
+                // The answer was complete: what breaks after the stop event cannot take it back.
+                Step::Event(Some(Err(_))) | Step::Deadline(DeadlineKind::Idle)
+                    if attempt.stop.is_some() =>
+                {
+                    let stop_reason = attempt.stop.unwrap_or(StopReason::Other);
+                    return Some(Ok(self.finish(stop_reason)));
+                }
                 Step::Event(Some(Err(err))) => Box::pin(self.recover(err)).await,
                 Step::Deadline(kind) => {
                     let err = self
@@ -279,7 +291,13 @@ impl StreamState {
             self.walk.ctx.received + timeouts.total(),
             DeadlineKind::Total,
         );
-        let idle = (attempt.last_activity + timeouts.idle(), DeadlineKind::Idle);
+        // After the stop event only the closing frames (usage) are missing: wait for them
+        // briefly, then finish with what arrived.
+        let idle_limit = match attempt.stop {
+            Some(_) => timeouts.idle().min(AFTER_STOP_GRACE),
+            None => timeouts.idle(),
+        };
+        let idle = (attempt.last_activity + idle_limit, DeadlineKind::Idle);
         if attempt.got_text {
             earliest(&[total, idle])
         } else {
