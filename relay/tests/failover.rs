@@ -486,3 +486,42 @@ async fn a_refused_connection_is_retried_then_fails_over() {
     assert_eq!(done_route(&events).model, "regional");
     assert_healthy(&harness).await;
 }
+
+#[tokio::test]
+async fn websocket_clients_see_the_failover_and_the_whole_answer() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    let harness = start(|_| {}).await;
+    let whole = healthy_answer(&harness, "regional").await;
+    break_primary(&harness, "stream-error@4");
+    let url = format!("ws://{}/v1/ws", harness.relay.addr());
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    // Two requests on one connection: each answer carries its own failover.
+    for _ in 0..2 {
+        socket
+            .send(WsMessage::text(body("regional")))
+            .await
+            .unwrap();
+    }
+    for _ in 0..2 {
+        let mut events = Vec::new();
+        loop {
+            let frame = socket.next().await.unwrap().unwrap();
+            let event: StreamEvent = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+            let terminal = event.is_terminal();
+            events.push(event);
+            if terminal {
+                break;
+            }
+        }
+        assert_eq!(
+            failovers(&events),
+            [(SECONDARY.to_string(), true)],
+            "{events:?}"
+        );
+        assert_eq!(shown_text(&events), whole);
+        assert_eq!(done_route(&events).source, ResponseSource::FallbackRegion);
+    }
+    assert_healthy(&harness).await;
+}
