@@ -14,7 +14,9 @@
 //! the outage (probes, not a storm), and how long after the recovery the traffic returned to it.
 //!
 //! Run: `cargo bench -p fm-bench --bench chaos` (env `CHAOS_RATE`, requests per second, default
-//! 100; `CHAOS_PHASES`, seconds of throttling, outage and recovery, default `30,60,40`).
+//! 100; `CHAOS_PHASES`, seconds of throttling, outage and recovery, default `30,60,40`;
+//! `CHAOS_QUOTA`, requests per second: instead of a random 20%, throttle the primary region above
+//! this quota, as Bedrock does).
 
 use std::time::{Duration, Instant};
 
@@ -38,7 +40,7 @@ enum Phase {
 impl Phase {
     fn name(self) -> &'static str {
         match self {
-            Phase::Throttling => "throttling 20%",
+            Phase::Throttling => "throttling",
             Phase::Outage => "primary down",
             Phase::Recovered => "recovered",
         }
@@ -123,12 +125,23 @@ async fn main() {
         .build()
         .unwrap();
 
+    let quota: Option<u32> = std::env::var("CHAOS_QUOTA").ok().map(|q| {
+        q.parse()
+            .expect("CHAOS_QUOTA: a whole number of requests per second")
+    });
+    let throttling_rule = match quota {
+        Some(quota) => FaultRule {
+            above_per_sec: Some(quota),
+            ..FaultRule::always("throttle".parse().unwrap()).in_region(PRIMARY)
+        },
+        None => FaultRule::always("throttle".parse().unwrap())
+            .in_region(PRIMARY)
+            .at_rate(0.2),
+    };
     sim.set_faults(vec![
         FaultRule {
             for_ms: Some((throttling + outage) * 1000),
-            ..FaultRule::always("throttle".parse().unwrap())
-                .in_region(PRIMARY)
-                .at_rate(0.2)
+            ..throttling_rule
         },
         FaultRule {
             after_ms: outage_start.as_millis() as u64,
@@ -139,9 +152,10 @@ async fn main() {
     .unwrap();
     let started = Instant::now();
     eprintln!(
-        "chaos run: {rate} requests/s for {}s ({throttling}s throttling, {outage}s outage, \
+        "chaos run: {rate} requests/s for {}s ({throttling}s throttling {}, {outage}s outage, \
          {recovered}s recovered)",
-        total.as_secs()
+        total.as_secs(),
+        quota.map_or("20%".to_string(), |q| format!("above {q}/s")),
     );
 
     let primary_calls = |sim: &fm_sim::SimHandle| {

@@ -1,6 +1,6 @@
 //! Fault schedules: rules that inject faults into a share of the requests for a model, a region or
-//! both, during a time window — a throttling rate, a 5xx rate, a region outage, slow first tokens,
-//! streams that break. Set in the configuration (`[[faults]]`) and replaced at run time through
+//! both, during a time window — a throttling rate, a quota (`above_per_sec`), a 5xx rate, a region
+//! outage, slow first tokens, streams that break. Set in the configuration (`[[faults]]`) and replaced at run time through
 //! `PUT /_sim/faults`, so a test or a benchmark can script an outage while a client is running.
 //!
 //! The region of a request is read from its SigV4 `Authorization` header (the credential scope
@@ -41,6 +41,10 @@ pub struct FaultRule {
     /// The rule injects at most this many faults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    /// A quota: the first this-many matching requests of every second pass; the rule applies to
+    /// the rest (`{"fault": "throttle", "above_per_sec": 50}` throttles above 50 requests/s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above_per_sec: Option<u32>,
 }
 
 fn always() -> f64 {
@@ -67,6 +71,7 @@ impl FaultRule {
             after_ms: 0,
             for_ms: None,
             limit: None,
+            above_per_sec: None,
         }
     }
 
@@ -121,6 +126,9 @@ struct Installed {
     rules: Vec<FaultRule>,
     /// Faults each rule has injected.
     injected: Vec<u32>,
+    /// Per rule: the second (since installation) being counted, and the matching requests seen
+    /// in it (for quotas).
+    per_second: Vec<(u64, u32)>,
     installed: Instant,
     random: fastrand::Rng,
 }
@@ -130,6 +138,7 @@ impl FaultSchedule {
         FaultSchedule {
             inner: Mutex::new(Installed {
                 injected: vec![0; rules.len()],
+                per_second: vec![(0, 0); rules.len()],
                 rules,
                 installed: Instant::now(),
                 random: fastrand::Rng::with_seed(seed),
@@ -148,6 +157,7 @@ impl FaultSchedule {
         }
         let mut installed = self.lock();
         installed.injected = vec![0; rules.len()];
+        installed.per_second = vec![(0, 0); rules.len()];
         installed.rules = rules;
         installed.installed = Instant::now();
         Ok(())
@@ -165,15 +175,26 @@ impl FaultSchedule {
             return None;
         }
         let since_install = installed.installed.elapsed();
+        let second = since_install.as_secs();
         let Installed {
             rules,
             injected,
+            per_second,
             random,
             ..
         } = &mut *installed;
-        for (rule, count) in rules.iter().zip(injected.iter_mut()) {
+        for ((rule, count), seen) in rules.iter().zip(injected.iter_mut()).zip(per_second) {
             if !rule.matches(model, region) || !rule.active(since_install) {
                 continue;
+            }
+            if let Some(quota) = rule.above_per_sec {
+                if seen.0 != second {
+                    *seen = (second, 0);
+                }
+                seen.1 += 1;
+                if seen.1 <= quota {
+                    continue;
+                }
             }
             if rule.limit.is_some_and(|limit| *count >= limit) {
                 continue;
@@ -257,6 +278,19 @@ mod tests {
         );
         let hits: Vec<_> = (0..4).map(|_| schedule.fault_for("m", None)).collect();
         assert_eq!(hits, [Some(THROTTLE), Some(THROTTLE), None, None]);
+    }
+
+    #[test]
+    fn a_quota_lets_the_first_requests_of_each_second_pass() {
+        let schedule = FaultSchedule::new(
+            vec![FaultRule {
+                above_per_sec: Some(3),
+                ..FaultRule::always(THROTTLE)
+            }],
+            1,
+        );
+        let hits: Vec<_> = (0..5).map(|_| schedule.fault_for("m", None)).collect();
+        assert_eq!(hits, [None, None, None, Some(THROTTLE), Some(THROTTLE)]);
     }
 
     #[test]
