@@ -8,5 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# The chat UI, served at / from web/dist.
+PATH="$PWD/node_modules/.bin:$PATH" trunk build --release
 cargo build --release --locked -p fm-relay
-exec target/release/fm-relay serve --port "${PORT:-8080}" "$@"
+target_dir=$(cargo metadata --no-deps --format-version 1 --locked | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+exec "$target_dir/release/fm-relay" serve --port "${PORT:-8080}" --web-dir web/dist "$@"

@@ -31,10 +31,13 @@ else
 fi
 log "toolchain ready: $(cargo --version)"
 
-# Debian packages the tests use: redis-server (the answer cache's shared backend, started by the
-# tests themselves on a free port).
+# Debian packages: redis-server (the answer cache's shared backend, started by the tests
+# themselves on a free port), chromium (the browser end-to-end test), Node.js and npm (wasm-opt and
+# playwright-core come from npm).
 missing_packages=()
 command -v redis-server >/dev/null 2>&1 || missing_packages+=(redis-server)
+command -v chromium >/dev/null 2>&1 || missing_packages+=(chromium)
+command -v npm >/dev/null 2>&1 || missing_packages+=(nodejs npm)
 if [ ${#missing_packages[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then
         log "missing ${missing_packages[*]} and no apt-get to install them: install them and run this again"
@@ -55,3 +58,24 @@ if [ ${#missing_packages[@]} -gt 0 ]; then
         "${missing_packages[@]}" >/dev/null
 fi
 log "redis-server ready: $(redis-server --version | cut -d' ' -f1-3)"
+
+# The web UI's build tools, at the versions the build needs. Trunk's own downloads cannot work
+# here (Trunk.toml sets offline = true), so each is installed from a registry.
+trunk_version="0.21.14"
+if ! trunk --version 2>/dev/null | grep -qF "$trunk_version"; then
+    log "installing trunk $trunk_version (compiles from crates.io: about 15 minutes, once)"
+    cargo install trunk --version "$trunk_version" --locked
+fi
+# wasm-bindgen-cli must be exactly the wasm-bindgen of Cargo.lock; its own lockfile pins a crate
+# the registry no longer serves, so no --locked.
+wasm_bindgen_version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+if ! wasm-bindgen --version 2>/dev/null | grep -qF "$wasm_bindgen_version"; then
+    log "installing wasm-bindgen-cli $wasm_bindgen_version"
+    cargo install wasm-bindgen-cli --version "$wasm_bindgen_version"
+fi
+# wasm-opt (npm binaryen; Debian's older binaryen breaks the WASM) and playwright-core.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    log "installing npm packages (binaryen, playwright-core)"
+    npm ci --no-audit --no-fund --loglevel=error
+fi
+log "web tools ready: $(trunk --version), $(wasm-bindgen --version), $(node_modules/.bin/wasm-opt --version)"

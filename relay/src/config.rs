@@ -132,6 +132,10 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     pub sse_keep_alive_secs: u64,
     pub ws_max_queued_requests: usize,
+    /// The built chat UI (Trunk's `web/dist`), served at `/`; nothing is served when the folder
+    /// does not exist.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -142,6 +146,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 10,
             sse_keep_alive_secs: 15,
             ws_max_queued_requests: 8,
+            web_dir: Some("web/dist".into()),
         }
     }
 }
@@ -455,6 +460,7 @@ pub struct Overrides {
     pub idle_timeout_ms: Option<u64>,
     pub total_timeout_ms: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
+    pub web_dir: Option<std::path::PathBuf>,
 }
 
 impl RelayConfig {
@@ -501,6 +507,9 @@ impl RelayConfig {
             &mut server.shutdown_grace_secs,
             overrides.shutdown_grace_secs,
         );
+        if let Some(dir) = &overrides.web_dir {
+            server.web_dir = Some(dir.clone());
+        }
         let timeouts = &mut self.timeouts;
         set(&mut timeouts.connect_ms, overrides.connect_timeout_ms);
         set(

@@ -62,6 +62,9 @@ struct ServeArgs {
     /// Seconds open streams may finish after SIGTERM [file: server.shutdown_grace_secs].
     #[arg(long, env = "FM_RELAY_SHUTDOWN_GRACE_SECS")]
     shutdown_grace_secs: Option<u64>,
+    /// The built chat UI to serve at / (Trunk's web/dist) [file: server.web_dir].
+    #[arg(long, env = "FM_RELAY_WEB_DIR")]
+    web_dir: Option<std::path::PathBuf>,
 }
 
 impl ServeArgs {
@@ -77,6 +80,7 @@ impl ServeArgs {
             idle_timeout_ms: self.idle_timeout_ms,
             total_timeout_ms: self.total_timeout_ms,
             shutdown_grace_secs: self.shutdown_grace_secs,
+            web_dir: self.web_dir.clone(),
         }
     }
 }

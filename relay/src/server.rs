@@ -116,6 +116,11 @@ async fn bedrock_endpoint(
     })
 }
 
+/// The configured web UI folder.
+fn config_web_dir(state: &AppState) -> Option<std::path::PathBuf> {
+    state.config().server.web_dir.clone()
+}
+
 /// Builds the app, binds `config.server.host:port` (port 0 picks one) and starts serving.
 pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
     let (endpoint, simulator) = bedrock_endpoint(&config).await?;
@@ -218,6 +223,16 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
             tracing::warn!(%err, "could not set TCP_NODELAY on an accepted socket");
         }
     });
+    match config_web_dir(&state) {
+        Some(dir) if dir.is_dir() => {
+            tracing::info!(dir = %dir.display(), "chat UI served at /")
+        }
+        Some(dir) => tracing::info!(
+            dir = %dir.display(),
+            "no chat UI there: build it with `trunk build --release` (scripts/run.sh does)"
+        ),
+        None => {}
+    }
     let task = tokio::spawn(serve(listener, app, state, grace));
     tracing::info!(url = %format!("http://{addr}"), "fm-relay listening");
     Ok(RunningRelay {

@@ -130,14 +130,28 @@ pub async fn open_stream(
 
 /// The whole API.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let api = Router::new()
         .merge(chat::routes())
         .merge(sse::routes())
         .merge(ws::routes())
         .merge(openai::routes())
-        .merge(meta::routes())
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .merge(meta::routes());
+    // The chat UI's files at `/`, when built; anything else is the API's JSON 404.
+    let api = match state
+        .config()
+        .server
+        .web_dir
+        .as_deref()
+        .filter(|dir| dir.is_dir())
+    {
+        Some(dir) => api.fallback_service(
+            tower_http::services::ServeDir::new(dir)
+                .append_index_html_on_directories(true)
+                .not_found_service(axum::routing::any(not_found).with_state(state.clone())),
+        ),
+        None => api.fallback(not_found),
+    };
+    api.method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(extract::assign_request_id))
         .with_state(state)

@@ -1,0 +1,313 @@
+//! The chat page: model and routing-hint pickers filled from `/v1/models`, the conversation with
+//! each answer growing token by token (announced to screen readers through `aria-live`), the facts
+//! under each answer (model, time to first token, tokens per second, total time, usage, route),
+//! inline errors with a retry, and a composer where Enter sends, Shift+Enter adds a line, and
+//! Stop cancels the answer being streamed.
+
+use fm_protocol::{ChatRequest, ModelInfo, ResponseSource, StreamEvent, validate_chat_request};
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use web_sys::AbortController;
+
+use crate::api::{self, CallError};
+use crate::store::{self, Facts, Turn, TurnState};
+
+/// The page.
+#[component]
+pub fn ChatPage() -> impl IntoView {
+    let turns = RwSignal::new(store::load());
+    let next_id = StoredValue::new(
+        turns
+            .get_untracked()
+            .iter()
+            .map(|t| t.id)
+            .max()
+            .unwrap_or(0)
+            + 1,
+    );
+    let models = RwSignal::new(Vec::<ModelInfo>::new());
+    let model = RwSignal::new(String::new());
+    let hint = RwSignal::new(String::new());
+    let draft = RwSignal::new(String::new());
+    let validation = RwSignal::new(None::<String>);
+    // The call in flight, to stop it.
+    let current = StoredValue::new_local(None::<AbortController>);
+    let streaming = RwSignal::new(false);
+
+    spawn_local(async move {
+        if let Ok(list) = api::models().await {
+            if let Some(default) = list.models.iter().find(|m| m.default) {
+                model.set(default.id.clone());
+            }
+            models.set(list.models);
+        }
+    });
+
+    // Sends `prompt` as a new turn (or as `retry` of a failed one).
+    let send = move |prompt: String, retry: Option<Turn>| {
+        let history = turns.with_untracked(|all| {
+            let before: Vec<Turn> = all
+                .iter()
+                .copied()
+                .take_while(|t| retry.is_none_or(|r| r.id != t.id))
+                .collect();
+            store::history_for(&before, &prompt)
+        });
+        let request = ChatRequest {
+            messages: history,
+            model: Some(model.get_untracked()).filter(|m| !m.is_empty()),
+            routing_hint: Some(hint.get_untracked()).filter(|h| !h.trim().is_empty()),
+            ..ChatRequest::default()
+        };
+        let known = models.get_untracked();
+        let checked = validate_chat_request(&request, |id| {
+            known.is_empty() || known.iter().any(|m| m.id == id)
+        });
+        if let Err(err) = checked {
+            validation.set(Some(err.to_string()));
+            return;
+        }
+        validation.set(None);
+        let turn = match retry {
+            Some(turn) => {
+                turn.answer.set(String::new());
+                turn.state.set(TurnState::Streaming);
+                turn.facts.set(Facts::default());
+                turn
+            }
+            None => {
+                let id = next_id.get_value();
+                next_id.set_value(id + 1);
+                let turn = Turn::new(id, prompt);
+                turns.update(|all| all.push(turn));
+                turn
+            }
+        };
+        turns.with_untracked(|all| store::save(all));
+        let Ok(abort) = AbortController::new() else {
+            turn.state.set(TurnState::Failed(
+                "the browser cannot cancel requests".into(),
+            ));
+            return;
+        };
+        current.set_value(Some(abort.clone()));
+        streaming.set(true);
+        spawn_local(async move {
+            let sent = api::now_ms();
+            let mut facts = Facts::default();
+            let outcome = api::stream_chat(&request, &abort, |event| match event {
+                StreamEvent::Start { model, .. } => facts.model = model,
+                StreamEvent::TextDelta { text } => {
+                    turn.answer.update(|answer| answer.push_str(&text));
+                    if facts.ttft_ms.is_none() {
+                        facts.ttft_ms = Some(api::now_ms() - sent);
+                        turn.facts.set(facts.clone());
+                    }
+                }
+                StreamEvent::Usage { usage } => facts.usage = Some(usage),
+                StreamEvent::Failover {
+                    discard_partial, ..
+                } => {
+                    if discard_partial {
+                        turn.answer.set(String::new());
+                    }
+                }
+                StreamEvent::Done {
+                    usage,
+                    route,
+                    degraded,
+                    ..
+                } => {
+                    facts.usage = Some(usage);
+                    facts.model = route.model;
+                    facts.region = route.region;
+                    facts.source = Some(route.source);
+                    facts.route_reason = route.reason;
+                    facts.degraded = degraded;
+                    facts.total_ms = Some(api::now_ms() - sent);
+                    turn.facts.set(facts.clone());
+                    turn.state.set(TurnState::Done);
+                }
+                StreamEvent::Error { message, .. } => {
+                    facts.total_ms = Some(api::now_ms() - sent);
+                    turn.facts.set(facts.clone());
+                    turn.state.set(TurnState::Failed(message));
+                }
+            })
+            .await;
+            match outcome {
+                Err(CallError::Aborted) => turn.state.set(TurnState::Stopped),
+                Err(CallError::Failed(message)) => turn.state.set(TurnState::Failed(message)),
+                Ok(()) if turn.state.get_untracked() == TurnState::Streaming => turn
+                    .state
+                    .set(TurnState::Failed("the answer broke off".into())),
+                Ok(()) => {}
+            }
+            current.set_value(None);
+            streaming.set(false);
+            turns.with_untracked(|all| store::save(all));
+        });
+    };
+
+    let submit = move || {
+        let prompt = draft.get_untracked();
+        if prompt.trim().is_empty() || streaming.get_untracked() {
+            return;
+        }
+        draft.set(String::new());
+        send(prompt, None);
+    };
+    let stop = move |_| {
+        if let Some(abort) = current.get_value() {
+            abort.abort();
+        }
+    };
+    let clear = move |_| {
+        turns.set(Vec::new());
+        store::clear();
+    };
+
+    view! {
+        <main>
+            <header>
+                <h1>"FM Relay"</h1>
+                <label>
+                    "Model"
+                    <select
+                        aria-label="Model"
+                        prop:value=move || model.get()
+                        on:change=move |ev| model.set(event_target_value(&ev))
+                    >
+                        <For each=move || models.get() key=|m| m.id.clone() let:info>
+                            <option value=info.id.clone() selected=move || model.get() == info.id>
+                                {format!("{} ({})", info.id, info.region)}
+                            </option>
+                        </For>
+                    </select>
+                </label>
+                <label>
+                    "Routing hint"
+                    <input
+                        type="text"
+                        placeholder="e.g. fast"
+                        prop:value=move || hint.get()
+                        on:input=move |ev| hint.set(event_target_value(&ev))
+                    />
+                </label>
+                <button type="button" on:click=clear>"New conversation"</button>
+            </header>
+            <section class="conversation" aria-label="Conversation">
+                <For each=move || turns.get() key=|turn| turn.id let:turn>
+                    <TurnView
+                        turn=turn
+                        on_retry=Callback::new(move |turn: Turn| send(turn.prompt.get_untracked(), Some(turn)))
+                    />
+                </For>
+            </section>
+            {move || validation.get().map(|message| view! { <p class="validation" role="alert">{message}</p> })}
+            <form class="composer" on:submit=move |ev| { ev.prevent_default(); submit(); }>
+                <label for="prompt" class="visually-hidden" style="position:absolute;left:-10000px">"Message"</label>
+                <textarea
+                    id="prompt"
+                    placeholder="Ask something (Enter sends, Shift+Enter adds a line)"
+                    prop:value=move || draft.get()
+                    on:input=move |ev| draft.set(event_target_value(&ev))
+                    on:keydown=move |ev: leptos::ev::KeyboardEvent| {
+                        if ev.key() == "Enter" && !ev.shift_key() {
+                            ev.prevent_default();
+                            submit();
+                        }
+                    }
+                ></textarea>
+                <Show
+                    when=move || streaming.get()
+                    fallback=|| view! { <button type="submit">"Send"</button> }
+                >
+                    <button type="button" class="stop" on:click=stop>"Stop"</button>
+                </Show>
+            </form>
+        </main>
+    }
+}
+
+/// One turn: the prompt, the answer as it grows, and its facts or its error.
+#[component]
+fn TurnView(turn: Turn, on_retry: Callback<Turn>) -> impl IntoView {
+    let failed = move || match turn.state.get() {
+        TurnState::Failed(message) => Some(message),
+        _ => None,
+    };
+    view! {
+        <article class="turn" data-state=move || state_name(&turn.state.get())>
+            <div class="prompt">{move || turn.prompt.get()}</div>
+            <div class="answer" aria-live="polite" aria-busy=move || (turn.state.get() == TurnState::Streaming).to_string()>
+                {move || turn.answer.get()}
+            </div>
+            <FactsView turn=turn />
+            {move || failed().map(|message| view! {
+                <div class="error" role="alert">
+                    <span>{message}</span>
+                    " "
+                    <button type="button" on:click=move |_| on_retry.run(turn)>"Retry"</button>
+                </div>
+            })}
+            {move || (turn.state.get() == TurnState::Stopped).then(|| view! { <div class="facts">"stopped"</div> })}
+            {move || (turn.state.get() == TurnState::Interrupted).then(|| view! { <div class="facts">"interrupted by a reload"</div> })}
+        </article>
+    }
+}
+
+/// The facts measured about an answer.
+#[component]
+fn FactsView(turn: Turn) -> impl IntoView {
+    view! {
+        <div class="facts">
+            {move || {
+                let facts = turn.facts.get();
+                let mut parts: Vec<String> = Vec::new();
+                if !facts.model.is_empty() {
+                    parts.push(format!("model {}", facts.model));
+                }
+                if let Some(ttft) = facts.ttft_ms {
+                    parts.push(format!("TTFT {ttft:.0} ms"));
+                }
+                if let Some(rate) = facts.tokens_per_second() {
+                    parts.push(format!("{rate:.0} tokens/s"));
+                }
+                if let Some(total) = facts.total_ms {
+                    parts.push(format!("total {total:.0} ms"));
+                }
+                if let Some(usage) = facts.usage {
+                    parts.push(format!("{} in / {} out tokens", usage.input_tokens, usage.output_tokens));
+                }
+                if let Some(source) = facts.source {
+                    parts.push(format!("source {}", source_name(source)));
+                }
+                if facts.degraded {
+                    parts.push("degraded answer".into());
+                }
+                parts.into_iter().map(|part| view! { <span>{part}</span> }).collect_view()
+            }}
+        </div>
+    }
+}
+
+fn state_name(state: &TurnState) -> &'static str {
+    match state {
+        TurnState::Streaming => "streaming",
+        TurnState::Done => "done",
+        TurnState::Stopped => "stopped",
+        TurnState::Failed(_) => "failed",
+        TurnState::Interrupted => "interrupted",
+    }
+}
+
+fn source_name(source: ResponseSource) -> &'static str {
+    match source {
+        ResponseSource::Primary => "primary",
+        ResponseSource::FallbackRegion => "fallback region",
+        ResponseSource::FallbackModel => "fallback model",
+        ResponseSource::Cache => "cache",
+        ResponseSource::Degraded => "degraded",
+    }
+}
