@@ -69,6 +69,63 @@ impl SimState {
         *used += 1;
         (*used <= limit).then_some(spec.fault)
     }
+
+    /// Admits a request for `model_id` (as requested, `~fault` suffix included) in `region`:
+    /// picks its fault — its own (header or suffix) or else the schedule's — and records it under
+    /// `operation`. A fault that fails the request before any answer does so here (an error, or
+    /// no answer at all). Returns the base model id and the fault left for the answer.
+    async fn admit<'m>(
+        &self,
+        operation: &str,
+        model_id: &'m str,
+        region: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<(&'m str, Option<Fault>), SimError> {
+        let (model, suffix_fault) =
+            split_model_id(model_id).map_err(|e| SimError::Validation(e.to_string()))?;
+        let header_value = headers
+            .get(FAULT_HEADER)
+            .map(|value| value.to_str().unwrap_or_default());
+        let header_fault = header_value
+            .map(|value| {
+                value
+                    .parse::<FaultSpec>()
+                    .map_err(|e| SimError::Validation(e.to_string()))
+            })
+            .transpose()?;
+        let requested = header_fault.or(suffix_fault);
+        let fault = match requested {
+            Some(_) => self.fault_for(model_id, header_value, requested),
+            None => self.schedule.fault_for(model, region),
+        };
+        self.stats
+            .record_request(operation, model_id, region, fault.map(|f| f.to_string()));
+        match fault {
+            Some(Fault::Http(http_fault)) => Err(SimError::Injected(http_fault)),
+            // Dropping the connection ends this wait.
+            Some(Fault::NoResponse) => std::future::pending().await,
+            _ => Ok((model, fault)),
+        }
+    }
+
+    /// The answer `model` gives `prompt`, shaped by the faults that act on it: a refused prefill,
+    /// a slow first token.
+    fn answer(
+        &self,
+        model: &str,
+        prompt: &Prompt,
+        fault: Option<Fault>,
+    ) -> Result<Answer, SimError> {
+        prompt.check().map_err(SimError::Validation)?;
+        if fault == Some(Fault::RejectPrefill) && prompt.ends_with_assistant() {
+            return Err(SimError::Injected(HttpFault::PrefillRejected));
+        }
+        let mut answer = Answer::plan(&self.config, model, prompt);
+        if let Some(Fault::Slow { first_token_ms }) = fault {
+            answer.profile.first_token_ms = u64::from(first_token_ms);
+        }
+        Ok(answer)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,43 +200,10 @@ async fn serve_openai(
 ) -> Result<Response, SimError> {
     let request: OpenAiRequest = serde_json::from_slice(body)
         .map_err(|e| SimError::Validation(format!("invalid request body: {e}")))?;
-    let (model, suffix_fault) =
-        split_model_id(&request.model).map_err(|e| SimError::Validation(e.to_string()))?;
-    let header_value = headers
-        .get(FAULT_HEADER)
-        .map(|value| value.to_str().unwrap_or_default());
-    let header_fault = header_value
-        .map(|value| {
-            value
-                .parse::<FaultSpec>()
-                .map_err(|e| SimError::Validation(e.to_string()))
-        })
-        .transpose()?;
-    let requested = header_fault.or(suffix_fault);
-    let fault = match requested {
-        Some(_) => state.fault_for(&request.model, header_value, requested),
-        None => state.schedule.fault_for(model, None),
-    };
-    state.stats.record_request(
-        "chat-completions",
-        &request.model,
-        None,
-        fault.map(|f| f.to_string()),
-    );
-    match fault {
-        Some(Fault::Http(http_fault)) => return Err(SimError::Injected(http_fault)),
-        Some(Fault::NoResponse) => std::future::pending::<()>().await,
-        _ => {}
-    }
-    let prompt = Prompt::from(&request);
-    prompt.check().map_err(SimError::Validation)?;
-    if fault == Some(Fault::RejectPrefill) && prompt.ends_with_assistant() {
-        return Err(SimError::Injected(HttpFault::PrefillRejected));
-    }
-    let mut answer = Answer::plan(&state.config, model, &prompt);
-    if let Some(Fault::Slow { first_token_ms }) = fault {
-        answer.profile.first_token_ms = u64::from(first_token_ms);
-    }
+    let (model, fault) = state
+        .admit("chat-completions", &request.model, None, headers)
+        .await?;
+    let answer = state.answer(model, &Prompt::from(&request), fault)?;
     let request_id = format!("{:016x}", fastrand::u64(..));
     if request.stream {
         let body = spawn_stream(
@@ -290,49 +314,14 @@ async fn serve(
 ) -> Result<Response, SimError> {
     let operation = Operation::parse(operation)
         .ok_or_else(|| SimError::UnknownOperation(operation.to_string()))?;
-    let (model, suffix_fault) =
-        split_model_id(model_id).map_err(|e| SimError::Validation(e.to_string()))?;
-    let header_value = headers
-        .get(FAULT_HEADER)
-        .map(|value| value.to_str().unwrap_or_default());
-    let header_fault = header_value
-        .map(|value| {
-            value
-                .parse::<FaultSpec>()
-                .map_err(|e| SimError::Validation(e.to_string()))
-        })
-        .transpose()?;
     let region = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(signed_region);
-    let requested = header_fault.or(suffix_fault);
-    let fault = match requested {
-        Some(_) => state.fault_for(model_id, header_value, requested),
-        None => state.schedule.fault_for(model, region),
-    };
-    state.stats.record_request(
-        operation.name(),
-        model_id,
-        region,
-        fault.map(|f| f.to_string()),
-    );
-    match fault {
-        Some(Fault::Http(http_fault)) => return Err(SimError::Injected(http_fault)),
-        // Dropping the connection ends this wait.
-        Some(Fault::NoResponse) => std::future::pending::<()>().await,
-        _ => {}
-    }
-
-    let prompt = parse_prompt(operation, body)?;
-    prompt.check().map_err(SimError::Validation)?;
-    if fault == Some(Fault::RejectPrefill) && prompt.ends_with_assistant() {
-        return Err(SimError::Injected(HttpFault::PrefillRejected));
-    }
-    let mut answer = Answer::plan(&state.config, model, &prompt);
-    if let Some(Fault::Slow { first_token_ms }) = fault {
-        answer.profile.first_token_ms = u64::from(first_token_ms);
-    }
+    let (model, fault) = state
+        .admit(operation.name(), model_id, region, headers)
+        .await?;
+    let answer = state.answer(model, &parse_prompt(operation, body)?, fault)?;
     let request_id = format!("{:016x}", fastrand::u64(..));
 
     let response = match operation {
