@@ -222,18 +222,7 @@ async fn serve_openai(
         );
         return Ok(response);
     }
-    match fault {
-        Some(Fault::Stall { .. }) => std::future::pending::<()>().await,
-        Some(Fault::StreamException { exception, .. }) => {
-            tokio::time::sleep(answer.profile.first_token_delay()).await;
-            return Err(SimError::Injected(exception.as_http()));
-        }
-        _ => {}
-    }
-    let generation = generation_time(&answer);
-    if !generation.is_zero() {
-        tokio::time::sleep(generation).await;
-    }
+    wait_for_generation(&answer, fault).await?;
     Ok(Json(json!({
         "id": format!("chatcmpl-{request_id}"),
         "object": "chat.completion",
@@ -374,19 +363,7 @@ async fn one_shot(
     fault: Option<Fault>,
     request_id: &str,
 ) -> Result<Response, SimError> {
-    let generation = generation_time(&answer);
-    match fault {
-        Some(Fault::Stall { .. }) => std::future::pending::<()>().await,
-        Some(Fault::StreamException { exception, .. }) => {
-            tokio::time::sleep(answer.profile.first_token_delay()).await;
-            return Err(SimError::Injected(exception.as_http()));
-        }
-        _ => {}
-    }
-    // A zero sleep would still wait for the timer's next 1 ms tick.
-    if !generation.is_zero() {
-        tokio::time::sleep(generation).await;
-    }
+    let generation = wait_for_generation(&answer, fault).await?;
     let latency_ms = generation.as_millis() as u64;
     let output_tokens = answer.output_tokens();
     let text = answer.text();
@@ -447,6 +424,25 @@ fn with_request_id(mut response: Response, request_id: &str) -> Response {
         response.headers_mut().insert("x-amzn-requestid", value);
     }
     response
+}
+
+/// A one-shot call's wait: as long as generating `answer` takes, which it returns. A stall never
+/// ends; an in-stream exception becomes its HTTP error after the first token's delay.
+async fn wait_for_generation(answer: &Answer, fault: Option<Fault>) -> Result<Duration, SimError> {
+    match fault {
+        Some(Fault::Stall { .. }) => std::future::pending::<()>().await,
+        Some(Fault::StreamException { exception, .. }) => {
+            tokio::time::sleep(answer.profile.first_token_delay()).await;
+            return Err(SimError::Injected(exception.as_http()));
+        }
+        _ => {}
+    }
+    let generation = generation_time(answer);
+    // A zero sleep would still wait for the timer's next 1 ms tick.
+    if !generation.is_zero() {
+        tokio::time::sleep(generation).await;
+    }
+    Ok(generation)
 }
 
 /// How long generating `answer` takes: the first token's delay, then one interval per token.
