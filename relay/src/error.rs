@@ -197,6 +197,16 @@ impl RelayError {
         }
     }
 
+    /// Adds a `Retry-After` header (whole seconds, at least 1) to an error answer when the wait
+    /// is known.
+    pub fn add_retry_after(&self, response: &mut Response) {
+        if let Some(wait) = self.retry_after()
+            && let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string())
+        {
+            response.headers_mut().insert("retry-after", value);
+        }
+    }
+
     /// How long the upstream asked to wait before calling again, if it said.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -250,16 +260,7 @@ impl IntoResponse for RequestError {
         }
         let body = self.error.to_body(self.request_id.as_deref());
         let mut response = (status, axum::Json(body)).into_response();
-        if let RelayError::Upstream {
-            retry_after: Some(wait),
-            ..
-        } = &self.error
-        {
-            let seconds = wait.as_secs().max(1).to_string();
-            if let Ok(value) = HeaderValue::from_str(&seconds) {
-                response.headers_mut().insert("retry-after", value);
-            }
-        }
+        self.error.add_retry_after(&mut response);
         response
     }
 }

@@ -19,7 +19,6 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
-use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -261,14 +260,7 @@ fn error_response(err: RelayError, request_id: &str) -> Response {
         Json(error_body(body.code, &body.message, body.field.as_deref())),
     )
         .into_response();
-    if let RelayError::Upstream {
-        retry_after: Some(wait),
-        ..
-    } = &err
-        && let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string())
-    {
-        response.headers_mut().insert("retry-after", value);
-    }
+    err.add_retry_after(&mut response);
     response
 }
 
