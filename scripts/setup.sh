@@ -32,11 +32,13 @@ fi
 log "toolchain ready: $(cargo --version)"
 
 # Debian packages: redis-server (the answer cache's shared backend, started by the tests
-# themselves on a free port), chromium (the browser end-to-end test), Node.js and npm (wasm-opt and
+# themselves on a free port), chromium (the browser end-to-end test), chromium-driver (runs the
+# UI's wasm-bindgen-test component tests in headless Chromium), Node.js and npm (wasm-opt and
 # playwright-core come from npm).
 missing_packages=()
 command -v redis-server >/dev/null 2>&1 || missing_packages+=(redis-server)
 command -v chromium >/dev/null 2>&1 || missing_packages+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing_packages+=(chromium-driver)
 command -v npm >/dev/null 2>&1 || missing_packages+=(nodejs npm)
 if [ ${#missing_packages[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then

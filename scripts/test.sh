@@ -11,16 +11,23 @@ step "formatting"
 cargo fmt --all --check
 step "lints"
 cargo clippy --workspace --exclude fm-web --all-targets --locked -- -D warnings
-cargo clippy -p fm-web --target wasm32-unknown-unknown --locked -- -D warnings
+cargo clippy -p fm-web --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
 step "fm-protocol builds for wasm32"
 cargo build -p fm-protocol --target wasm32-unknown-unknown --locked
 step "tests"
 cargo test --workspace --exclude fm-web --locked
+step "web UI component tests (wasm-bindgen-test in headless chromium)"
+# .cargo/config.toml makes wasm-bindgen-test-runner the wasm32 runner; it drives Chromium here.
+CHROMEDRIVER=$(command -v chromedriver) cargo test -p fm-web --target wasm32-unknown-unknown --locked
 step "web UI build (trunk)"
 PATH="$PWD/node_modules/.bin:$PATH" trunk build --release
 wasm=$(ls web/dist/*.wasm)
-log_size() { printf '    %s: %s bytes, %s gzip\n' "$1" "$(wc -c <"$1")" "$(gzip -9 -c "$1" | wc -c)" >&2; }
-log_size "$wasm"
+wasm_gzip=$(gzip -9 -c "$wasm" | wc -c)
+printf '    %s: %s bytes, %s gzip (budget 256000)\n' "$wasm" "$(wc -c <"$wasm")" "$wasm_gzip" >&2
+if [ "$wasm_gzip" -gt 256000 ]; then
+    echo "the web UI's WASM is over its 250 KB gzip budget" >&2
+    exit 1
+fi
 step "browser end-to-end test (chromium)"
 target_dir=$(cargo metadata --no-deps --format-version 1 --locked | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 cargo build -p fm-relay -p fm-sim --bins --locked

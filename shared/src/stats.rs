@@ -12,6 +12,26 @@ pub struct Percentiles {
     pub p99: f64,
 }
 
+impl Percentiles {
+    /// The nearest-rank percentiles of `values` (the relay's `/v1/stats` and the web dashboard
+    /// both use this, so their figures compare); `None` when there are none.
+    pub fn nearest_rank(mut values: Vec<f64>) -> Option<Percentiles> {
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_unstable_by(f64::total_cmp);
+        let rank = |p: f64| {
+            let index = ((p / 100.0) * values.len() as f64).ceil() as usize;
+            values[index.clamp(1, values.len()) - 1]
+        };
+        Some(Percentiles {
+            p50: rank(50.0),
+            p95: rank(95.0),
+            p99: rank(99.0),
+        })
+    }
+}
+
 /// The state of a model's circuit breaker.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -96,4 +116,19 @@ pub struct StatsResponse {
     /// The answer cache, when it is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheStats>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let values: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        let p = Percentiles::nearest_rank(values).unwrap();
+        assert_eq!((p.p50, p.p95, p.p99), (50.0, 95.0, 99.0));
+        let one = Percentiles::nearest_rank(vec![7.0]).unwrap();
+        assert_eq!((one.p50, one.p99), (7.0, 7.0));
+        assert_eq!(Percentiles::nearest_rank(Vec::new()), None);
+    }
 }

@@ -113,6 +113,9 @@ impl Answer {
             (prompt.max_tokens, StopKind::MaxTokens)
         };
         let mut tokens = text::generate_tokens(seed, count);
+        if prompt.asks_for_code() {
+            tokens = text::with_code_block(tokens, seed);
+        }
         if let Some((cut, sequence)) = first_stop_sequence(&tokens, &prompt.stop_sequences) {
             tokens = truncate_tokens(tokens, cut);
             stop = StopKind::StopSequence(sequence);

@@ -101,6 +101,75 @@ pub fn generate_tokens(seed: u64, count: u32) -> Vec<String> {
     tokens
 }
 
+/// Code snippets an answer to a question about code shows, as tokens: `(language, tokens)`.
+const SNIPPETS: &[&[&str]] = &[
+    &[
+        "\n\n```rust\n",
+        "fn",
+        " first_token",
+        "(stream",
+        ": &mut",
+        " Stream",
+        ")",
+        " ->",
+        " Option",
+        "<String>",
+        " {\n",
+        "    stream",
+        ".next",
+        "()",
+        "\n",
+        "}\n",
+        "```\n\n",
+    ],
+    &[
+        "\n\n```python\n",
+        "def",
+        " first_token",
+        "(stream",
+        "):\n",
+        "    return",
+        " next",
+        "(stream",
+        ",",
+        " None",
+        ")\n",
+        "```\n\n",
+    ],
+    &[
+        "\n\n```sh\n",
+        "curl",
+        " -N",
+        " http://127.0.0.1:8080",
+        "/v1/chat/stream",
+        "\n",
+        "```\n\n",
+    ],
+];
+
+/// The same number of tokens with a fenced code block after the first sentence, as an answer to
+/// a question about code would have (the tail is cut so the length stays exact).
+pub fn with_code_block(tokens: Vec<String>, seed: u64) -> Vec<String> {
+    let count = tokens.len();
+    let Some(first_sentence) = tokens.iter().position(|t| t.ends_with('.')) else {
+        return tokens;
+    };
+    let snippet = SNIPPETS[fastrand::Rng::with_seed(seed ^ 0xc0de).usize(..SNIPPETS.len())];
+    let mut rest = tokens.into_iter();
+    let mut out: Vec<String> = rest.by_ref().take(first_sentence + 1).collect();
+    out.extend(snippet.iter().map(|t| t.to_string()));
+    // The sentence after the block starts a paragraph: no leading space.
+    out.extend(rest.enumerate().map(|(i, t)| {
+        if i == 0 {
+            t.trim_start().to_string()
+        } else {
+            t
+        }
+    }));
+    out.truncate(count);
+    out
+}
+
 /// A rough token count of text, as the usage numbers need: one token per four characters.
 pub fn estimate_tokens(texts: &[&str]) -> u32 {
     let chars: usize = texts.iter().map(|t| t.chars().count()).sum();
@@ -120,6 +189,22 @@ mod tests {
         let text: String = a.concat();
         assert!(text.starts_with(char::is_uppercase), "{text}");
         assert!(text.contains(". "), "{text}");
+    }
+
+    #[test]
+    fn a_code_block_follows_the_first_sentence_and_the_length_stays() {
+        let plain = generate_tokens(3, 80);
+        let with_code = with_code_block(plain.clone(), 3);
+        assert_eq!(with_code.len(), 80);
+        let text = with_code.concat();
+        let first_sentence = &plain[..=plain.iter().position(|t| t.ends_with('.')).unwrap()];
+        assert!(text.starts_with(&first_sentence.concat()), "{text}");
+        let fence = text.find("\n\n```").expect("a fenced block");
+        let close = text[fence + 5..].find("```\n\n").expect("a closed fence");
+        assert!(
+            text[fence + 5 + close..].len() > 5,
+            "text follows the block: {text}"
+        );
     }
 
     #[test]

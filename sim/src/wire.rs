@@ -29,6 +29,16 @@ impl Prompt {
             .collect()
     }
 
+    /// Whether the last user message asks about code (mentions "code"): the answer then shows
+    /// a fenced code block, as a chat UI must render.
+    pub fn asks_for_code(&self) -> bool {
+        self.messages
+            .iter()
+            .rev()
+            .find(|(role, _)| role == "user")
+            .is_some_and(|(_, text)| text.to_lowercase().contains("code"))
+    }
+
     /// Whether the conversation ends with an assistant message: a prefill the answer continues.
     pub fn ends_with_assistant(&self) -> bool {
         self.messages

@@ -1,15 +1,57 @@
-//! The relay's HTTP API as the page uses it: the model list, and a streaming chat call over
-//! `fetch` whose body is read chunk by chunk and decoded with `fm_protocol`'s SSE decoder, so
-//! every event is handled the moment its bytes arrive. A call is cancelled through its
-//! `AbortController`; the relay sees the disconnect and cancels the upstream call.
+//! The relay's API as the page uses it: the model list, the server-side statistics, and a
+//! streaming chat call over either transport: `POST /v1/chat/stream` over `fetch`, whose body is
+//! read chunk by chunk and decoded with `fm_protocol`'s SSE decoder, or `GET /v1/ws`, where each
+//! event is one JSON text frame. Either way every event is handled the moment its bytes arrive,
+//! and the call is cancelled through its `AbortController`: the relay sees the disconnect (or the
+//! closed socket) and cancels the upstream call.
 
-use fm_protocol::{ApiErrorBody, ChatRequest, ModelList, SseDecoder, StreamEvent};
+use fm_protocol::{ApiErrorBody, ChatRequest, ModelList, SseDecoder, StatsResponse, StreamEvent};
+use futures_util::StreamExt;
 use js_sys::{Reflect, Uint8Array};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
-    AbortController, Headers, ReadableStreamDefaultReader, Request, RequestInit, Response,
+    AbortController, CloseEvent, Event, Headers, MessageEvent, ReadableStreamDefaultReader,
+    Request, RequestInit, Response, WebSocket,
 };
+
+/// How an answer is streamed from the relay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// Server-sent events over `fetch` streaming.
+    #[default]
+    Sse,
+    /// One WebSocket per request, the events as JSON text frames.
+    WebSocket,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 2] = [Transport::Sse, Transport::WebSocket];
+
+    /// The value of the transport picker's option.
+    pub fn id(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::WebSocket => "websocket",
+        }
+    }
+
+    pub fn from_id(id: &str) -> Option<Transport> {
+        Transport::ALL.into_iter().find(|t| t.id() == id)
+    }
+
+    /// The name people read.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Sse => "SSE (fetch)",
+            Transport::WebSocket => "WebSocket",
+        }
+    }
+}
 
 /// Why a call failed, in words for the page.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,27 +113,58 @@ async fn error_of(response: &Response) -> CallError {
     }
 }
 
-/// `GET /v1/models`.
-pub async fn models() -> Result<ModelList, CallError> {
-    let request = Request::new_with_str("/v1/models")?;
+/// `GET path` answered with JSON; `what` names it in errors.
+async fn get_json<T: DeserializeOwned>(path: &str, what: &str) -> Result<T, CallError> {
+    let request = Request::new_with_str(path)?;
     let response = fetch(&request).await?;
     if !response.ok() {
         return Err(error_of(&response).await);
     }
     let text = JsFuture::from(response.text()?).await?;
     serde_json::from_str(&text.as_string().unwrap_or_default())
-        .map_err(|err| CallError::Failed(format!("the model list is not readable: {err}")))
+        .map_err(|err| CallError::Failed(format!("{what} is not readable: {err}")))
 }
 
-/// `POST /v1/chat/stream`: calls `on_event` for every event as it arrives, until the stream ends
-/// or `abort` is aborted.
+/// `GET /v1/models`.
+pub async fn models() -> Result<ModelList, CallError> {
+    get_json("/v1/models", "the model list").await
+}
+
+/// `GET /v1/stats?window_secs=N`: the relay's own latency figures over the last N seconds.
+pub async fn stats(window_secs: u64) -> Result<StatsResponse, CallError> {
+    get_json(
+        &format!("/v1/stats?window_secs={window_secs}"),
+        "the relay's statistics",
+    )
+    .await
+}
+
+fn encode(request: &ChatRequest) -> Result<String, CallError> {
+    serde_json::to_string(request)
+        .map_err(|err| CallError::Failed(format!("the request cannot be encoded: {err}")))
+}
+
+/// Streams the answer to `request` over `transport`, calling `on_event` for every event as it
+/// arrives, until the stream ends or `abort` is aborted.
 pub async fn stream_chat(
+    transport: Transport,
+    request: &ChatRequest,
+    abort: &AbortController,
+    on_event: impl FnMut(StreamEvent),
+) -> Result<(), CallError> {
+    match transport {
+        Transport::Sse => stream_chat_sse(request, abort, on_event).await,
+        Transport::WebSocket => stream_chat_ws(request, abort, on_event).await,
+    }
+}
+
+/// `POST /v1/chat/stream`.
+async fn stream_chat_sse(
     request: &ChatRequest,
     abort: &AbortController,
     mut on_event: impl FnMut(StreamEvent),
 ) -> Result<(), CallError> {
-    let body = serde_json::to_string(request)
-        .map_err(|err| CallError::Failed(format!("the request cannot be encoded: {err}")))?;
+    let body = encode(request)?;
     let headers = Headers::new()?;
     headers.set("content-type", "application/json")?;
     let init = RequestInit::new();
@@ -129,4 +202,116 @@ pub async fn stream_chat(
             }
         }
     }
+}
+
+/// What the socket's callbacks report to [`stream_chat_ws`].
+enum SocketNews {
+    Open,
+    Text(String),
+    Closed { code: u16, reason: String },
+    Aborted,
+}
+
+/// The `ws:`/`wss:` address of `GET /v1/ws` on the page's own host.
+fn socket_url() -> Result<String, CallError> {
+    let location = window()?.location();
+    let scheme = if location.protocol()? == "https:" {
+        "wss"
+    } else {
+        "ws"
+    };
+    Ok(format!("{scheme}://{}/v1/ws", location.host()?))
+}
+
+/// `GET /v1/ws`: one socket per request, closed when the answer ends or `abort` fires (the relay
+/// cancels the upstream call when the socket closes).
+async fn stream_chat_ws(
+    request: &ChatRequest,
+    abort: &AbortController,
+    mut on_event: impl FnMut(StreamEvent),
+) -> Result<(), CallError> {
+    let body = encode(request)?;
+    let socket = WebSocket::new(&socket_url()?)?;
+    let (news, mut inbox) = futures_channel::mpsc::unbounded::<SocketNews>();
+    let tell = move |item: SocketNews| {
+        // The receiver lives until the handlers are detached below.
+        let _ = news.unbounded_send(item);
+    };
+    let on_open = Closure::<dyn FnMut()>::new({
+        let tell = tell.clone();
+        move || tell(SocketNews::Open)
+    });
+    let on_message = Closure::<dyn FnMut(MessageEvent)>::new({
+        let tell = tell.clone();
+        move |message: MessageEvent| {
+            if let Some(text) = message.data().as_string() {
+                tell(SocketNews::Text(text));
+            }
+        }
+    });
+    let on_close = Closure::<dyn FnMut(CloseEvent)>::new({
+        let tell = tell.clone();
+        move |close: CloseEvent| {
+            tell(SocketNews::Closed {
+                code: close.code(),
+                reason: close.reason(),
+            })
+        }
+    });
+    let on_abort = Closure::<dyn FnMut(Event)>::new(move |_: Event| tell(SocketNews::Aborted));
+    socket.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+    socket.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    socket.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+    abort
+        .signal()
+        .set_onabort(Some(on_abort.as_ref().unchecked_ref()));
+
+    let mut opened = false;
+    let outcome = loop {
+        let Some(news) = inbox.next().await else {
+            break Err(CallError::Failed("the WebSocket went away".into()));
+        };
+        match news {
+            SocketNews::Open => {
+                opened = true;
+                if let Err(err) = socket.send_with_str(&body) {
+                    break Err(err.into());
+                }
+            }
+            SocketNews::Text(text) => match serde_json::from_str::<StreamEvent>(&text) {
+                Ok(event) => {
+                    let terminal = event.is_terminal();
+                    on_event(event);
+                    if terminal {
+                        break Ok(());
+                    }
+                }
+                Err(err) => {
+                    break Err(CallError::Failed(format!(
+                        "an event was not readable: {err}"
+                    )));
+                }
+            },
+            SocketNews::Closed { code, reason } => {
+                let why = if reason.is_empty() {
+                    format!("code {code}")
+                } else {
+                    format!("{reason}, code {code}")
+                };
+                break Err(CallError::Failed(if opened {
+                    format!("the WebSocket closed before the answer was complete ({why})")
+                } else {
+                    format!("the WebSocket to the relay could not be opened ({why})")
+                }));
+            }
+            SocketNews::Aborted => break Err(CallError::Aborted),
+        }
+    };
+    socket.set_onopen(None);
+    socket.set_onmessage(None);
+    socket.set_onclose(None);
+    abort.signal().set_onabort(None);
+    // Done, stopped or broken: closing tells the relay to cancel whatever is still running.
+    let _ = socket.close_with_code(1000);
+    outcome
 }

@@ -1,20 +1,24 @@
-//! The chat page: model and routing-hint pickers filled from `/v1/models`, the conversation with
-//! each answer growing token by token (announced to screen readers through `aria-live`), the facts
-//! under each answer (model, time to first token, tokens per second, total time, usage, route),
-//! inline errors with a retry, and a composer where Enter sends, Shift+Enter adds a line, and
-//! Stop cancels the answer being streamed.
+//! The chat page: model, routing-hint and transport pickers (the models from `/v1/models`), the
+//! conversation with each answer growing token by token as Markdown (announced to screen readers
+//! through `aria-live`), the facts under each answer (model, time to first token in the browser
+//! and at the relay, tokens per second, total time, usage, source and route reason), inline
+//! errors with a retry, and a composer where Enter sends, Shift+Enter adds a line, and Stop
+//! cancels the answer being streamed. Every finished request is added to the latency
+//! [`History`] the dashboard reads.
 
 use fm_protocol::{ChatRequest, ModelInfo, ResponseSource, StreamEvent, validate_chat_request};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use web_sys::AbortController;
 
-use crate::api::{self, CallError};
+use crate::api::{self, CallError, Transport};
+use crate::history::{Ending, History, Sample};
+use crate::markdown::Markdown;
 use crate::store::{self, Facts, Turn, TurnState};
 
 /// The page.
 #[component]
-pub fn ChatPage() -> impl IntoView {
+pub fn ChatPage(history: History) -> impl IntoView {
     let turns = RwSignal::new(store::load());
     let next_id = StoredValue::new(
         turns
@@ -28,6 +32,7 @@ pub fn ChatPage() -> impl IntoView {
     let models = RwSignal::new(Vec::<ModelInfo>::new());
     let model = RwSignal::new(String::new());
     let hint = RwSignal::new(String::new());
+    let transport = RwSignal::new(store::load_transport());
     let draft = RwSignal::new(String::new());
     let validation = RwSignal::new(None::<String>);
     // The call in flight, to stop it.
@@ -45,7 +50,7 @@ pub fn ChatPage() -> impl IntoView {
 
     // Sends `prompt` as a new turn (or as `retry` of a failed one).
     let send = move |prompt: String, retry: Option<Turn>| {
-        let history = turns.with_untracked(|all| {
+        let messages = turns.with_untracked(|all| {
             let before: Vec<Turn> = all
                 .iter()
                 .copied()
@@ -54,7 +59,7 @@ pub fn ChatPage() -> impl IntoView {
             store::history_for(&before, &prompt)
         });
         let request = ChatRequest {
-            messages: history,
+            messages,
             model: Some(model.get_untracked()).filter(|m| !m.is_empty()),
             routing_hint: Some(hint.get_untracked()).filter(|h| !h.trim().is_empty()),
             ..ChatRequest::default()
@@ -92,19 +97,30 @@ pub fn ChatPage() -> impl IntoView {
         };
         current.set_value(Some(abort.clone()));
         streaming.set(true);
+        let via = transport.get_untracked();
+        let asked_model = request.model.clone().unwrap_or_default();
         spawn_local(async move {
+            let sent_at_ms = js_sys::Date::now();
             let sent = api::now_ms();
-            let mut facts = Facts::default();
-            let outcome = api::stream_chat(&request, &abort, |event| match event {
-                StreamEvent::Start { model, .. } => facts.model = model,
+            turn.facts.update(|facts| facts.transport = via);
+            let mut first_text_seen = false;
+            let outcome = api::stream_chat(via, &request, &abort, |event| match event {
+                StreamEvent::Start { model, .. } => turn.facts.update(|facts| facts.model = model),
                 StreamEvent::TextDelta { text } => {
                     turn.answer.update(|answer| answer.push_str(&text));
-                    if facts.ttft_ms.is_none() {
-                        facts.ttft_ms = Some(api::now_ms() - sent);
-                        turn.facts.set(facts.clone());
+                    if !first_text_seen {
+                        first_text_seen = true;
+                        // Measured in a task queued after the DOM update the new text scheduled,
+                        // so the time includes putting the text on the page.
+                        spawn_local(async move {
+                            let ttft = api::now_ms() - sent;
+                            turn.facts.update(|facts| facts.ttft_ms = Some(ttft));
+                        });
                     }
                 }
-                StreamEvent::Usage { usage } => facts.usage = Some(usage),
+                StreamEvent::Usage { usage } => {
+                    turn.facts.update(|facts| facts.usage = Some(usage))
+                }
                 StreamEvent::Failover {
                     discard_partial, ..
                 } => {
@@ -116,21 +132,25 @@ pub fn ChatPage() -> impl IntoView {
                     usage,
                     route,
                     degraded,
+                    timings,
                     ..
                 } => {
-                    facts.usage = Some(usage);
-                    facts.model = route.model;
-                    facts.region = route.region;
-                    facts.source = Some(route.source);
-                    facts.route_reason = route.reason;
-                    facts.degraded = degraded;
-                    facts.total_ms = Some(api::now_ms() - sent);
-                    turn.facts.set(facts.clone());
+                    turn.facts.update(|facts| {
+                        facts.usage = Some(usage);
+                        facts.model = route.model;
+                        facts.region = route.region;
+                        facts.source = Some(route.source);
+                        facts.route_reason = route.reason;
+                        facts.degraded = degraded;
+                        facts.server_ttft_ms = timings.ttft_ms;
+                        facts.server_total_ms = Some(timings.total_ms);
+                        facts.total_ms = Some(api::now_ms() - sent);
+                    });
                     turn.state.set(TurnState::Done);
                 }
                 StreamEvent::Error { message, .. } => {
-                    facts.total_ms = Some(api::now_ms() - sent);
-                    turn.facts.set(facts.clone());
+                    turn.facts
+                        .update(|facts| facts.total_ms = Some(api::now_ms() - sent));
                     turn.state.set(TurnState::Failed(message));
                 }
             })
@@ -146,6 +166,30 @@ pub fn ChatPage() -> impl IntoView {
             current.set_value(None);
             streaming.set(false);
             turns.with_untracked(|all| store::save(all));
+            // Queued behind the TTFT measurement, which may still be pending.
+            spawn_local(async move {
+                let facts = turn.facts.get_untracked();
+                let ending = match turn.state.get_untracked() {
+                    TurnState::Done => Ending::Done,
+                    TurnState::Stopped => Ending::Stopped,
+                    _ => Ending::Failed,
+                };
+                let complete = ending == Ending::Done && !facts.degraded;
+                history.record(Sample {
+                    at_ms: sent_at_ms,
+                    model: if facts.model.is_empty() {
+                        asked_model
+                    } else {
+                        facts.model
+                    },
+                    transport: via,
+                    ending,
+                    ttft_ms: facts.ttft_ms,
+                    total_ms: facts.total_ms.filter(|_| complete),
+                    server_ttft_ms: facts.server_ttft_ms,
+                    server_total_ms: facts.server_total_ms.filter(|_| complete),
+                });
+            });
         });
     };
 
@@ -170,7 +214,6 @@ pub fn ChatPage() -> impl IntoView {
     view! {
         <main>
             <header>
-                <h1>"FM Relay"</h1>
                 <label>
                     "Model"
                     <select
@@ -193,6 +236,23 @@ pub fn ChatPage() -> impl IntoView {
                         prop:value=move || hint.get()
                         on:input=move |ev| hint.set(event_target_value(&ev))
                     />
+                </label>
+                <label>
+                    "Transport"
+                    <select
+                        aria-label="Transport"
+                        on:change=move |ev| {
+                            if let Some(chosen) = Transport::from_id(&event_target_value(&ev)) {
+                                transport.set(chosen);
+                                store::save_transport(chosen);
+                            }
+                        }
+                    >
+                        {Transport::ALL
+                            .into_iter()
+                            .map(|t| view! { <option value=t.id() selected=move || transport.get() == t>{t.label()}</option> })
+                            .collect_view()}
+                    </select>
                 </label>
                 <button type="button" on:click=clear>"New conversation"</button>
             </header>
@@ -232,7 +292,7 @@ pub fn ChatPage() -> impl IntoView {
 
 /// One turn: the prompt, the answer as it grows, and its facts or its error.
 #[component]
-fn TurnView(turn: Turn, on_retry: Callback<Turn>) -> impl IntoView {
+pub fn TurnView(turn: Turn, on_retry: Callback<Turn>) -> impl IntoView {
     let failed = move || match turn.state.get() {
         TurnState::Failed(message) => Some(message),
         _ => None,
@@ -241,7 +301,7 @@ fn TurnView(turn: Turn, on_retry: Callback<Turn>) -> impl IntoView {
         <article class="turn" data-state=move || state_name(&turn.state.get())>
             <div class="prompt">{move || turn.prompt.get()}</div>
             <div class="answer" aria-live="polite" aria-busy=move || (turn.state.get() == TurnState::Streaming).to_string()>
-                {move || turn.answer.get()}
+                <Markdown text=turn.answer />
             </div>
             <FactsView turn=turn />
             {move || failed().map(|message| view! {
@@ -268,8 +328,10 @@ fn FactsView(turn: Turn) -> impl IntoView {
                 if !facts.model.is_empty() {
                     parts.push(format!("model {}", facts.model));
                 }
-                if let Some(ttft) = facts.ttft_ms {
-                    parts.push(format!("TTFT {ttft:.0} ms"));
+                match (facts.ttft_ms, facts.server_ttft_ms) {
+                    (Some(ttft), Some(relay)) => parts.push(format!("TTFT {ttft:.0} ms (relay {relay:.0} ms)")),
+                    (Some(ttft), None) => parts.push(format!("TTFT {ttft:.0} ms")),
+                    _ => {}
                 }
                 if let Some(rate) = facts.tokens_per_second() {
                     parts.push(format!("{rate:.0} tokens/s"));
@@ -286,7 +348,15 @@ fn FactsView(turn: Turn) -> impl IntoView {
                 if facts.degraded {
                     parts.push("degraded answer".into());
                 }
-                parts.into_iter().map(|part| view! { <span>{part}</span> }).collect_view()
+                if !facts.model.is_empty() {
+                    parts.push(format!("via {}", facts.transport.label()));
+                }
+                let reason = (!facts.route_reason.is_empty())
+                    .then(|| view! { <span class="route-reason">{format!("route: {}", facts.route_reason)}</span> });
+                view! {
+                    {parts.into_iter().map(|part| view! { <span>{part}</span> }).collect_view()}
+                    {reason}
+                }
             }}
         </div>
     }

@@ -5,6 +5,8 @@ use fm_protocol::{Message, ResponseSource, Usage};
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::api::Transport;
+
 /// Where the conversation is saved.
 pub const STORAGE_KEY: &str = "fm-relay.conversation.v1";
 
@@ -32,6 +34,14 @@ pub struct Facts {
     pub ttft_ms: Option<f64>,
     /// Browser-side: from sending the request to the last event.
     pub total_ms: Option<f64>,
+    /// The relay's own time to first token for this request (from its `done` event).
+    #[serde(default)]
+    pub server_ttft_ms: Option<f64>,
+    /// The relay's own total time for this request.
+    #[serde(default)]
+    pub server_total_ms: Option<f64>,
+    #[serde(default)]
+    pub transport: Transport,
     pub usage: Option<Usage>,
     pub degraded: bool,
 }
@@ -115,7 +125,8 @@ pub fn history_for(turns: &[Turn], prompt: &str) -> Vec<Message> {
     messages
 }
 
-fn local_storage() -> Option<web_sys::Storage> {
+/// The browser's `localStorage`, when the page may use it.
+pub fn local_storage() -> Option<web_sys::Storage> {
     web_sys::window()?.local_storage().ok()?
 }
 
@@ -140,5 +151,22 @@ pub fn load() -> Vec<Turn> {
 pub fn clear() {
     if let Some(storage) = local_storage() {
         let _ = storage.remove_item(STORAGE_KEY);
+    }
+}
+
+/// Where the chosen transport is saved.
+const TRANSPORT_KEY: &str = "fm-relay.transport.v1";
+
+/// The transport chosen last time (SSE unless WebSocket was picked).
+pub fn load_transport() -> Transport {
+    local_storage()
+        .and_then(|storage| storage.get_item(TRANSPORT_KEY).ok().flatten())
+        .and_then(|id| Transport::from_id(&id))
+        .unwrap_or_default()
+}
+
+pub fn save_transport(transport: Transport) {
+    if let Some(storage) = local_storage() {
+        let _ = storage.set_item(TRANSPORT_KEY, transport.id());
     }
 }

@@ -3,10 +3,12 @@
 //!
 //! - **Exact**: the key is a SHA-256 of everything that changes the answer: the model, the system
 //!   prompt, the messages, `max_tokens`, the temperature and the stop sequences.
-//! - **Semantic**: within one *scope* (same model, system prompt, parameters, and the same
-//!   numbers and negations in the conversation) the conversation's local [`embedding`] is
-//!   compared with the cached ones; the most similar at or above the configured threshold is a
-//!   hit.
+//! - **Semantic**: within one *scope* (same model, system prompt, parameters, the same earlier
+//!   conversation word for word, and the same numbers and negations in the new message) the new
+//!   message's local [`embedding`] is compared with the cached ones; the most similar at or above
+//!   the configured threshold is a hit. Only the last message is compared: a chat resends its
+//!   whole history with every question, and a long shared history would otherwise make any two
+//!   follow-up questions look alike.
 //! - **Freshness**: an answer is served normally for `ttl_secs`; it is kept `stale_secs` longer,
 //!   when it is served only if every target of the plan failed (step "cache" of the failover
 //!   plan, before the degraded answer).
@@ -127,7 +129,7 @@ impl AnswerCache {
 
     /// The keys of `request` answered by `model`.
     pub fn keys(&self, model: &str, request: &ChatRequest) -> CacheKeys {
-        let conversation = conversation(request);
+        let (question, earlier) = split_question(request);
         let material = |messages, guard_terms| KeyMaterial {
             model,
             system: request.system.as_deref(),
@@ -138,15 +140,18 @@ impl AnswerCache {
             guard_terms,
         };
         let exact = digest(&material(Some(&request.messages), None));
-        let scope = digest(&material(None, Some(embedding::guard_terms(&conversation))));
+        let scope = digest(&material(
+            Some(earlier),
+            Some(embedding::guard_terms(question)),
+        ));
         CacheKeys { exact, scope }
     }
 
-    /// The embedding of `request`'s conversation, when the semantic cache is on.
+    /// The embedding of `request`'s new message, when the semantic cache is on.
     fn embedding(&self, request: &ChatRequest) -> Option<embedding::Embedding> {
         self.config
             .semantic
-            .then(|| embedding::embed(&conversation(request)))
+            .then(|| embedding::embed(split_question(request).0))
     }
 
     /// The cached answer for `keys`: exact first, then the most similar; a stale one only when
@@ -297,14 +302,12 @@ impl AnswerCache {
     }
 }
 
-/// The conversation's text, as keys and embeddings read it.
-fn conversation(request: &ChatRequest) -> String {
-    request
-        .messages
-        .iter()
-        .map(|message| message.content.as_str())
-        .collect::<Vec<_>>()
-        .join("\n")
+/// The new message (the last one), and the conversation before it.
+fn split_question(request: &ChatRequest) -> (&str, &[Message]) {
+    match request.messages.split_last() {
+        Some((last, earlier)) => (last.content.as_str(), earlier),
+        None => ("", &[]),
+    }
 }
 
 fn digest(material: &KeyMaterial<'_>) -> String {
@@ -429,6 +432,65 @@ mod tests {
         assert_eq!((stats.exact_hits, stats.semantic_hits), (1, 1));
         assert_eq!(stats.misses, 4);
         assert_eq!(stats.stored, 2);
+    }
+
+    #[tokio::test]
+    async fn follow_ups_match_only_on_the_new_message_of_the_same_conversation() {
+        let cache = cache(true).await;
+        let history = |question: &str, earlier: &str| ChatRequest {
+            messages: vec![
+                Message::user(earlier),
+                // A long shared answer dominates an embedding of the whole conversation.
+                Message::assistant("The relay streams tokens as they arrive. ".repeat(40)),
+                Message::user(question),
+            ],
+            ..ChatRequest::default()
+        };
+        let first = history(
+            "Show me code that reads the first token",
+            "How does it stream?",
+        );
+        cache.store(
+            cache.keys("m", &first),
+            &first,
+            "m",
+            "fn first_token() {}".into(),
+            StopReason::EndTurn,
+            Usage::default(),
+        );
+        let lookup = |request: ChatRequest| {
+            let cache = cache.clone();
+            async move {
+                cache
+                    .lookup(&cache.keys("m", &request), &request, false)
+                    .await
+            }
+        };
+        assert!(
+            lookup(history(
+                "Explain failover across regions in detail",
+                "How does it stream?"
+            ))
+            .await
+            .is_none(),
+            "another follow-up of the same conversation is another question"
+        );
+        assert!(
+            lookup(history(
+                "show me code that reads the first token",
+                "Why is it fast?"
+            ))
+            .await
+            .is_none(),
+            "the same question after another conversation may mean something else"
+        );
+        let rephrased = lookup(history(
+            "show me code that reads the first token?",
+            "How does it stream?",
+        ))
+        .await
+        .expect("the same follow-up, rephrased");
+        assert!(matches!(rephrased.matched, Match::Semantic(_)));
     }
 
     #[tokio::test]

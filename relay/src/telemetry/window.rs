@@ -133,8 +133,8 @@ impl LiveWindow {
                     requests: recent.len() as u64,
                     errors: errors as u64,
                     failed_attempts: failed_attempts as u64,
-                    ttft_ms: percentiles(ok().filter_map(|o| o.ttft_ms).collect()),
-                    total_ms: percentiles(ok().map(|o| o.total_ms).collect()),
+                    ttft_ms: Percentiles::nearest_rank(ok().filter_map(|o| o.ttft_ms).collect()),
+                    total_ms: Percentiles::nearest_rank(ok().map(|o| o.total_ms).collect()),
                     targets: Vec::new(),
                 }
             })
@@ -143,22 +143,6 @@ impl LiveWindow {
 }
 
 /// Nearest-rank percentiles, or `None` for no values.
-fn percentiles(mut values: Vec<f64>) -> Option<Percentiles> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_unstable_by(f64::total_cmp);
-    let rank = |p: f64| {
-        let index = ((p / 100.0) * values.len() as f64).ceil() as usize;
-        values[index.clamp(1, values.len()) - 1]
-    };
-    Some(Percentiles {
-        p50: rank(50.0),
-        p95: rank(95.0),
-        p99: rank(99.0),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,16 +153,6 @@ mod tests {
             ttft_ms,
             total_ms,
         }
-    }
-
-    #[test]
-    fn percentiles_use_the_nearest_rank() {
-        let values: Vec<f64> = (1..=100).rev().map(f64::from).collect();
-        let p = percentiles(values).unwrap();
-        assert_eq!((p.p50, p.p95, p.p99), (50.0, 95.0, 99.0));
-        let one = percentiles(vec![7.0]).unwrap();
-        assert_eq!((one.p50, one.p99), (7.0, 7.0));
-        assert_eq!(percentiles(Vec::new()), None);
     }
 
     #[test]

@@ -1,0 +1,71 @@
+// What the browser test and the browser benchmark share: starting the relay and fm-sim from
+// their binaries (each announces its address in its log), polling for a condition, reading the
+// simulator's counters, and launching Debian's Chromium through playwright-core.
+
+import { spawn } from 'node:child_process';
+import { chromium } from 'playwright-core';
+
+const children = [];
+
+/// Starts a binary and resolves with the first URL its log announces under `field`.
+export function start(bin, args, field) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(bin, args, { env: { ...process.env, RUST_LOG: 'info', NO_COLOR: '1' } });
+    children.push(child);
+    let log = '';
+    const timer = setTimeout(() => reject(new Error(`${bin} did not start:\n${log}`)), 30000);
+    child.stderr.on('data', (chunk) => {
+      log += chunk;
+      const match = log.match(new RegExp(`${field}=(http://[0-9.:]+)`));
+      if (match) {
+        clearTimeout(timer);
+        resolve(match[1]);
+      }
+    });
+    child.on('exit', (code) => reject(new Error(`${bin} exited with ${code}:\n${log}`)));
+  });
+}
+
+/// Stops everything `start` started.
+export function stopAll() {
+  children.forEach((child) => child.kill());
+}
+
+/// Runs `main`, then stops the binaries and exits 0, or prints the error and exits 1.
+export function run(main) {
+  main()
+    .then(() => {
+      stopAll();
+      process.exit(0);
+    })
+    .catch((err) => {
+      console.error(err);
+      stopAll();
+      process.exit(1);
+    });
+}
+
+/// The simulator's counters (`GET /_sim/stats`).
+export async function simStats(simUrl) {
+  const response = await fetch(`${simUrl}/_sim/stats`);
+  return response.json();
+}
+
+/// Waits until `check` returns a truthy value, polling every 20 ms, for at most `ms`.
+export async function until(what, check, ms = 20000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/// Headless Chromium (Debian's, or $CHROMIUM).
+export function launchBrowser() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+}

@@ -1,0 +1,29 @@
+//! # fm-web — the FM Relay chat page and TTFT dashboard
+//!
+//! A Leptos app rendered in the browser and served by `fm-relay` at `/`. It streams answers from
+//! the relay over SSE (`fetch`) or a WebSocket and paints them token by token as Markdown,
+//! measures the time to first token in the browser beside the relay's own figure, keeps the
+//! conversation and a bounded latency history in `localStorage`, and validates every request with
+//! the same `fm_protocol` function the relay runs.
+//!
+//! Modules: [`api`] (the relay's API: models, statistics, streaming chat over either transport,
+//! cancellation), [`store`] (the conversation and what is saved of it), [`history`] (the latency
+//! history and its summaries), [`markdown`] (answers as DOM), [`charts`] (SVG charts),
+//! [`chat`] and [`dashboard`] (the two pages), [`app`] (the shell that switches between them).
+
+pub mod api;
+pub mod app;
+pub mod charts;
+pub mod chat;
+pub mod dashboard;
+pub mod history;
+pub mod markdown;
+pub mod store;
+
+#[cfg(test)]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
+
+/// Mounts the app on the page's `<body>`.
+pub fn mount() {
+    leptos::mount::mount_to_body(app::App);
+}
