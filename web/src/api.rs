@@ -5,6 +5,8 @@
 //! and the call is cancelled through its `AbortController`: the relay sees the disconnect (or the
 //! closed socket) and cancels the upstream call.
 
+use std::cell::RefCell;
+
 use fm_protocol::{ApiErrorBody, ChatRequest, ModelList, SseDecoder, StatsResponse, StreamEvent};
 use futures_util::StreamExt;
 use js_sys::{Reflect, Uint8Array};
@@ -25,7 +27,7 @@ pub enum Transport {
     /// Server-sent events over `fetch` streaming.
     #[default]
     Sse,
-    /// One WebSocket per request, the events as JSON text frames.
+    /// A WebSocket kept open between requests, the events as JSON text frames.
     WebSocket,
 }
 
@@ -223,15 +225,55 @@ fn socket_url() -> Result<String, CallError> {
     Ok(format!("{scheme}://{}/v1/ws", location.host()?))
 }
 
-/// `GET /v1/ws`: one socket per request, closed when the answer ends or `abort` fires (the relay
-/// cancels the upstream call when the socket closes).
+thread_local! {
+    /// The page's socket to `/v1/ws`, kept open between requests so an answer does not wait for
+    /// a handshake (the relay answers any number of requests on one socket).
+    static SOCKET: RefCell<Option<WebSocket>> = const { RefCell::new(None) };
+}
+
+/// The open (or opening) socket, or a new one.
+fn socket() -> Result<WebSocket, CallError> {
+    let reusable = SOCKET.with_borrow(|slot| {
+        slot.clone().filter(|socket| {
+            matches!(
+                socket.ready_state(),
+                WebSocket::OPEN | WebSocket::CONNECTING
+            )
+        })
+    });
+    if let Some(socket) = reusable {
+        return Ok(socket);
+    }
+    let socket = WebSocket::new(&socket_url()?)?;
+    SOCKET.with_borrow_mut(|slot| *slot = Some(socket.clone()));
+    Ok(socket)
+}
+
+/// Opens the socket ahead of the first request (when the user picks the WebSocket transport).
+pub fn warm_up_socket() {
+    let _ = socket();
+}
+
+/// Closes the socket (the relay cancels what it was answering); the next request opens another.
+fn drop_socket(socket: &WebSocket) {
+    let _ = socket.close_with_code(1000);
+    SOCKET.with_borrow_mut(|slot| {
+        if slot.as_ref() == Some(socket) {
+            *slot = None;
+        }
+    });
+}
+
+/// `GET /v1/ws`: sends the request on the page's socket and reads its events until the terminal
+/// one. The socket stays open for the next request unless the answer failed or `abort` fired;
+/// then it is closed, which makes the relay cancel the upstream call.
 async fn stream_chat_ws(
     request: &ChatRequest,
     abort: &AbortController,
     mut on_event: impl FnMut(StreamEvent),
 ) -> Result<(), CallError> {
     let body = encode(request)?;
-    let socket = WebSocket::new(&socket_url()?)?;
+    let socket = socket()?;
     let (news, mut inbox) = futures_channel::mpsc::unbounded::<SocketNews>();
     let tell = move |item: SocketNews| {
         // The receiver lives until the handlers are detached below.
@@ -266,7 +308,11 @@ async fn stream_chat_ws(
         .signal()
         .set_onabort(Some(on_abort.as_ref().unchecked_ref()));
 
-    let mut opened = false;
+    let mut opened = socket.ready_state() == WebSocket::OPEN;
+    if opened && let Err(err) = socket.send_with_str(&body) {
+        drop_socket(&socket);
+        return Err(err.into());
+    }
     let outcome = loop {
         let Some(news) = inbox.next().await else {
             break Err(CallError::Failed("the WebSocket went away".into()));
@@ -311,7 +357,9 @@ async fn stream_chat_ws(
     socket.set_onmessage(None);
     socket.set_onclose(None);
     abort.signal().set_onabort(None);
-    // Done, stopped or broken: closing tells the relay to cancel whatever is still running.
-    let _ = socket.close_with_code(1000);
+    if outcome.is_err() {
+        // Stopped or broken: closing tells the relay to cancel whatever is still running.
+        drop_socket(&socket);
+    }
     outcome
 }

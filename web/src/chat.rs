@@ -33,6 +33,9 @@ pub fn ChatPage(history: History) -> impl IntoView {
     let model = RwSignal::new(String::new());
     let hint = RwSignal::new(String::new());
     let transport = RwSignal::new(store::load_transport());
+    if transport.get_untracked() == Transport::WebSocket {
+        api::warm_up_socket();
+    }
     let draft = RwSignal::new(String::new());
     let validation = RwSignal::new(None::<String>);
     // The call in flight, to stop it.
@@ -245,6 +248,9 @@ pub fn ChatPage(history: History) -> impl IntoView {
                             if let Some(chosen) = Transport::from_id(&event_target_value(&ev)) {
                                 transport.set(chosen);
                                 store::save_transport(chosen);
+                                if chosen == Transport::WebSocket {
+                                    api::warm_up_socket();
+                                }
                             }
                         }
                     >
