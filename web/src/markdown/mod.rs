@@ -79,6 +79,9 @@ fn render(node: Node) -> AnyView {
 
 const HEADINGS: [&str; 6] = ["h1", "h2", "h3", "h4", "h5", "h6"];
 
+/// How long the copy button says "Copied" (or "Copy failed").
+const COPIED_LABEL_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What the copy button last did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Copied {
@@ -107,6 +110,13 @@ fn CodeBlock(language: String, code: String) -> impl IntoView {
                 Copied::Failed
             };
             copied.set(outcome);
+            // The label goes back after a moment, ready for another copy.
+            set_timeout(
+                move || {
+                    let _ = copied.try_set(Copied::Not);
+                },
+                COPIED_LABEL_FOR,
+            );
         });
     };
     view! {
