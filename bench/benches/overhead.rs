@@ -6,8 +6,8 @@
 //!
 //! Run: `cargo bench -p fm-bench --bench overhead` (env `BENCH_SECS`, default 5 per scenario;
 //! `BENCH_CONCURRENCY`, default `1,64`; `BENCH_ROUTES`, default `sync,stream`;
-//! `BENCH_SYNC_RATE` / `BENCH_STREAM_RATE`, default 4000 / 1000 requests per second for the paced
-//! scenarios at 64 connections). The simulator, the relay and the load generator each get their
+//! `BENCH_SYNC_RATE` / `BENCH_STREAM_RATE`, comma-separated rates in requests per second for the
+//! paced scenarios at 64 connections, default `1000,2000,4000` / `500,1000`). The simulator, the relay and the load generator each get their
 //! own tokio runtime in this one process; all three share the machine's two cores.
 //!
 //! Two kinds of load: closed loop (every connection sends again the moment it is answered, which
@@ -490,16 +490,19 @@ fn main() {
     report(&scenarios, &run);
     let paced: Vec<(Kind, usize, Load)> = kinds
         .iter()
-        .map(|&kind| {
+        .flat_map(|&kind| {
             let (variable, default) = match kind {
-                Kind::Sync => ("BENCH_SYNC_RATE", 4000.0),
-                Kind::Stream => ("BENCH_STREAM_RATE", 1000.0),
+                Kind::Sync => ("BENCH_SYNC_RATE", "1000,2000,4000"),
+                Kind::Stream => ("BENCH_STREAM_RATE", "500,1000"),
             };
-            let rate = std::env::var(variable)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(default);
-            (kind, PACED_CONCURRENCY, Load::Paced { rate })
+            let rates: Vec<f64> = std::env::var(variable)
+                .unwrap_or_else(|_| default.into())
+                .split(',')
+                .filter_map(|rate| rate.trim().parse().ok())
+                .collect();
+            rates
+                .into_iter()
+                .map(move |rate| (kind, PACED_CONCURRENCY, Load::Paced { rate }))
         })
         .collect();
     println!(
