@@ -286,15 +286,15 @@ impl ChunkEncoder {
         })
     }
 
-    fn push(chunk: &mut String, data: &str) {
-        chunk.push_str("data: ");
-        chunk.push_str(data);
-        chunk.push_str("\n\n");
+    fn push(chunk: &mut Vec<u8>, data: &str) {
+        chunk.extend_from_slice(b"data: ");
+        chunk.extend_from_slice(data.as_bytes());
+        chunk.extend_from_slice(b"\n\n");
     }
 }
 
 impl SseEncoder for ChunkEncoder {
-    fn encode(&mut self, event: &StreamEvent, chunk: &mut String) -> bool {
+    fn encode(&mut self, event: &StreamEvent, chunk: &mut Vec<u8>) -> bool {
         match event {
             StreamEvent::Start { model, .. } => {
                 self.model = model.clone();

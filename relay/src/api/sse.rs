@@ -61,15 +61,27 @@ pub(super) fn sse_response(body: Body) -> Response {
 /// Turns stream events into SSE text for one surface.
 pub(super) trait SseEncoder: Send + 'static {
     /// Appends the SSE events for `event` to `chunk`; `false` ends the body after them.
-    fn encode(&mut self, event: &StreamEvent, chunk: &mut String) -> bool;
+    fn encode(&mut self, event: &StreamEvent, chunk: &mut Vec<u8>) -> bool;
 }
 
 /// The native surface: one SSE event per stream event, named after it.
 struct NativeEvents;
 
 impl SseEncoder for NativeEvents {
-    fn encode(&mut self, event: &StreamEvent, chunk: &mut String) -> bool {
-        chunk.push_str(&encode_sse_frame(event.name(), &event.to_json()));
+    fn encode(&mut self, event: &StreamEvent, chunk: &mut Vec<u8>) -> bool {
+        // Compact JSON never contains a line break (serde_json escapes them inside strings), so
+        // the event is one `data:` line, serialised straight into the chunk: no string per event.
+        let start = chunk.len();
+        chunk.extend_from_slice(b"event: ");
+        chunk.extend_from_slice(event.name().as_bytes());
+        chunk.extend_from_slice(b"\ndata: ");
+        if serde_json::to_writer(&mut *chunk, event).is_err() {
+            // Not reachable for these types; `to_json` says what went wrong if it ever is.
+            chunk.truncate(start);
+            chunk.extend_from_slice(encode_sse_frame(event.name(), &event.to_json()).as_bytes());
+            return true;
+        }
+        chunk.extend_from_slice(b"\n\n");
         true
     }
 }
@@ -100,7 +112,7 @@ pub(super) fn sse_body(
         if state.ended {
             return None;
         }
-        let mut chunk = String::new();
+        let mut chunk = Vec::new();
         loop {
             tokio::select! {
                 biased;
@@ -123,7 +135,7 @@ pub(super) fn sse_body(
                         state.timer.as_mut().reset(due);
                         continue;
                     }
-                    chunk.push_str(": keep-alive\n\n");
+                    chunk.extend_from_slice(b": keep-alive\n\n");
                 }
             }
             break;
@@ -135,4 +147,63 @@ pub(super) fn sse_body(
         Some((Ok::<_, std::convert::Infallible>(Bytes::from(chunk)), state))
     });
     Body::from_stream(chunks)
+}
+
+#[cfg(test)]
+mod tests {
+    use fm_protocol::{
+        ErrorCode, ResponseSource, RouteInfo, SseDecoder, StopReason, Timings, Usage,
+    };
+
+    use super::*;
+
+    #[test]
+    fn native_events_are_the_protocols_sse_frames() {
+        let events = [
+            StreamEvent::Start {
+                request_id: "r1".into(),
+                model: "m".into(),
+            },
+            StreamEvent::TextDelta {
+                text: "two\nlines\r\nand \"quotes\" é".into(),
+            },
+            StreamEvent::Done {
+                stop_reason: StopReason::EndTurn,
+                usage: Usage::new(3, 4),
+                timings: Timings {
+                    ttft_ms: Some(1.5),
+                    total_ms: 2.0,
+                },
+                route: RouteInfo {
+                    model: "m".into(),
+                    provider: "bedrock".into(),
+                    region: "us-east-1".into(),
+                    source: ResponseSource::Primary,
+                    attempts: 1,
+                    reason: "asked".into(),
+                },
+                degraded: false,
+            },
+            StreamEvent::Error {
+                code: ErrorCode::UpstreamTimeout,
+                message: "slow\nupstream".into(),
+                retryable: true,
+            },
+        ];
+        let mut chunk = Vec::new();
+        for event in &events {
+            assert!(NativeEvents.encode(event, &mut chunk));
+        }
+        let expected: String = events
+            .iter()
+            .map(|event| encode_sse_frame(event.name(), &event.to_json()))
+            .collect();
+        assert_eq!(String::from_utf8(chunk.clone()).unwrap(), expected);
+        let decoded: Vec<StreamEvent> = SseDecoder::new()
+            .feed(&chunk)
+            .into_iter()
+            .map(|frame| frame.stream_event().unwrap())
+            .collect();
+        assert_eq!(decoded, events);
+    }
 }
