@@ -3,6 +3,7 @@
 //! driven through the DOM as a user would.
 
 use fm_web::chat::{ChatPage, TurnView};
+use fm_web::dashboard::DashboardPage;
 use fm_web::history::{Ending, History, MAX_SAMPLES, Sample};
 use fm_web::store::Turn;
 use leptos::prelude::*;
@@ -169,5 +170,85 @@ fn the_latency_history_is_bounded_and_survives_a_reload() {
     assert_eq!(samples.len(), MAX_SAMPLES);
     assert_eq!(samples[0].at_ms, 5.0, "the oldest went first");
     history.clear();
+    assert!(History::load().0.get_untracked().is_empty());
+}
+
+#[wasm_bindgen_test]
+async fn the_dashboard_summarises_and_charts_the_history_and_clears_it() {
+    let history = History::load();
+    history.clear();
+    let now = js_sys::Date::now();
+    for (i, (model, ttft)) in [("alpha", 40.0), ("alpha", 60.0), ("beta", 25.0)]
+        .into_iter()
+        .enumerate()
+    {
+        history.record(Sample {
+            at_ms: now - 1000.0 * (3 - i) as f64,
+            model: model.into(),
+            transport: Default::default(),
+            ending: Ending::Done,
+            ttft_ms: Some(ttft),
+            total_ms: Some(ttft * 10.0),
+            server_ttft_ms: Some(ttft - 2.0),
+            server_total_ms: Some(ttft * 10.0 - 2.0),
+        });
+    }
+    // An hour-old request is outside the default 15-minute window.
+    history.record(Sample {
+        at_ms: now - 3_600_000.0,
+        model: "old".into(),
+        transport: Default::default(),
+        ending: Ending::Done,
+        ttft_ms: Some(1.0),
+        total_ms: Some(1.0),
+        server_ttft_ms: None,
+        server_total_ms: None,
+    });
+    let root = container();
+    let _mounted = leptos::mount::mount_to(root.clone(), move || {
+        // Not shown: the relay is not asked (there is none here), the history is still summarised.
+        view! { <DashboardPage history=history shown=false /> }
+    });
+    settle().await;
+    let alpha = find(&root, "tr[data-model=alpha]");
+    assert_eq!(text_of(&alpha, ".ttft-browser"), "40 / 60 / 60 ms");
+    assert_eq!(text_of(&alpha, ".gap"), "2.0 ms");
+    assert_eq!(
+        text_of(&alpha, "td"),
+        "2 / 0",
+        "browser / relay request counts"
+    );
+    assert!(
+        root.query_selector("tr[data-model=beta]")
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        root.query_selector("tr[data-model=old]").unwrap().is_none(),
+        "outside the window"
+    );
+    let bars = root.query_selector_all("svg rect.bar").unwrap().length();
+    assert!(
+        bars >= 3,
+        "histogram bars for both models and the relay: {bars}"
+    );
+    assert_eq!(
+        root.query_selector_all("svg circle.point")
+            .unwrap()
+            .length(),
+        3,
+        "one point per request in the window"
+    );
+
+    let clear: HtmlElement = root
+        .query_selector_all("button")
+        .unwrap()
+        .get(1)
+        .unwrap()
+        .unchecked_into();
+    assert_eq!(clear.text_content().unwrap(), "Clear history");
+    clear.click();
+    settle().await;
+    assert!(text_of(&root, "table.summary").contains("No requests in this window yet."));
     assert!(History::load().0.get_untracked().is_empty());
 }
