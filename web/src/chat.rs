@@ -101,7 +101,11 @@ pub fn ChatPage(history: History) -> impl IntoView {
         current.set_value(Some(abort.clone()));
         streaming.set(true);
         let via = transport.get_untracked();
-        let asked_model = request.model.clone().unwrap_or_default();
+        // The model a failed request is filed under when no model answered.
+        let asked_model = request
+            .model
+            .clone()
+            .unwrap_or_else(|| "(default model)".to_string());
         spawn_local(async move {
             let sent_at_ms = js_sys::Date::now();
             let sent = api::now_ms();
