@@ -128,16 +128,7 @@ pub fn Histogram(
         })
         .collect_view();
     let y_ticks = y_axis(y_max, count_step, y, |count| format!("{count:.0}"));
-    view! {
-        <figure class="chart">
-            <svg viewBox=format!("0 0 {WIDTH} {HEIGHT}") role="img" aria-label=title.clone()>
-                {y_ticks}
-                {bars}
-                {x_labels}
-            </svg>
-            <figcaption>{title}" "<Legend series=series /></figcaption>
-        </figure>
-    }
+    chart(title, series, view! { {y_ticks} {bars} {x_labels} })
 }
 
 /// Durations (`y`, milliseconds) over time (`x`, milliseconds since the epoch).
@@ -201,12 +192,15 @@ pub fn TimeSeries(title: String, series: Vec<Series>) -> impl IntoView {
         })
         .collect_view();
     let y_ticks = y_axis(y_max, value_step, y, format_ms);
+    chart(title, series, view! { {y_ticks} {lines} {x_labels} })
+}
+
+/// A chart's frame: the SVG holding `plot`, labelled with `title`, and the caption with a legend.
+fn chart(title: String, series: Vec<Series>, plot: impl IntoView) -> impl IntoView {
     view! {
         <figure class="chart">
             <svg viewBox=format!("0 0 {WIDTH} {HEIGHT}") role="img" aria-label=title.clone()>
-                {y_ticks}
-                {lines}
-                {x_labels}
+                {plot}
             </svg>
             <figcaption>{title}" "<Legend series=series /></figcaption>
         </figure>
