@@ -361,33 +361,30 @@ fn read_list(lines: &[&str], at: &mut usize, first: ListMarker, ends_open: bool)
             *at -= 1;
         }
         items.push(item);
-        let next_marker = lines.get(*at).and_then(|l| ListMarker::of(l));
-        let blank_before = *at < lines.len() && lines[*at].trim().is_empty();
+        // The next item, after any blank lines (which make the list loose).
         let mut look = *at;
         while look < lines.len() && lines[look].trim().is_empty() {
             look += 1;
         }
-        match next_marker.or_else(|| lines.get(look).and_then(|l| ListMarker::of(l))) {
-            Some(next) if next.continues(&marker) && (next_marker.is_some() || look > *at) => {
-                loose |= blank_before;
+        match lines.get(look).and_then(|l| ListMarker::of(l)) {
+            Some(next) if next.continues(&marker) => {
+                loose |= look > *at;
                 *at = look;
                 marker = next;
             }
             _ => break,
         }
     }
+    // A blank line inside an item makes the list loose too.
+    loose |= items
+        .iter()
+        .any(|item| item.windows(2).any(|w| w[0].is_empty() && !w[1].is_empty()));
     let last_item = items.len().saturating_sub(1);
     let children = items
         .into_iter()
         .enumerate()
         .map(|(index, item)| {
             let open = ends_open && index == last_item && *at == lines.len();
-            loose |= item.windows(2).any(|w| w[0].is_empty() && !w[1].is_empty());
-            (item, open)
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|(item, open)| {
             let mut nodes = parse_nodes(&item, open);
             if !loose {
                 // A tight list shows its paragraphs without paragraph spacing.
