@@ -16,6 +16,9 @@ use crate::error::RelayError;
 /// The embedded default configuration, with comments.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");
 
+/// The longest `server.stream_batch_wait_us`: past this, batching would show as stutter.
+pub const MAX_STREAM_BATCH_WAIT_US: u64 = 10_000;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayConfig {
@@ -132,6 +135,9 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     pub sse_keep_alive_secs: u64,
     pub ws_max_queued_requests: usize,
+    /// In a burst of tokens, how long the first may wait for more to share its write (0: only
+    /// those already there).
+    pub stream_batch_wait_us: u64,
     /// The built chat UI (Trunk's `web/dist`), served at `/`; nothing is served when the folder
     /// does not exist.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -146,6 +152,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 10,
             sse_keep_alive_secs: 15,
             ws_max_queued_requests: 8,
+            stream_batch_wait_us: 100,
             web_dir: Some("web/dist".into()),
         }
     }
@@ -642,6 +649,12 @@ impl RelayConfig {
         if self.server.ws_max_queued_requests == 0 {
             return Err("`server.ws_max_queued_requests` must be greater than 0".into());
         }
+        if self.server.stream_batch_wait_us > MAX_STREAM_BATCH_WAIT_US {
+            return Err(format!(
+                "`server.stream_batch_wait_us` must be at most {MAX_STREAM_BATCH_WAIT_US} (10 ms), got {}",
+                self.server.stream_batch_wait_us
+            ));
+        }
         if self.bedrock.mode == BedrockMode::Endpoint && self.bedrock.endpoint.is_none() {
             return Err("`bedrock.mode` is \"endpoint\" but `bedrock.endpoint` is not set".into());
         }
@@ -716,6 +729,11 @@ mod tests {
             .to_string();
         assert!(err.contains("budget_window_secs"), "{err}");
         for (from, to, expected) in [
+            (
+                "stream_batch_wait_us = 100",
+                "stream_batch_wait_us = 20000",
+                "`server.stream_batch_wait_us` must be at most 10000",
+            ),
             (
                 "fallback_models = [\"nova-lite\"]",
                 "fallback_models = [\"gpt-9\"]",

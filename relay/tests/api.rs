@@ -468,6 +468,98 @@ async fn health_and_models_describe_the_relay() {
     assert_eq!(models.models[0].context_window, 100_000);
 }
 
+/// The relay's stream write counters: (events sent, writes that carried them).
+async fn stream_writes(harness: &Harness) -> (u64, u64) {
+    let metrics = harness
+        .http
+        .get(harness.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counter = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no `{name}` in\n{metrics}"))
+    };
+    (
+        counter("fm_relay_stream_events_total"),
+        counter("fm_relay_stream_writes_total"),
+    )
+}
+
+#[tokio::test]
+async fn bursts_of_tokens_share_writes_and_paced_tokens_go_out_one_by_one() {
+    // A generous wait, so that a busy test machine cannot cut the bursts short.
+    let harness = start_with(sim_config(), |config| {
+        config.server.stream_batch_wait_us = 5_000;
+    })
+    .await;
+    let ask = |model: &str, max_tokens: u32| {
+        serde_json::json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "Tell me how a relay streams tokens."}],
+            "max_tokens": max_tokens,
+        })
+        .to_string()
+    };
+
+    // The plain model answers at once: its tokens reach the relay as a burst.
+    let burst = sse_events(harness.post("/v1/chat/stream", ask("plain", 200)).await).await;
+    assert!(matches!(burst.last(), Some(StreamEvent::Done { .. })));
+    let texts = burst
+        .iter()
+        .filter(|event| matches!(event, StreamEvent::TextDelta { .. }))
+        .count();
+    assert!(texts >= 20, "{burst:?}");
+    let (events, writes) = stream_writes(&harness).await;
+    assert_eq!(events, burst.len() as u64);
+    assert!(
+        writes * 2 <= events,
+        "{events} events of a burst took {writes} writes"
+    );
+
+    // Over a WebSocket too.
+    let url = format!("ws://{}/v1/ws", harness.relay.addr());
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    socket
+        .send(WsMessage::text(ask("plain", 200)))
+        .await
+        .unwrap();
+    let mut frames = 0;
+    loop {
+        let frame = socket.next().await.unwrap().unwrap();
+        frames += 1;
+        let event: StreamEvent = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+        if event.is_terminal() {
+            assert!(matches!(event, StreamEvent::Done { .. }), "{event:?}");
+            break;
+        }
+    }
+    let (all_events, all_writes) = stream_writes(&harness).await;
+    let (ws_events, ws_writes) = (all_events - events, all_writes - writes);
+    assert_eq!(ws_events, frames);
+    assert!(
+        ws_writes * 2 <= ws_events,
+        "{ws_events} WebSocket events of a burst took {ws_writes} flushes"
+    );
+
+    // The paced model sends 20 tokens a second: none waits for the next. Only the start event
+    // may share the first text's write, and the closing events the last text's.
+    let paced = sse_events(harness.post("/v1/chat/stream", ask("paced", 8)).await).await;
+    assert!(matches!(paced.last(), Some(StreamEvent::Done { .. })));
+    let (after_events, after_writes) = stream_writes(&harness).await;
+    let (paced_events, paced_writes) = (after_events - all_events, after_writes - all_writes);
+    assert_eq!(paced_events, paced.len() as u64);
+    assert!(
+        paced_writes + 3 >= paced_events,
+        "{paced_events} paced events went out in only {paced_writes} writes"
+    );
+}
+
 #[tokio::test]
 async fn a_quiet_stream_carries_keep_alive_comments() {
     let harness = start_with(sim_config(), |config| {

@@ -25,7 +25,7 @@ use crate::error::{RelayError, RequestError};
 use crate::resilience::{ChatEventStream, Executor, RequestContext};
 use crate::routing::{ModelCatalog, RouteDecision};
 use crate::shutdown::{Phase, Shutdown};
-use crate::telemetry::LiveWindow;
+use crate::telemetry::{LiveWindow, StreamWrites};
 use extract::RequestId;
 
 /// What every handler shares.
@@ -45,7 +45,11 @@ struct AppInner {
     shutdown: Shutdown,
     /// WebSocket sessions outlive their HTTP request; shutdown waits for them here.
     ws_sessions: TaskTracker,
+    stream_writes: Arc<StreamWrites>,
 }
+
+/// The most events one write to a streaming client carries.
+pub(crate) const MAX_EVENTS_PER_WRITE: usize = 64;
 
 impl AppState {
     pub fn new(
@@ -67,6 +71,7 @@ impl AppState {
                 window,
                 shutdown,
                 ws_sessions: TaskTracker::new(),
+                stream_writes: Arc::default(),
             }),
         }
     }
@@ -99,6 +104,11 @@ impl AppState {
     /// The tracker of open WebSocket sessions.
     pub fn ws_tracker(&self) -> &TaskTracker {
         &self.inner.ws_sessions
+    }
+
+    /// Events sent to streaming clients, and the writes that carried them.
+    pub fn stream_writes(&self) -> &Arc<StreamWrites> {
+        &self.inner.stream_writes
     }
 }
 

@@ -16,7 +16,7 @@
 //! from scratch cannot be taken back from an OpenAI client, so that too ends with an error rather
 //! than a spliced text.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -172,7 +172,6 @@ async fn chat_completions(
         let request = completion.to_chat_request()?;
         if completion.stream {
             let events = open_stream(&state, request_id.clone(), request).await?;
-            let keep_alive = Duration::from_secs(state.config().server.sse_keep_alive_secs);
             let encoder = ChunkEncoder {
                 id: format!("chatcmpl-{request_id}"),
                 created: unix_seconds(),
@@ -181,7 +180,7 @@ async fn chat_completions(
                 usage: Usage::default(),
                 sent_text: false,
             };
-            Ok(sse_response(sse_body(events, keep_alive, encoder)))
+            Ok(sse_response(sse_body(&state, events, encoder)))
         } else {
             let (ctx, decision) = admit(&state, request_id.clone(), &request)?;
             let answer = state.executor().complete(ctx, decision, request).await?;

@@ -4,11 +4,13 @@
 //! are ordinary JSON error answers; after that they arrive as an `error` event. When the client
 //! disconnects, the body is dropped and the upstream call with it.
 //!
-//! Events that are ready at the same moment (a burst of tokens from the upstream) are written as
-//! one body chunk: one write and one TCP segment instead of one per token. Nothing waits to fill a
-//! batch, so the first token is never delayed.
+//! Events that come together (a burst of tokens from the upstream) are written as one body chunk:
+//! one write and one TCP segment instead of one per token. What may join a chunk is decided by
+//! [`ChatEventStream::gather`]: the `start` event and the first text never wait, and tokens that
+//! trickle in at a model's pace are written one by one as they come.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -18,16 +20,14 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use axum::routing::post;
 use fm_protocol::{ChatRequest, StreamEvent, encode_sse_frame};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::time::{Instant, Sleep};
 
 use super::extract::{ApiJson, RequestId};
-use super::{AppState, open_stream};
+use super::{AppState, MAX_EVENTS_PER_WRITE, open_stream};
 use crate::error::RequestError;
 use crate::resilience::ChatEventStream;
-
-/// The most events written in one chunk.
-const MAX_BATCH: usize = 64;
+use crate::telemetry::StreamWrites;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/chat/stream", post(chat_stream))
@@ -40,8 +40,7 @@ async fn chat_stream(
 ) -> Result<Response, RequestError> {
     let opened = open_stream(&state, request_id.clone(), request).await;
     let events = opened.map_err(|error| error.with_request_id(&request_id))?;
-    let keep_alive = Duration::from_secs(state.config().server.sse_keep_alive_secs);
-    Ok(sse_response(sse_body(events, keep_alive, NativeEvents)))
+    Ok(sse_response(sse_body(&state, events, NativeEvents)))
 }
 
 /// A `text/event-stream` answer carrying `body`.
@@ -86,24 +85,34 @@ impl SseEncoder for NativeEvents {
     }
 }
 
-/// The SSE body: each chunk holds every event ready at that moment, or a keep-alive comment
-/// after `keep_alive` of silence. One timer per stream: when it fires after recent writes it is
-/// re-armed for `keep_alive` after the last one.
+/// The SSE body: each chunk holds the events that came together (see
+/// [`ChatEventStream::gather`]), or a keep-alive comment after `server.sse_keep_alive_secs` of
+/// silence; chunks with events are counted in the relay's [`StreamWrites`]. One timer per
+/// stream: when it fires after recent writes it is re-armed for the keep-alive interval after
+/// the last one.
 pub(super) fn sse_body(
+    state: &AppState,
     events: ChatEventStream,
-    keep_alive: Duration,
     encoder: impl SseEncoder,
 ) -> Body {
+    let keep_alive = Duration::from_secs(state.config().server.sse_keep_alive_secs);
+    let batch_wait = Duration::from_micros(state.config().server.stream_batch_wait_us);
+    let writes = state.stream_writes().clone();
     struct State<E> {
         events: ChatEventStream,
+        /// The events of the chunk being written (kept for its allocation).
+        batch: Vec<StreamEvent>,
         encoder: E,
+        writes: Arc<StreamWrites>,
         timer: Pin<Box<Sleep>>,
         last_write: Instant,
         ended: bool,
     }
     let state = State {
         events,
+        batch: Vec::new(),
         encoder,
+        writes,
         timer: Box::pin(tokio::time::sleep(keep_alive)),
         last_write: Instant::now(),
         ended: false,
@@ -117,17 +126,18 @@ pub(super) fn sse_body(
             tokio::select! {
                 biased;
                 event = state.events.next() => {
-                    let mut open = state.encoder.encode(&event?, &mut chunk);
-                    for _ in 1..MAX_BATCH {
-                        if !open {
+                    state.batch.push(event?);
+                    state
+                        .events
+                        .gather(&mut state.batch, MAX_EVENTS_PER_WRITE, batch_wait)
+                        .await;
+                    state.writes.record(state.batch.len());
+                    for event in state.batch.drain(..) {
+                        if !state.encoder.encode(&event, &mut chunk) {
+                            state.ended = true;
                             break;
                         }
-                        match state.events.next().now_or_never() {
-                            Some(Some(event)) => open = state.encoder.encode(&event, &mut chunk),
-                            _ => break,
-                        }
                     }
-                    state.ended = !open;
                 }
                 () = state.timer.as_mut() => {
                     let due = state.last_write + keep_alive;

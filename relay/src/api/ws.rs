@@ -3,7 +3,8 @@
 //! text frame each, ending in exactly one terminal event (`done` or `error`) per request. Several
 //! requests can use one connection: every frame is answered in the order it arrived (a frame that
 //! is not a valid request gets an `error` event in its turn), so the n-th terminal event answers
-//! the n-th frame. Frames that arrive while an answer streams wait in a bounded queue
+//! the n-th frame. Events that come together (a burst of tokens, see
+//! [`ChatEventStream::gather`]) are sent as their frames with one flush. Frames that arrive while an answer streams wait in a bounded queue
 //! (`server.ws_max_queued_requests`); when it is full the relay stops reading the socket until
 //! there is room, which pushes back on the client through TCP.
 //!
@@ -12,6 +13,7 @@
 //! with code 1001 (going away).
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -19,10 +21,10 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::response::Response;
 use axum::routing::get;
 use fm_protocol::{ChatRequest, StreamEvent};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 
 use super::extract::{RequestId, parse_json};
-use super::{AppState, open_stream};
+use super::{AppState, MAX_EVENTS_PER_WRITE, open_stream};
 use crate::error::RelayError;
 use crate::resilience::ChatEventStream;
 use crate::shutdown::Phase;
@@ -47,6 +49,8 @@ struct Session {
     /// Frames waiting for their turn: a request, or the error that answers a bad frame.
     queue: VecDeque<Result<ChatRequest, RelayError>>,
     current: Option<ChatEventStream>,
+    /// The events being sent together (kept for its allocation).
+    batch: Vec<StreamEvent>,
 }
 
 /// What the socket or the answer in progress produced.
@@ -63,6 +67,7 @@ impl Session {
             socket,
             queue: VecDeque::new(),
             current: None,
+            batch: Vec::new(),
         }
     }
 
@@ -103,12 +108,7 @@ impl Session {
                 Input::Frame(Some(Ok(message))) => self.on_message(message),
                 // The client left or the connection broke: dropping `current` cancels upstream.
                 Input::Frame(_) => false,
-                Input::Event(Some(event)) => {
-                    if event.is_terminal() {
-                        self.current = None;
-                    }
-                    self.send(&event).await
-                }
+                Input::Event(Some(event)) => self.send_burst(event).await,
                 Input::Event(None) => {
                     self.current = None;
                     true
@@ -154,6 +154,35 @@ impl Session {
 
     async fn send_error(&mut self, err: RelayError) -> bool {
         self.send(&err.to_event()).await
+    }
+
+    /// Sends `first` and the events that came with it, one frame each, with one flush; returns
+    /// false when the socket is gone.
+    async fn send_burst(&mut self, first: StreamEvent) -> bool {
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.push(first);
+        if let Some(current) = self.current.as_mut() {
+            let wait = Duration::from_micros(self.state.config().server.stream_batch_wait_us);
+            current.gather(&mut batch, MAX_EVENTS_PER_WRITE, wait).await;
+        }
+        if batch.iter().any(StreamEvent::is_terminal) {
+            self.current = None;
+        }
+        self.state.stream_writes().record(batch.len());
+        let mut sent = true;
+        for event in batch.drain(..) {
+            if self
+                .socket
+                .feed(Message::Text(event.to_json().into()))
+                .await
+                .is_err()
+            {
+                sent = false;
+                break;
+            }
+        }
+        self.batch = batch;
+        sent && self.socket.flush().await.is_ok()
     }
 
     /// Sends one event; returns false when the socket is gone.

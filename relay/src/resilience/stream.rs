@@ -19,14 +19,24 @@
 //! than it is set, and when it fires early (activity pushed the idle deadline back) it is re-armed
 //! — so a burst of tokens costs no timer work at all. Dropping the stream (the client went away)
 //! drops the upstream call with it.
+//!
+//! **Bursts.** Writers take one event with [`next`](futures_util::StreamExt::next) and then
+//! [`gather`](ChatEventStream::gather) the ones that can share its write. Each upstream event
+//! comes from the upstream connection's own task, one HTTP chunk at a time, so when tokens arrive
+//! faster than they can be written one by one (a fast model, or tokens that queued up in the
+//! network) only one is ever ready at the moment of asking. In such a burst — events less than
+//! [`BURST_GAP`] apart, after the client already has its first text — `gather` lets the other
+//! tasks run between events so the upstream connection can hand over the next one, for at most
+//! `server.stream_batch_wait_us` per write. Tokens that trickle in at a model's pace, the `start` event and
+//! the first text are written the moment they are ready.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fm_protocol::{ChatRequest, StopReason, StreamEvent, Timings, Usage};
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::watch;
 
 use super::breaker::Permit;
@@ -98,7 +108,14 @@ async fn open_next(walk: &mut Walk, partial: &str) -> Result<Attempt, RelayError
 }
 
 /// How long to wait for the closing frames (usage) after the upstream's stop event.
-const AFTER_STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+const AFTER_STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// Events that follow each other closer than this are a burst (see the module docs).
+pub const BURST_GAP: Duration = Duration::from_micros(250);
+
+/// How many times in a row a burst lets the other tasks run without an event coming of it before
+/// the write goes out: the upstream connection's task hands over its next event within two.
+const MAX_IDLE_YIELDS: u32 = 4;
 
 /// An item of the stream: an event, or the error that ends it.
 type Item = Result<StreamEvent, RelayError>;
@@ -123,6 +140,12 @@ struct StreamState {
 pub struct ChatEventStream {
     request_id: String,
     inner: Pin<Box<dyn Stream<Item = Item> + Send>>,
+    /// When the last event was taken.
+    last_taken: Option<Instant>,
+    /// Whether the last event came less than [`BURST_GAP`] after the one before.
+    in_burst: bool,
+    /// Text deltas taken so far.
+    texts_taken: usize,
 }
 
 impl std::fmt::Debug for ChatEventStream {
@@ -200,6 +223,9 @@ impl ChatEventStream {
             request_id,
             // Fused: polling again after the end yields `None` again (batching writers do).
             inner: Box::pin(inner.fuse()),
+            last_taken: None,
+            in_burst: false,
+            texts_taken: 0,
         })
     }
 }
@@ -208,9 +234,58 @@ impl Stream for ChatEventStream {
     type Item = StreamEvent;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StreamEvent>> {
-        self.inner
-            .poll_next_unpin(cx)
-            .map(|item| item.map(|item| item.unwrap_or_else(|err| err.to_event())))
+        let item = match self.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(item)) => item,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        let event = item.unwrap_or_else(|err| err.to_event());
+        let now = Instant::now();
+        self.in_burst = self
+            .last_taken
+            .is_some_and(|last| now.duration_since(last) < BURST_GAP);
+        self.last_taken = Some(now);
+        if matches!(event, StreamEvent::TextDelta { .. }) {
+            self.texts_taken += 1;
+        }
+        Poll::Ready(Some(event))
+    }
+}
+
+impl ChatEventStream {
+    /// Appends to `batch` (which holds the events just taken) the events that can share their
+    /// write, up to `max` in all: every event ready now and, in a burst, the ones the upstream
+    /// connection hands over while the first waits at most `wait` (see the module docs). Stops
+    /// at the end of the stream.
+    pub async fn gather(&mut self, batch: &mut Vec<StreamEvent>, max: usize, wait: Duration) {
+        let texts_in_batch = batch
+            .iter()
+            .filter(|event| matches!(event, StreamEvent::TextDelta { .. }))
+            .count();
+        // The answer's first text is never held back.
+        let may_wait = self.texts_taken > texts_in_batch;
+        let mut waiting_since = None;
+        let mut idle_yields = 0;
+        while batch.len() < max {
+            match self.next().now_or_never() {
+                Some(Some(event)) => {
+                    batch.push(event);
+                    idle_yields = 0;
+                    continue;
+                }
+                Some(None) => return,
+                None => {}
+            }
+            if !may_wait || !self.in_burst || idle_yields == MAX_IDLE_YIELDS {
+                return;
+            }
+            let now = Instant::now();
+            if now.duration_since(*waiting_since.get_or_insert(now)) >= wait {
+                return;
+            }
+            tokio::task::yield_now().await;
+            idle_yields += 1;
+        }
     }
 }
 
