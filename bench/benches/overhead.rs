@@ -7,7 +7,8 @@
 //! Run: `cargo bench -p fm-bench --bench overhead` (env `BENCH_SECS`, default 5 per scenario;
 //! `BENCH_CONCURRENCY`, default `1,64`; `BENCH_ROUTES`, default `sync,stream`;
 //! `BENCH_SYNC_RATE` / `BENCH_STREAM_RATE`, comma-separated rates in requests per second for the
-//! paced scenarios at 64 connections, default `1000,2000,4000` / `500,1000`). The simulator, the relay and the load generator each get their
+//! paced scenarios at 64 connections, default `1000,2000,4000` / `500,1000`; `BENCH_ROUNDS`,
+//! default 1: measure every scenario that many times and report medians). The simulator, the relay and the load generator each get their
 //! own tokio runtime in this one process; all three share the machine's two cores.
 //!
 //! Two kinds of load: closed loop (every connection sends again the moment it is answered, which
@@ -315,10 +316,6 @@ fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
 
-fn signed_ms(a: Duration, b: Duration) -> String {
-    format!("{:+.3}", (a.as_secs_f64() - b.as_secs_f64()) * 1000.0)
-}
-
 fn route_name(kind: Kind, path: Path) -> &'static str {
     match (kind, path) {
         (Kind::Sync, Path::Direct) => "sim converse",
@@ -330,8 +327,35 @@ fn route_name(kind: Kind, path: Path) -> &'static str {
     }
 }
 
-/// Runs each scenario on the three paths and prints the figures, then what the relay adds.
-fn report(scenarios: &[(Kind, usize, Load)], run: &dyn Fn(Kind, usize, Load, Path) -> Summary) {
+/// The median of `values` (the lower middle one for an even count).
+fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values[(values.len() - 1) / 2]
+}
+
+/// One path's figures over the rounds: the median of each, and the totals of the counts.
+fn median_summary(rounds: &[&Summary]) -> Summary {
+    let pick = |field: fn(&Summary) -> Duration| median(rounds.iter().map(|s| field(s)).collect());
+    Summary {
+        rps: median(rounds.iter().map(|s| s.rps).collect()),
+        p50: pick(|s| s.p50),
+        p99: pick(|s| s.p99),
+        ttfb_p50: pick(|s| s.ttfb_p50),
+        ttfb_p99: pick(|s| s.ttfb_p99),
+        cpu_per_request: pick(|s| s.cpu_per_request),
+        count: rounds.iter().map(|s| s.count).sum(),
+        errors: rounds.iter().map(|s| s.errors).sum(),
+    }
+}
+
+/// Runs each scenario on the three paths `rounds` times (the paths take turns within a round, so
+/// a noisy moment on the shared machine hits one round of all three rather than one path) and
+/// prints the median figures, then the median of what the relay added in each round.
+fn report(
+    scenarios: &[(Kind, usize, Load)],
+    rounds: usize,
+    run: &dyn Fn(Kind, usize, Load, Path) -> Summary,
+) {
     println!(
         "| route | concurrency | load | req/s | p50 ms | p99 ms | first byte p50 ms | first byte p99 ms | CPU/req ms | requests | errors |"
     );
@@ -342,9 +366,13 @@ fn report(scenarios: &[(Kind, usize, Load)], run: &dyn Fn(Kind, usize, Load, Pat
             Load::Closed => "closed".to_string(),
             Load::Paced { rate } => format!("{rate:.0}/s"),
         };
-        let mut results = Vec::new();
-        for path in [Path::Direct, Path::Sdk, Path::Relay] {
-            let s = run(kind, concurrency, load, path);
+        let paths = [Path::Direct, Path::Sdk, Path::Relay];
+        let results: Vec<[Summary; 3]> = (0..rounds)
+            .map(|_| paths.map(|path| run(kind, concurrency, load, path)))
+            .collect();
+        for (index, path) in paths.into_iter().enumerate() {
+            let of_path: Vec<&Summary> = results.iter().map(|round| &round[index]).collect();
+            let s = median_summary(&of_path);
             println!(
                 "| {} | {concurrency} | {load_name} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
                 route_name(kind, path),
@@ -357,7 +385,6 @@ fn report(scenarios: &[(Kind, usize, Load)], run: &dyn Fn(Kind, usize, Load, Pat
                 s.count,
                 s.errors
             );
-            results.push(s);
         }
         added.push((kind, concurrency, load_name, results));
     }
@@ -367,20 +394,30 @@ fn report(scenarios: &[(Kind, usize, Load)], run: &dyn Fn(Kind, usize, Load, Pat
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (kind, concurrency, load_name, results) in &added {
-        let relay = &results[2];
         let route = if *kind == Kind::Sync {
             "/v1/chat"
         } else {
             "/v1/chat/stream"
         };
-        for (base, over) in [(&results[0], "direct"), (&results[1], "SDK")] {
+        for (base, over) in [(0, "direct"), (1, "SDK")] {
+            let added = |field: fn(&Summary) -> Duration| {
+                let ms = median(
+                    results
+                        .iter()
+                        .map(|round| {
+                            field(&round[2]).as_secs_f64() - field(&round[base]).as_secs_f64()
+                        })
+                        .collect(),
+                ) * 1000.0;
+                format!("{ms:+.3}")
+            };
             println!(
                 "| {route} | {concurrency} | {load_name} | {over} | {} | {} | {} | {} | {} |",
-                signed_ms(relay.p50, base.p50),
-                signed_ms(relay.p99, base.p99),
-                signed_ms(relay.ttfb_p50, base.ttfb_p50),
-                signed_ms(relay.ttfb_p99, base.ttfb_p99),
-                signed_ms(relay.cpu_per_request, base.cpu_per_request),
+                added(|s| s.p50),
+                added(|s| s.p99),
+                added(|s| s.ttfb_p50),
+                added(|s| s.ttfb_p99),
+                added(|s| s.cpu_per_request),
             );
         }
     }
@@ -412,6 +449,11 @@ fn main() {
         .filter(|(_, name)| routes.split(',').any(|r| r.trim() == *name))
         .map(|(kind, _)| kind)
         .collect();
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&rounds| rounds > 0)
+        .unwrap_or(1);
     let measure = Duration::from_secs_f64(secs);
     let warmup = Duration::from_secs(1);
 
@@ -487,7 +529,7 @@ fn main() {
             scenarios.push((kind, concurrency, Load::Closed));
         }
     }
-    report(&scenarios, &run);
+    report(&scenarios, rounds, &run);
     let paced: Vec<(Kind, usize, Load)> = kinds
         .iter()
         .flat_map(|&kind| {
@@ -508,7 +550,30 @@ fn main() {
     println!(
         "\n### Paced (open loop: {PACED_CONCURRENCY} connections sending on a fixed schedule, below saturation)\n"
     );
-    report(&paced, &run);
+    report(&paced, rounds, &run);
+    if kinds.contains(&Kind::Stream) {
+        let metrics = load_runtime.block_on(async {
+            reqwest::get(format!("{}/metrics", relay.url()))
+                .await?
+                .text()
+                .await
+        });
+        let counter = |text: &str, name: &str| -> Option<f64> {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        };
+        if let Ok(text) = metrics
+            && let (Some(events), Some(writes)) = (
+                counter(&text, "fm_relay_stream_events_total"),
+                counter(&text, "fm_relay_stream_writes_total"),
+            )
+        {
+            println!(
+                "\nRelay streams: {events} events in {writes} writes ({:.1} events per write).",
+                events / writes.max(1.0)
+            );
+        }
+    }
     drop(relay);
     drop(sim);
 }
