@@ -27,8 +27,8 @@
 //! network) only one is ever ready at the moment of asking. In such a burst — events less than
 //! [`BURST_GAP`] apart, after the client already has its first text — `gather` lets the other
 //! tasks run between events so the upstream connection can hand over the next one, for at most
-//! `server.stream_batch_wait_us` per write. Tokens that trickle in at a model's pace, the `start` event and
-//! the first text are written the moment they are ready.
+//! `server.stream_batch_wait_us` per write. Tokens that trickle in at a model's pace, the `start`
+//! event and the first text are written the moment they are ready.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
