@@ -51,6 +51,9 @@ struct AppInner {
 /// The most events one write to a streaming client carries.
 pub(crate) const MAX_EVENTS_PER_WRITE: usize = 64;
 
+/// Room for the events of one write, allocated with it (a burst of a fast upstream fills it).
+pub(crate) const BATCH_CAPACITY: usize = 8;
+
 impl AppState {
     pub fn new(
         config: RelayConfig,

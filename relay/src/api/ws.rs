@@ -24,7 +24,7 @@ use fm_protocol::{ChatRequest, StreamEvent};
 use futures_util::{SinkExt, StreamExt};
 
 use super::extract::{RequestId, parse_json};
-use super::{AppState, MAX_EVENTS_PER_WRITE, open_stream};
+use super::{AppState, BATCH_CAPACITY, MAX_EVENTS_PER_WRITE, open_stream};
 use crate::error::RelayError;
 use crate::resilience::ChatEventStream;
 use crate::shutdown::Phase;
@@ -49,8 +49,6 @@ struct Session {
     /// Frames waiting for their turn: a request, or the error that answers a bad frame.
     queue: VecDeque<Result<ChatRequest, RelayError>>,
     current: Option<ChatEventStream>,
-    /// The events being sent together (kept for its allocation).
-    batch: Vec<StreamEvent>,
 }
 
 /// What the socket or the answer in progress produced.
@@ -67,7 +65,6 @@ impl Session {
             socket,
             queue: VecDeque::new(),
             current: None,
-            batch: Vec::new(),
         }
     }
 
@@ -159,7 +156,7 @@ impl Session {
     /// Sends `first` and the events that came with it, one frame each, with one flush; returns
     /// false when the socket is gone.
     async fn send_burst(&mut self, first: StreamEvent) -> bool {
-        let mut batch = std::mem::take(&mut self.batch);
+        let mut batch = Vec::with_capacity(BATCH_CAPACITY);
         batch.push(first);
         if let Some(current) = self.current.as_mut() {
             let wait = Duration::from_micros(self.state.config().server.stream_batch_wait_us);
@@ -170,7 +167,7 @@ impl Session {
         }
         self.state.stream_writes().record(batch.len());
         let mut sent = true;
-        for event in batch.drain(..) {
+        for event in batch {
             if self
                 .socket
                 .feed(Message::Text(event.to_json().into()))
@@ -181,7 +178,6 @@ impl Session {
                 break;
             }
         }
-        self.batch = batch;
         sent && self.socket.flush().await.is_ok()
     }
 
