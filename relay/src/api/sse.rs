@@ -10,7 +10,6 @@
 //! trickle in at a model's pace are written one by one as they come.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -24,10 +23,9 @@ use futures_util::StreamExt;
 use tokio::time::{Instant, Sleep};
 
 use super::extract::{ApiJson, RequestId};
-use super::{AppState, BATCH_CAPACITY, MAX_EVENTS_PER_WRITE, open_stream};
+use super::{AppState, open_stream, take_burst};
 use crate::error::RequestError;
 use crate::resilience::ChatEventStream;
-use crate::telemetry::StreamWrites;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/chat/stream", post(chat_stream))
@@ -85,31 +83,27 @@ impl SseEncoder for NativeEvents {
     }
 }
 
-/// The SSE body: each chunk holds the events that came together (see
-/// [`ChatEventStream::gather`]), or a keep-alive comment after `server.sse_keep_alive_secs` of
-/// silence; chunks with events are counted in the relay's [`StreamWrites`]. One timer per
-/// stream: when it fires after recent writes it is re-armed for the keep-alive interval after
-/// the last one.
+/// The SSE body: each chunk holds the events that came together (see [`take_burst`]), or a
+/// keep-alive comment after `server.sse_keep_alive_secs` of silence. One timer per stream: when
+/// it fires after recent writes it is re-armed for the keep-alive interval after the last one.
 pub(super) fn sse_body(
     state: &AppState,
     events: ChatEventStream,
     encoder: impl SseEncoder,
 ) -> Body {
     let keep_alive = Duration::from_secs(state.config().server.sse_keep_alive_secs);
-    let batch_wait = Duration::from_micros(state.config().server.stream_batch_wait_us);
-    let writes = state.stream_writes().clone();
     struct State<E> {
+        app: AppState,
         events: ChatEventStream,
         encoder: E,
-        writes: Arc<StreamWrites>,
         timer: Pin<Box<Sleep>>,
         last_write: Instant,
         ended: bool,
     }
     let state = State {
+        app: state.clone(),
         events,
         encoder,
-        writes,
         timer: Box::pin(tokio::time::sleep(keep_alive)),
         last_write: Instant::now(),
         ended: false,
@@ -123,16 +117,7 @@ pub(super) fn sse_body(
             tokio::select! {
                 biased;
                 event = state.events.next() => {
-                    // A fresh list per chunk: kept between chunks, it would hold its memory
-                    // for as long as the stream stays open (measured: ~1 KiB per idle stream).
-                    let mut batch = Vec::with_capacity(BATCH_CAPACITY);
-                    batch.push(event?);
-                    state
-                        .events
-                        .gather(&mut batch, MAX_EVENTS_PER_WRITE, batch_wait)
-                        .await;
-                    state.writes.record(batch.len());
-                    for event in batch {
+                    for event in take_burst(&state.app, &mut state.events, event?).await {
                         if !state.encoder.encode(&event, &mut chunk) {
                             state.ended = true;
                             break;

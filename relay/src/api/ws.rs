@@ -4,16 +4,16 @@
 //! requests can use one connection: every frame is answered in the order it arrived (a frame that
 //! is not a valid request gets an `error` event in its turn), so the n-th terminal event answers
 //! the n-th frame. Events that come together (a burst of tokens, see
-//! [`ChatEventStream::gather`]) are sent as their frames with one flush. Frames that arrive while an answer streams wait in a bounded queue
-//! (`server.ws_max_queued_requests`); when it is full the relay stops reading the socket until
-//! there is room, which pushes back on the client through TCP.
+//! [`ChatEventStream::gather`]) are sent as their frames with one flush. Frames that arrive while
+//! an answer streams wait in a bounded queue (`server.ws_max_queued_requests`); when it is full
+//! the relay stops reading the socket until there is room, which pushes back on the client
+//! through TCP.
 //!
 //! Closing the socket cancels the answer in progress (and its upstream call). While the relay
 //! drains for shutdown, new requests get a `shutting_down` error and an idle socket is closed
 //! with code 1001 (going away).
 
 use std::collections::VecDeque;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -24,7 +24,7 @@ use fm_protocol::{ChatRequest, StreamEvent};
 use futures_util::{SinkExt, StreamExt};
 
 use super::extract::{RequestId, parse_json};
-use super::{AppState, BATCH_CAPACITY, MAX_EVENTS_PER_WRITE, open_stream};
+use super::{AppState, open_stream, take_burst};
 use crate::error::RelayError;
 use crate::resilience::ChatEventStream;
 use crate::shutdown::Phase;
@@ -156,16 +156,13 @@ impl Session {
     /// Sends `first` and the events that came with it, one frame each, with one flush; returns
     /// false when the socket is gone.
     async fn send_burst(&mut self, first: StreamEvent) -> bool {
-        let mut batch = Vec::with_capacity(BATCH_CAPACITY);
-        batch.push(first);
-        if let Some(current) = self.current.as_mut() {
-            let wait = Duration::from_micros(self.state.config().server.stream_batch_wait_us);
-            current.gather(&mut batch, MAX_EVENTS_PER_WRITE, wait).await;
-        }
+        let batch = match self.current.as_mut() {
+            Some(current) => take_burst(&self.state, current, first).await,
+            None => vec![first],
+        };
         if batch.iter().any(StreamEvent::is_terminal) {
             self.current = None;
         }
-        self.state.stream_writes().record(batch.len());
         let mut sent = true;
         for event in batch {
             if self

@@ -142,7 +142,6 @@ impl LiveWindow {
     }
 }
 
-/// Nearest-rank percentiles, or `None` for no values.
 #[cfg(test)]
 mod tests {
     use super::*;
