@@ -10,7 +10,7 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "formatting"
 cargo fmt --all --check
 step "lints"
-cargo clippy --workspace --exclude fm-web --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p fm-web --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
 step "fm-protocol builds for wasm32"
 cargo build -p fm-protocol --target wasm32-unknown-unknown --locked

@@ -242,7 +242,7 @@ fn Legend(series: Vec<Series>) -> impl IntoView {
         .collect_view()
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "wasm32"))]
 mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 

@@ -127,7 +127,7 @@ pub fn summarize(samples: &[Sample], since_ms: f64) -> Vec<ModelSummary> {
         .collect()
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "wasm32"))]
 mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 

@@ -20,7 +20,8 @@ pub mod history;
 pub mod markdown;
 pub mod store;
 
-#[cfg(test)]
+// The tests are wasm-bindgen tests, run in a browser (`--target wasm32-unknown-unknown`).
+#[cfg(all(test, target_arch = "wasm32"))]
 wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
 
 /// Mounts the app on the page's `<body>`.

@@ -1,6 +1,8 @@
 //! Component tests in a real browser (`cargo test -p fm-web --target wasm32-unknown-unknown`,
 //! run by wasm-bindgen-test-runner in headless Chromium): the page's pieces mounted on their own,
-//! driven through the DOM as a user would.
+//! driven through the DOM as a user would. Built for wasm32 only: natively there is no browser.
+
+#![cfg(target_arch = "wasm32")]
 
 use fm_web::chat::{ChatPage, TurnView};
 use fm_web::dashboard::DashboardPage;

@@ -683,7 +683,7 @@ fn is_safe_link(href: &str) -> bool {
         .any(|scheme| lower.starts_with(scheme))
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "wasm32"))]
 mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
