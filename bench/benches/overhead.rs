@@ -35,6 +35,11 @@ const ANSWER_TOKENS: u32 = 32;
 const PACED_CONCURRENCY: usize = 64;
 const PROMPT: &str = "Summarise the benefits of a relay in front of model APIs.";
 
+/// The allocator of the `fm-relay` binary (relay/src/main.rs), so that the relay measured here is
+/// the one that ships; the simulator and the load generator in this process use it too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
     Sync,

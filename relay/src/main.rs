@@ -9,6 +9,13 @@ use clap::{Parser, Subcommand};
 use fm_relay::config::{BedrockMode, DEFAULT_CONFIG_TOML, Overrides};
 use fm_relay::{RelayConfig, server, telemetry};
 
+/// mimalloc instead of glibc's malloc: with glibc, memory allocated on one worker thread and freed
+/// on the other (request bodies, HTTP buffers, SDK state) made the workers wait on each other's
+/// arena locks, two futex calls per sync request; mimalloc frees across threads without a lock
+/// (BENCHMARKS.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// FM Relay: a resilient relay in front of foundation-model APIs (AWS Bedrock first).
 #[derive(Debug, Parser)]
 #[command(version, arg_required_else_help = true)]
