@@ -106,30 +106,21 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
         );
     }
     let writes = state.stream_writes();
-    family(
-        &mut out,
-        "fm_relay_stream_events_total",
-        "counter",
-        "Events sent to streaming clients (SSE and WebSocket).",
-    );
-    sample(
-        &mut out,
-        "fm_relay_stream_events_total",
-        &[],
-        writes.events() as f64,
-    );
-    family(
-        &mut out,
-        "fm_relay_stream_writes_total",
-        "counter",
-        "Writes that carried those events (SSE body chunks, WebSocket flushes); events per write shows how bursts of tokens are batched.",
-    );
-    sample(
-        &mut out,
-        "fm_relay_stream_writes_total",
-        &[],
-        writes.writes() as f64,
-    );
+    for (name, help, value) in [
+        (
+            "fm_relay_stream_events_total",
+            "Events sent to streaming clients (SSE and WebSocket).",
+            writes.events(),
+        ),
+        (
+            "fm_relay_stream_writes_total",
+            "Writes that carried those events (SSE body chunks, WebSocket flushes); events per write shows how bursts of tokens are batched.",
+            writes.writes(),
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        sample(&mut out, name, &[], value as f64);
+    }
     for (name, help, pick) in [
         (
             "fm_relay_ttft_seconds",

@@ -46,7 +46,7 @@ struct AppInner {
     shutdown: Shutdown,
     /// WebSocket sessions outlive their HTTP request; shutdown waits for them here.
     ws_sessions: TaskTracker,
-    stream_writes: Arc<StreamWrites>,
+    stream_writes: StreamWrites,
 }
 
 /// The most events one write to a streaming client carries.
@@ -75,7 +75,7 @@ impl AppState {
                 window,
                 shutdown,
                 ws_sessions: TaskTracker::new(),
-                stream_writes: Arc::default(),
+                stream_writes: StreamWrites::default(),
             }),
         }
     }
@@ -111,7 +111,7 @@ impl AppState {
     }
 
     /// Events sent to streaming clients, and the writes that carried them.
-    pub fn stream_writes(&self) -> &Arc<StreamWrites> {
+    pub fn stream_writes(&self) -> &StreamWrites {
         &self.inner.stream_writes
     }
 }
