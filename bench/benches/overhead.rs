@@ -1,26 +1,40 @@
 //! What the relay adds on top of its upstream: requests per second, latency percentiles of
 //! `POST /v1/chat`, and time to first byte / first token of `POST /v1/chat/stream`, each compared
-//! with calling the simulator directly at the same concurrency, and with the relay's own Bedrock
-//! provider (the AWS SDK) calling the simulator in-process — the cost the SDK alone imposes. The simulator answers with zero
-//! latency, so the difference is the relay's own cost (plus the second loopback hop).
+//! with calling the simulator directly at the same concurrency; with a bare pass-through (axum +
+//! reqwest, no policy, no SDK: the floor of any HTTP hop, as in DESIGN.md's table of peers) in
+//! front of the simulator; and with the relay's own Bedrock provider (the AWS SDK) calling the
+//! simulator in-process — the cost the SDK alone imposes; and with the relay calling the
+//! simulator's OpenAI-compatible route instead (every policy, no SDK). The simulator answers with
+//! zero latency, so the difference is the relay's own cost (plus the second loopback hop).
 //!
 //! Run: `cargo bench -p fm-bench --bench overhead` (env `BENCH_SECS`, default 5 per scenario;
 //! `BENCH_CONCURRENCY`, default `1,64`; `BENCH_ROUTES`, default `sync,stream`;
 //! `BENCH_SYNC_RATE` / `BENCH_STREAM_RATE`, comma-separated rates in requests per second for the
-//! paced scenarios at 64 connections, default `1000,2000,4000` / `500,1000`; `BENCH_ROUNDS`,
-//! default 1: measure every scenario that many times and report medians). The simulator, the relay and the load generator each get their
-//! own tokio runtime in this one process; all three share the machine's two cores.
+//! paced scenarios at 64 connections, default `1000,2000,4000` / `500,1000`; `BENCH_PATHS`,
+//! default `direct,pass-through,sdk,relay,relay-openai`; `BENCH_ROUNDS`, default 1: measure
+//! every scenario that many times and report medians). The simulator, the pass-through, the relay
+//! and the load generator each get their own tokio runtime in this one process; all of them share
+//! the machine's two cores.
 //!
 //! Two kinds of load: closed loop (every connection sends again the moment it is answered, which
 //! saturates the cores, so latency there measures throughput) and paced (64 connections on a fixed
 //! schedule below saturation, which measures what a request waits for the relay in normal
 //! operation). CPU per request is the process's CPU time during a scenario divided by its
-//! requests; the relay's share is its scenario's figure minus the direct one's.
+//! requests; hop CPU per request counts only the threads of the hop itself (the relay's or the
+//! pass-through's runtime), which is what DESIGN.md's table compares.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::serve::ListenerExt;
 use fm_protocol::ChatRequest;
 use fm_relay::RelayConfig;
 use fm_relay::config::{BedrockMode, ModelConfig, ProviderKind};
@@ -30,10 +44,16 @@ use fm_sim::{ModelProfile, SimConfig};
 use futures_util::StreamExt;
 
 const UPSTREAM_MODEL: &str = "bench-model";
+/// The relay's models: the simulator through the AWS SDK, and through its OpenAI-compatible route.
+const BEDROCK_MODEL: &str = "bench";
+const OPENAI_MODEL: &str = "bench-openai";
 const ANSWER_TOKENS: u32 = 32;
 /// Connections of the paced scenarios.
 const PACED_CONCURRENCY: usize = 64;
 const PROMPT: &str = "Summarise the benefits of a relay in front of model APIs.";
+/// Thread names of the runtimes whose CPU is a hop's own (Linux keeps 15 bytes of a name).
+const RELAY_THREADS: &str = "relay";
+const PASS_THROUGH_THREADS: &str = "pass-through";
 
 /// The allocator of the `fm-relay` binary (relay/src/main.rs), so that the relay measured here is
 /// the one that ships; the simulator and the load generator in this process use it too.
@@ -50,15 +70,33 @@ enum Kind {
 enum Path {
     /// Plain HTTP to the simulator.
     Direct,
+    /// The same HTTP request through a bare pass-through (axum + reqwest, no policy): the floor
+    /// of any hop on this machine.
+    PassThrough,
     /// The relay's Bedrock provider (the AWS SDK) calling the simulator, in-process: what any
     /// application using the SDK pays, and the floor under the relay.
     Sdk,
     /// HTTP to the relay, which calls the simulator through the SDK.
     Relay,
+    /// HTTP to the relay for a model of provider "openai", which it calls on the simulator's
+    /// OpenAI-compatible route with reqwest: every policy of the relay, without the AWS SDK.
+    RelayOpenAi,
+}
+
+impl Path {
+    /// Every path, in the order they take turns within a round, with its `BENCH_PATHS` name.
+    const ALL: [(Path, &'static str); 5] = [
+        (Path::Direct, "direct"),
+        (Path::PassThrough, "pass-through"),
+        (Path::Sdk, "sdk"),
+        (Path::Relay, "relay"),
+        (Path::RelayOpenAi, "relay-openai"),
+    ];
 }
 
 struct Target {
     sim_url: String,
+    pass_through_url: String,
     relay_url: String,
     sdk: BedrockProvider,
     chat: ChatRequest,
@@ -67,14 +105,19 @@ struct Target {
 impl Target {
     fn request(&self, client: &reqwest::Client, path: Path, kind: Kind) -> reqwest::RequestBuilder {
         let (url, body) = match path {
-            Path::Direct => {
+            Path::Direct | Path::PassThrough => {
                 let op = if kind == Kind::Sync {
                     "converse"
                 } else {
                     "converse-stream"
                 };
+                let base = if path == Path::Direct {
+                    &self.sim_url
+                } else {
+                    &self.pass_through_url
+                };
                 (
-                    format!("{}/model/{UPSTREAM_MODEL}/{op}", self.sim_url),
+                    format!("{base}/model/{UPSTREAM_MODEL}/{op}"),
                     serde_json::json!({
                         "messages": [{"role": "user", "content": [{"text": PROMPT}]}],
                         "inferenceConfig": {"maxTokens": 256},
@@ -82,15 +125,21 @@ impl Target {
                 )
             }
             Path::Sdk => unreachable!("the SDK path makes no HTTP request of its own"),
-            Path::Relay => {
+            Path::Relay | Path::RelayOpenAi => {
                 let route = if kind == Kind::Sync {
                     "/v1/chat"
                 } else {
                     "/v1/chat/stream"
                 };
+                let model = if path == Path::Relay {
+                    BEDROCK_MODEL
+                } else {
+                    OPENAI_MODEL
+                };
                 (
                     format!("{}{route}", self.relay_url),
                     serde_json::json!({
+                        "model": model,
                         "messages": [{"role": "user", "content": PROMPT}],
                         "max_tokens": 256,
                     }),
@@ -116,6 +165,8 @@ struct Outcome {
     errors: usize,
     elapsed: Duration,
     cpu: Duration,
+    /// CPU time of the hop's own threads (none for the direct and SDK paths).
+    hop_cpu: Option<Duration>,
 }
 
 async fn sdk_request(target: &Target, kind: Kind) -> Option<Sample> {
@@ -182,9 +233,8 @@ async fn one_request(
     })
 }
 
-/// Process CPU time (user + system) from /proc, in clock ticks of 10 ms.
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// CPU time (user + system) in a `/proc` stat file, in clock ticks of 10 ms.
+fn stat_cpu(stat: &str) -> Duration {
     let after_name = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     let ticks: u64 = [11, 12]
@@ -192,6 +242,36 @@ fn process_cpu() -> Duration {
         .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
         .sum();
     Duration::from_millis(ticks * 10)
+}
+
+/// The whole process's CPU time.
+fn process_cpu() -> Duration {
+    stat_cpu(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
+}
+
+/// CPU time of this process's threads named `name` (a runtime's workers and blocking threads).
+fn threads_cpu(name: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            stat.split_once(" (")
+                .and_then(|(_, rest)| rest.rsplit_once(") "))
+                .is_some_and(|(comm, _)| comm == name)
+        })
+        .map(|stat| stat_cpu(&stat))
+        .sum()
+}
+
+/// The name of the runtime whose threads make up `path`'s hop.
+fn hop_threads(path: Path) -> Option<&'static str> {
+    match path {
+        Path::Direct | Path::Sdk => None,
+        Path::PassThrough => Some(PASS_THROUGH_THREADS),
+        Path::Relay | Path::RelayOpenAi => Some(RELAY_THREADS),
+    }
 }
 
 /// How the load generator sends.
@@ -258,13 +338,18 @@ async fn run_scenario(
         }));
     }
     tokio::time::sleep(warmup).await;
+    let hop = hop_threads(path);
     let cpu_before = process_cpu();
+    let hop_cpu_before = hop.map(threads_cpu);
     let started = Instant::now();
     measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(measure).await;
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed();
     let cpu = process_cpu().saturating_sub(cpu_before);
+    let hop_cpu = hop
+        .zip(hop_cpu_before)
+        .map(|(name, before)| threads_cpu(name).saturating_sub(before));
     let mut samples = Vec::new();
     let mut errors = 0;
     for worker in workers {
@@ -277,6 +362,7 @@ async fn run_scenario(
         errors,
         elapsed,
         cpu,
+        hop_cpu,
     }
 }
 
@@ -295,6 +381,7 @@ struct Summary {
     ttfb_p50: Duration,
     ttfb_p99: Duration,
     cpu_per_request: Duration,
+    hop_cpu_per_request: Option<Duration>,
     count: usize,
     errors: usize,
 }
@@ -312,6 +399,7 @@ fn summarise(outcome: &Outcome) -> Summary {
         ttfb_p50: percentile(&firsts, 50.0),
         ttfb_p99: percentile(&firsts, 99.0),
         cpu_per_request: outcome.cpu / (count.max(1) as u32),
+        hop_cpu_per_request: outcome.hop_cpu.map(|cpu| cpu / (count.max(1) as u32)),
         count,
         errors: outcome.errors,
     }
@@ -324,11 +412,15 @@ fn ms(d: Duration) -> String {
 fn route_name(kind: Kind, path: Path) -> &'static str {
     match (kind, path) {
         (Kind::Sync, Path::Direct) => "sim converse",
+        (Kind::Sync, Path::PassThrough) => "pass-through → sim converse",
         (Kind::Sync, Path::Sdk) => "SDK Converse → sim",
         (Kind::Sync, Path::Relay) => "relay /v1/chat",
+        (Kind::Sync, Path::RelayOpenAi) => "relay /v1/chat, OpenAI upstream",
         (Kind::Stream, Path::Direct) => "sim converse-stream",
+        (Kind::Stream, Path::PassThrough) => "pass-through → sim converse-stream",
         (Kind::Stream, Path::Sdk) => "SDK ConverseStream → sim",
         (Kind::Stream, Path::Relay) => "relay /v1/chat/stream",
+        (Kind::Stream, Path::RelayOpenAi) => "relay /v1/chat/stream, OpenAI upstream",
     }
 }
 
@@ -348,38 +440,58 @@ fn median_summary(rounds: &[&Summary]) -> Summary {
         ttfb_p50: pick(|s| s.ttfb_p50),
         ttfb_p99: pick(|s| s.ttfb_p99),
         cpu_per_request: pick(|s| s.cpu_per_request),
+        hop_cpu_per_request: rounds
+            .iter()
+            .map(|s| s.hop_cpu_per_request)
+            .collect::<Option<Vec<_>>>()
+            .map(median),
         count: rounds.iter().map(|s| s.count).sum(),
         errors: rounds.iter().map(|s| s.errors).sum(),
     }
 }
 
-/// Runs each scenario on the three paths `rounds` times (the paths take turns within a round, so
-/// a noisy moment on the shared machine hits one round of all three rather than one path) and
-/// prints the median figures, then the median of what the relay added in each round.
+/// What the "added" table compares, where both paths ran: (path, over path, name of the base).
+const COMPARISONS: [(Path, Path, &str); 5] = [
+    (Path::PassThrough, Path::Direct, "direct"),
+    (Path::Relay, Path::Direct, "direct"),
+    (Path::Relay, Path::Sdk, "SDK"),
+    (Path::RelayOpenAi, Path::Direct, "direct"),
+    (Path::RelayOpenAi, Path::PassThrough, "pass-through"),
+];
+
+/// Runs each scenario on every path `rounds` times (the paths take turns within a round, so a
+/// noisy moment on the shared machine hits one round of all of them rather than one path) and
+/// prints the median figures, then the median of what the pass-through and the relay added in
+/// each round.
 fn report(
     scenarios: &[(Kind, usize, Load)],
+    paths: &[Path],
     rounds: usize,
     run: &dyn Fn(Kind, usize, Load, Path) -> Summary,
 ) {
     println!(
-        "| route | concurrency | load | req/s | p50 ms | p99 ms | first byte p50 ms | first byte p99 ms | CPU/req ms | requests | errors |"
+        "| route | concurrency | load | req/s | p50 ms | p99 ms | first byte p50 ms | first byte p99 ms | CPU/req ms | hop CPU/req ms | requests | errors |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut added = Vec::new();
     for &(kind, concurrency, load) in scenarios {
         let load_name = match load {
             Load::Closed => "closed".to_string(),
             Load::Paced { rate } => format!("{rate:.0}/s"),
         };
-        let paths = [Path::Direct, Path::Sdk, Path::Relay];
-        let results: Vec<[Summary; 3]> = (0..rounds)
-            .map(|_| paths.map(|path| run(kind, concurrency, load, path)))
+        let results: Vec<Vec<Summary>> = (0..rounds)
+            .map(|_| {
+                paths
+                    .iter()
+                    .map(|&path| run(kind, concurrency, load, path))
+                    .collect()
+            })
             .collect();
-        for (index, path) in paths.into_iter().enumerate() {
+        for (index, &path) in paths.iter().enumerate() {
             let of_path: Vec<&Summary> = results.iter().map(|round| &round[index]).collect();
             let s = median_summary(&of_path);
             println!(
-                "| {} | {concurrency} | {load_name} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {concurrency} | {load_name} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 route_name(kind, path),
                 s.rps,
                 ms(s.p50),
@@ -387,37 +499,49 @@ fn report(
                 ms(s.ttfb_p50),
                 ms(s.ttfb_p99),
                 ms(s.cpu_per_request),
+                s.hop_cpu_per_request.map_or_else(|| "–".to_string(), ms),
                 s.count,
                 s.errors
             );
         }
         added.push((kind, concurrency, load_name, results));
     }
-    println!("\nAdded by the relay, over plain HTTP to the simulator and over the bare SDK:\n");
+    let comparisons: Vec<(usize, usize, &str, Path)> = COMPARISONS
+        .iter()
+        .filter_map(|&(path, base, over)| {
+            let index_of = |wanted: Path| paths.iter().position(|&p| p == wanted);
+            Some((index_of(path)?, index_of(base)?, over, path))
+        })
+        .collect();
+    if comparisons.is_empty() {
+        return;
+    }
     println!(
-        "| route | concurrency | load | over | p50 ms | p99 ms | first byte p50 ms | first byte p99 ms | CPU/req ms |"
+        "\nAdded by each hop over plain HTTP to the simulator, and over the SDK or the pass-through:\n"
+    );
+    println!(
+        "| path | concurrency | load | over | p50 ms | p99 ms | first byte p50 ms | first byte p99 ms | CPU/req ms |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (kind, concurrency, load_name, results) in &added {
-        let route = if *kind == Kind::Sync {
-            "/v1/chat"
-        } else {
-            "/v1/chat/stream"
-        };
-        for (base, over) in [(0, "direct"), (1, "SDK")] {
+        for &(of, base, over, path) in &comparisons {
             let added = |field: fn(&Summary) -> Duration| {
                 let ms = median(
                     results
                         .iter()
                         .map(|round| {
-                            field(&round[2]).as_secs_f64() - field(&round[base]).as_secs_f64()
+                            field(&round[of]).as_secs_f64() - field(&round[base]).as_secs_f64()
                         })
                         .collect(),
                 ) * 1000.0;
                 format!("{ms:+.3}")
             };
+            let name = match path {
+                Path::PassThrough => "pass-through",
+                _ => route_name(*kind, path),
+            };
             println!(
-                "| {route} | {concurrency} | {load_name} | {over} | {} | {} | {} | {} | {} |",
+                "| {name} | {concurrency} | {load_name} | {over} | {} | {} | {} | {} | {} |",
                 added(|s| s.p50),
                 added(|s| s.p99),
                 added(|s| s.ttfb_p50),
@@ -428,6 +552,64 @@ fn report(
     }
 }
 
+/// The bare pass-through's state: where it forwards to, and its client.
+struct PassThrough {
+    upstream: String,
+    client: reqwest::Client,
+}
+
+/// Forwards one `POST /model/{id}/{operation}` with its body and streams the answer back as it
+/// arrives: no parsing, no policy.
+async fn forward(
+    State(pass_through): State<Arc<PassThrough>>,
+    UrlPath((model, operation)): UrlPath<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let sent = pass_through
+        .client
+        .post(format!(
+            "{}/model/{model}/{operation}",
+            pass_through.upstream
+        ))
+        .header(CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await;
+    match sent {
+        Ok(upstream) => {
+            let mut response = Response::builder().status(upstream.status());
+            if let Some(content_type) = upstream.headers().get(CONTENT_TYPE) {
+                response = response.header(CONTENT_TYPE, content_type);
+            }
+            response
+                .body(Body::from_stream(upstream.bytes_stream()))
+                .unwrap_or_else(|err| (StatusCode::BAD_GATEWAY, err.to_string()).into_response())
+        }
+        Err(err) => (StatusCode::BAD_GATEWAY, err.to_string()).into_response(),
+    }
+}
+
+/// Starts the bare pass-through (axum + reqwest, TCP_NODELAY on both sides, as the relay) in
+/// front of `upstream`, on the current runtime; returns its base URL. DESIGN.md's floor of a
+/// hop, measured here beside the relay on the same machine and load.
+async fn spawn_pass_through(upstream: String) -> std::io::Result<String> {
+    fm_relay::provider::openai::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .map_err(std::io::Error::other)?;
+    let router = Router::new()
+        .route("/model/{model}/{operation}", post(forward))
+        .with_state(Arc::new(PassThrough { upstream, client }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(format!("http://{address}"))
+}
+
 fn runtime(threads: usize, name: &str) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -435,6 +617,29 @@ fn runtime(threads: usize, name: &str) -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// The options named in the comma-separated environment variable `variable` (or `default`), in
+/// the order of `known`; an unknown name ends the run with a message that lists the known ones.
+fn chosen<T: Copy>(variable: &str, default: &str, known: &[(T, &str)]) -> Vec<T> {
+    let value = std::env::var(variable).unwrap_or_else(|_| default.into());
+    let names: Vec<&str> = value.split(',').map(str::trim).collect();
+    if let Some(unknown) = names
+        .iter()
+        .find(|name| !known.iter().any(|(_, known)| known == *name))
+    {
+        let known: Vec<&str> = known.iter().map(|(_, name)| *name).collect();
+        eprintln!(
+            "{variable}: unknown name {unknown:?}; known: {}",
+            known.join(",")
+        );
+        std::process::exit(2);
+    }
+    known
+        .iter()
+        .filter(|(_, name)| names.contains(name))
+        .map(|(option, _)| *option)
+        .collect()
 }
 
 fn main() {
@@ -448,22 +653,27 @@ fn main() {
         .split(',')
         .filter_map(|c| c.trim().parse().ok())
         .collect();
-    let routes = std::env::var("BENCH_ROUTES").unwrap_or_else(|_| "sync,stream".into());
-    let kinds: Vec<Kind> = [(Kind::Sync, "sync"), (Kind::Stream, "stream")]
-        .into_iter()
-        .filter(|(_, name)| routes.split(',').any(|r| r.trim() == *name))
-        .map(|(kind, _)| kind)
-        .collect();
+    let kinds = chosen(
+        "BENCH_ROUTES",
+        "sync,stream",
+        &[(Kind::Sync, "sync"), (Kind::Stream, "stream")],
+    );
     let rounds: usize = std::env::var("BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&rounds| rounds > 0)
         .unwrap_or(1);
+    let paths = chosen(
+        "BENCH_PATHS",
+        "direct,pass-through,sdk,relay,relay-openai",
+        &Path::ALL,
+    );
     let measure = Duration::from_secs_f64(secs);
     let warmup = Duration::from_secs(1);
 
     let sim_runtime = runtime(1, "sim");
-    let relay_runtime = runtime(2, "relay");
+    let relay_runtime = runtime(2, RELAY_THREADS);
+    let pass_through_runtime = runtime(2, PASS_THROUGH_THREADS);
     let load_runtime = runtime(2, "load");
 
     let mut sim_config = SimConfig::instant();
@@ -477,11 +687,11 @@ fn main() {
     config.server.port = 0;
     config.bedrock.mode = BedrockMode::Endpoint;
     config.bedrock.endpoint = Some(sim.endpoint_url());
-    config.default_model = "bench".into();
+    config.default_model = BEDROCK_MODEL.into();
     // The same prompt again and again: with the cache on, the relay would not call the upstream.
     config.cache.enabled = false;
-    config.models = vec![ModelConfig {
-        id: "bench".into(),
+    let bedrock_model = ModelConfig {
+        id: BEDROCK_MODEL.into(),
         provider: ProviderKind::Bedrock,
         upstream_id: Some(UPSTREAM_MODEL.into()),
         region: "us-east-1".into(),
@@ -493,8 +703,19 @@ fn main() {
         accepts_prefill: false,
         failover: Vec::new(),
         fallback_models: Vec::new(),
-    }];
+    };
+    let openai_model = ModelConfig {
+        id: OPENAI_MODEL.into(),
+        provider: ProviderKind::OpenAi,
+        region: "sim".into(),
+        endpoint: Some(format!("{}/v1", sim.endpoint_url())),
+        ..bedrock_model.clone()
+    };
+    config.models = vec![bedrock_model, openai_model];
     let relay = relay_runtime.block_on(fm_relay::start(config)).unwrap();
+    let pass_through_url = pass_through_runtime
+        .block_on(spawn_pass_through(sim.endpoint_url()))
+        .unwrap();
     let sdk = load_runtime.block_on(BedrockProvider::connect(
         &BedrockEndpoint::Url(sim.endpoint_url()),
         "us-east-1",
@@ -507,6 +728,7 @@ fn main() {
     };
     let target = Arc::new(Target {
         sim_url: sim.endpoint_url(),
+        pass_through_url,
         relay_url: relay.url(),
         sdk,
         chat,
@@ -534,7 +756,7 @@ fn main() {
             scenarios.push((kind, concurrency, Load::Closed));
         }
     }
-    report(&scenarios, rounds, &run);
+    report(&scenarios, &paths, rounds, &run);
     let paced: Vec<(Kind, usize, Load)> = kinds
         .iter()
         .flat_map(|&kind| {
@@ -555,7 +777,7 @@ fn main() {
     println!(
         "\n### Paced (open loop: {PACED_CONCURRENCY} connections sending on a fixed schedule, below saturation)\n"
     );
-    report(&paced, rounds, &run);
+    report(&paced, &paths, rounds, &run);
     if kinds.contains(&Kind::Stream) {
         let metrics = load_runtime.block_on(async {
             reqwest::get(format!("{}/metrics", relay.url()))
