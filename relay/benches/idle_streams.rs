@@ -1,7 +1,9 @@
 //! Memory per open idle stream: the relay binary's resident memory grows by how much for each SSE
 //! stream held open while the upstream has not sent its first token yet?
 //!
-//! Run: `cargo bench -p fm-relay --bench idle_streams` (env `IDLE_STREAMS`, default 1000).
+//! Run: `cargo bench -p fm-relay --bench idle_streams` (env `IDLE_STREAMS`, default 1000;
+//! `IDLE_STREAM_BUDGET_KIB`, default 45: the run fails, exit code 1, when an open stream costs
+//! more, so a change that makes every stream heavier shows up as a failed benchmark).
 //! The simulator runs in this process with a first token that never comes in time; the relay runs
 //! as its own process (`fm-relay serve --bedrock-endpoint ...`) so `/proc/<pid>/status` shows its
 //! memory alone. Each stream is a raw TCP connection that sent its request and read the `start`
@@ -63,6 +65,10 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
+    let budget_kib: f64 = std::env::var("IDLE_STREAM_BUDGET_KIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(45.0);
     let mut config = SimConfig::instant();
     config.default_model = ModelProfile {
         first_token_ms: 3_600_000,
@@ -128,4 +134,12 @@ async fn main() {
         .args(["-TERM", &pid.to_string()])
         .status();
     let _ = relay.wait();
+    let per_stream_kib = per_stream / 1024.0;
+    if per_stream_kib > budget_kib {
+        eprintln!(
+            "over budget: {per_stream_kib:.1} KiB per open idle stream, budget {budget_kib} KiB (IDLE_STREAM_BUDGET_KIB)"
+        );
+        std::process::exit(1);
+    }
+    println!("\nWithin the budget of {budget_kib} KiB per open idle stream.");
 }
