@@ -606,7 +606,7 @@ async fn spawn_pass_through(upstream: String) -> std::io::Result<String> {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    tokio::spawn(async move { axum::serve(listener, router.into_make_service()).await });
     Ok(format!("http://{address}"))
 }
 

@@ -120,8 +120,9 @@ pub async fn spawn_on(addr: SocketAddr, config: SimConfig) -> std::io::Result<Si
             tracing::warn!(%err, "could not set TCP_NODELAY");
         }
     });
+    // `into_make_service`: the route table is readied once, not for every connection.
     let task = tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
+        if let Err(err) = axum::serve(listener, app.into_make_service()).await {
             tracing::error!(%err, "fm-sim server stopped");
         }
     });
