@@ -90,9 +90,12 @@ impl ChatProvider for Provider {
         upstream_id: &str,
         request: &ChatRequest,
     ) -> Result<ProviderAnswer, RelayError> {
+        // Boxed: the SDK's call future is ~7 KiB, and inline it made every future around it as
+        // large (the executor's one-shot future: 8.9 KiB; 1.8 KiB with the box), copied whenever
+        // a layer moves it. A/B in BENCHMARKS.md ("Allocations and copies").
         match self {
-            Provider::Bedrock(p) => p.complete(upstream_id, request).await,
-            Provider::OpenAi(p) => p.complete(upstream_id, request).await,
+            Provider::Bedrock(p) => Box::pin(p.complete(upstream_id, request)).await,
+            Provider::OpenAi(p) => Box::pin(p.complete(upstream_id, request)).await,
         }
     }
 
@@ -101,6 +104,9 @@ impl ChatProvider for Provider {
         upstream_id: &str,
         request: &ChatRequest,
     ) -> Result<ProviderStream, RelayError> {
+        // Not boxed like `complete`: a box per stream opening (freed on whichever worker
+        // finishes it) left the relay 2.8 KiB more resident per open idle stream with mimalloc,
+        // for the same live heap (massif); see BENCHMARKS.md ("Allocations and copies").
         match self {
             Provider::Bedrock(p) => p.open_stream(upstream_id, request).await,
             Provider::OpenAi(p) => p.open_stream(upstream_id, request).await,
