@@ -5,6 +5,7 @@
 //! | fault | effect |
 //! |---|---|
 //! | `throttle` | 429 `ThrottlingException` |
+//! | `throttle-wait@MS` | 429 `ThrottlingException` asking to wait MS milliseconds: `Retry-After` (whole seconds, rounded up), `x-amz-retry-after` and `retry-after-ms` (milliseconds) |
 //! | `unavailable` | 503 `ServiceUnavailableException` |
 //! | `internal` | 500 `InternalServerException` |
 //! | `model-timeout` | 408 `ModelTimeoutException` |
@@ -14,6 +15,8 @@
 //! | `context-too-long` | 400 `ValidationException`: the input is too long for the model |
 //! | `reject-prefill` | 400 `ValidationException` when the conversation ends with an assistant message (a model that takes no prefill); healthy otherwise |
 //! | `no-response` | no answer at all, not even headers, until the client gives up |
+//! | `hang-up@MS` | no answer for MS milliseconds, then the connection is closed without one (no status, no headers) |
+//! | `no-usage` | a healthy answer without token counts (OpenAI: no `usage`; ConverseStream: no `metadata` frame), as some OpenAI-compatible servers send |
 //! | `slow@MS` | the first token comes MS milliseconds after the request |
 //! | `hang-after-stop` | the whole answer and its stop event, then silence: the stream's last frame (usage metadata, `message_stop` or `[DONE]`) never comes and the connection stays open |
 //! | `stream-throttle@N` | N tokens, then an in-stream `throttlingException` |
@@ -22,11 +25,13 @@
 //! | `stream-unavailable@N` | N tokens, then an in-stream `serviceUnavailableException` |
 //! | `stream-validation@N` | N tokens, then an in-stream `validationException` |
 //! | `stall@N` | N tokens, then silence until the client gives up |
-//! | `cut@N` | N tokens, then the stream ends without its closing events |
+//! | `cut@N` | N tokens, then the stream ends without its closing events: the HTTP body itself ends cleanly |
+//! | `reset@N` | N tokens, then the connection is torn down mid-body (no closing chunk): what a crashed upstream or a dropped network path looks like |
 //! | `garbage@N` | N tokens, then a frame whose checksum is wrong, then silence |
 //!
 //! On the non-streaming operations an in-stream exception becomes the matching HTTP error,
-//! `stall` never answers, and `cut` and `garbage` have no effect.
+//! `stall` never answers, `reset` closes the connection without an answer once the first token
+//! is due, and `cut` and `garbage` have no effect.
 //!
 //! A `*K` suffix limits a fault to the first K requests that carry the same spec on the same
 //! model id (`model~throttle*2`: throttled twice, then healthy), for testing retries.
@@ -178,12 +183,20 @@ pub enum Fault {
     Stall { after_tokens: u32 },
     /// Send `after_tokens` tokens, then end the stream without its closing events.
     Cut { after_tokens: u32 },
+    /// Send `after_tokens` tokens, then tear the connection down mid-body.
+    Reset { after_tokens: u32 },
     /// Send `after_tokens` tokens, then a corrupt frame, then nothing more.
     Garbage { after_tokens: u32 },
     /// Reject a conversation that ends with an assistant message; answer others normally.
     RejectPrefill,
     /// Never answer, not even with headers.
     NoResponse,
+    /// Answer nothing for `after_ms`, then close the connection without an answer.
+    HangUp { after_ms: u32 },
+    /// 429 `ThrottlingException` that asks the client to wait `wait_ms`.
+    ThrottleWait { wait_ms: u32 },
+    /// Answer normally, but without token counts.
+    NoUsage,
     /// Answer normally, but only `first_token_ms` after the request.
     Slow { first_token_ms: u32 },
     /// Stream the answer and its stop event, then hang without the last frame.
@@ -229,6 +242,13 @@ impl FromStr for Fault {
             "context-too-long" => http(HttpFault::ContextTooLong),
             "reject-prefill" if count.is_none() => Ok(Fault::RejectPrefill),
             "no-response" if count.is_none() => Ok(Fault::NoResponse),
+            "no-usage" if count.is_none() => Ok(Fault::NoUsage),
+            "hang-up" if count.is_some() => Ok(Fault::HangUp {
+                after_ms: after_tokens,
+            }),
+            "throttle-wait" if count.is_some() => Ok(Fault::ThrottleWait {
+                wait_ms: after_tokens,
+            }),
             "hang-after-stop" if count.is_none() => Ok(Fault::HangAfterStop),
             "slow" if count.is_some() => Ok(Fault::Slow {
                 first_token_ms: after_tokens,
@@ -240,6 +260,7 @@ impl FromStr for Fault {
             "stream-validation" => stream(StreamException::Validation),
             "stall" => Ok(Fault::Stall { after_tokens }),
             "cut" => Ok(Fault::Cut { after_tokens }),
+            "reset" => Ok(Fault::Reset { after_tokens }),
             "garbage" => Ok(Fault::Garbage { after_tokens }),
             _ => Err(unknown()),
         }
@@ -257,9 +278,13 @@ impl fmt::Display for Fault {
             } => write!(f, "{}@{after_tokens}", exception.spec_name()),
             Fault::Stall { after_tokens } => write!(f, "stall@{after_tokens}"),
             Fault::Cut { after_tokens } => write!(f, "cut@{after_tokens}"),
+            Fault::Reset { after_tokens } => write!(f, "reset@{after_tokens}"),
             Fault::Garbage { after_tokens } => write!(f, "garbage@{after_tokens}"),
             Fault::RejectPrefill => write!(f, "reject-prefill"),
             Fault::NoResponse => write!(f, "no-response"),
+            Fault::HangUp { after_ms } => write!(f, "hang-up@{after_ms}"),
+            Fault::ThrottleWait { wait_ms } => write!(f, "throttle-wait@{wait_ms}"),
+            Fault::NoUsage => write!(f, "no-usage"),
             Fault::Slow { first_token_ms } => write!(f, "slow@{first_token_ms}"),
             Fault::HangAfterStop => write!(f, "hang-after-stop"),
         }
@@ -330,6 +355,18 @@ mod tests {
             })
         );
         assert!("slow".parse::<Fault>().is_err());
+        assert_eq!("reset@2".parse(), Ok(Fault::Reset { after_tokens: 2 }));
+        assert_eq!(
+            "hang-up@15000".parse(),
+            Ok(Fault::HangUp { after_ms: 15000 })
+        );
+        assert_eq!(
+            "throttle-wait@2000".parse(),
+            Ok(Fault::ThrottleWait { wait_ms: 2000 })
+        );
+        assert!("hang-up".parse::<Fault>().is_err());
+        assert!("throttle-wait".parse::<Fault>().is_err());
+        assert!("no-usage@1".parse::<Fault>().is_err());
         assert_eq!("no-response".parse(), Ok(Fault::NoResponse));
         assert_eq!("reject-prefill".parse(), Ok(Fault::RejectPrefill));
         assert_eq!(
@@ -352,6 +389,10 @@ mod tests {
             "no-response",
             "slow@250",
             "hang-after-stop",
+            "reset@4",
+            "hang-up@1500",
+            "throttle-wait@2000",
+            "no-usage",
         ] {
             let fault: Fault = spec.parse().unwrap();
             assert_eq!(fault.to_string(), spec);

@@ -102,8 +102,13 @@ impl SimState {
             .record_request(operation, model_id, region, fault.map(|f| f.to_string()));
         match fault {
             Some(Fault::Http(http_fault)) => Err(SimError::Injected(http_fault)),
+            Some(Fault::ThrottleWait { wait_ms }) => Err(SimError::ThrottledFor(wait_ms)),
             // Dropping the connection ends this wait.
             Some(Fault::NoResponse) => std::future::pending().await,
+            Some(Fault::HangUp { after_ms }) => {
+                tokio::time::sleep(Duration::from_millis(u64::from(after_ms))).await;
+                Err(SimError::HungUp)
+            }
             _ => Ok((model, fault)),
         }
     }
@@ -181,14 +186,19 @@ async fn openai_chat(
         Ok(response) => response,
         Err(error) => {
             state.stats.record_error();
-            let (status, body) = match &error {
-                SimError::Injected(fault) => (fault.status(), openai_error_body(*fault)),
-                other => (
+            if let SimError::HungUp = error {
+                return crate::error::hang_up();
+            }
+            let (status, body) = match error.injected() {
+                Some(fault) => (fault.status(), openai_error_body(fault)),
+                None => (
                     StatusCode::BAD_REQUEST,
-                    json!({"error": {"message": other.to_string(), "type": "invalid_request_error", "param": null, "code": null}}),
+                    json!({"error": {"message": error.to_string(), "type": "invalid_request_error", "param": null, "code": null}}),
                 ),
             };
-            (status, Json(body)).into_response()
+            let mut response = (status, Json(body)).into_response();
+            error.add_wait_headers(response.headers_mut());
+            response
         }
     }
 }
@@ -223,7 +233,7 @@ async fn serve_openai(
         return Ok(response);
     }
     wait_for_generation(&answer, fault).await?;
-    Ok(Json(json!({
+    let mut completion = json!({
         "id": format!("chatcmpl-{request_id}"),
         "object": "chat.completion",
         "created": std::time::SystemTime::now()
@@ -235,9 +245,11 @@ async fn serve_openai(
             "message": {"role": "assistant", "content": answer.text()},
             "finish_reason": answer.stop.openai_finish_reason(),
         }],
-        "usage": openai_usage(&answer),
-    }))
-    .into_response())
+    });
+    if fault != Some(Fault::NoUsage) {
+        completion["usage"] = openai_usage(&answer);
+    }
+    Ok(Json(completion).into_response())
 }
 
 /// The body of `GET` and `PUT /_sim/faults`.
@@ -427,13 +439,18 @@ fn with_request_id(mut response: Response, request_id: &str) -> Response {
 }
 
 /// A one-shot call's wait: as long as generating `answer` takes, which it returns. A stall never
-/// ends; an in-stream exception becomes its HTTP error after the first token's delay.
+/// ends; an in-stream exception becomes its HTTP error, and a reset a hang-up, after the first
+/// token's delay.
 async fn wait_for_generation(answer: &Answer, fault: Option<Fault>) -> Result<Duration, SimError> {
     match fault {
         Some(Fault::Stall { .. }) => std::future::pending::<()>().await,
         Some(Fault::StreamException { exception, .. }) => {
             tokio::time::sleep(answer.profile.first_token_delay()).await;
             return Err(SimError::Injected(exception.as_http()));
+        }
+        Some(Fault::Reset { .. }) => {
+            tokio::time::sleep(answer.profile.first_token_delay()).await;
+            return Err(SimError::HungUp);
         }
         _ => {}
     }

@@ -7,8 +7,8 @@
 //! goes away, hyper drops the body, the channel closes, and the producer notices at its next send
 //! or while it waits, and records the stream as cancelled.
 
-use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -38,8 +38,15 @@ pub enum StreamFormat {
 /// The client hung up.
 struct Closed;
 
+/// What the producer hands the body.
+enum Frame {
+    Data(Bytes),
+    /// Tear the connection down once what came before is on the wire.
+    Reset,
+}
+
 struct Producer {
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Frame>,
     format: StreamFormat,
     request_id: String,
 }
@@ -52,7 +59,7 @@ pub fn spawn_stream(
     request_id: String,
     stats: Arc<SimStats>,
 ) -> Body {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+    let (tx, mut rx) = mpsc::channel(16);
     stats.record_stream_start();
     tokio::spawn(async move {
         let producer = Producer {
@@ -63,14 +70,34 @@ pub fn spawn_stream(
         let outcome = producer.run(&answer, fault).await;
         stats.record_stream_end(outcome.is_err());
     });
+    let mut resetting = false;
     Body::from_stream(futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx).map(|frame| frame.map(Ok::<_, Infallible>))
+        if resetting {
+            // A failing body makes hyper drop the connection without the closing chunk.
+            let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+            return Poll::Ready(Some(Err(reset)));
+        }
+        match ready!(rx.poll_recv(cx)) {
+            Some(Frame::Data(bytes)) => Poll::Ready(Some(Ok(bytes))),
+            Some(Frame::Reset) => {
+                // Pending once first, so hyper flushes the frames it holds before it fails.
+                resetting = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            None => Poll::Ready(None),
+        }
     }))
 }
 
 impl Producer {
     async fn send(&self, frame: Bytes) -> Result<(), Closed> {
-        self.tx.send(frame).await.map_err(|_| Closed)
+        self.tx.send(Frame::Data(frame)).await.map_err(|_| Closed)
+    }
+
+    /// Tears the connection down mid-body.
+    async fn reset(&self) -> Result<(), Closed> {
+        self.tx.send(Frame::Reset).await.map_err(|_| Closed)
     }
 
     async fn wait_until(&self, due: Instant) -> Result<(), Closed> {
@@ -96,10 +123,14 @@ impl Producer {
             | Fault::RejectPrefill
             | Fault::NoResponse
             | Fault::Slow { .. }
-            | Fault::HangAfterStop => None,
+            | Fault::HangAfterStop
+            | Fault::HangUp { .. }
+            | Fault::ThrottleWait { .. }
+            | Fault::NoUsage => None,
             Fault::StreamException { after_tokens, .. }
             | Fault::Stall { after_tokens }
             | Fault::Cut { after_tokens }
+            | Fault::Reset { after_tokens }
             | Fault::Garbage { after_tokens } => {
                 Some((after_tokens as usize).min(answer.tokens.len()))
             }
@@ -121,7 +152,8 @@ impl Producer {
             self.send(self.delta(answer, token)).await?;
         }
         let latency_ms = started.elapsed().as_millis() as u64;
-        let mut closing = self.closing(answer, latency_ms, started, first_token_at);
+        let with_usage = fault != Some(Fault::NoUsage);
+        let mut closing = self.closing(answer, latency_ms, started, first_token_at, with_usage);
         let hang = fault == Some(Fault::HangAfterStop);
         if hang {
             // Everything up to the stop event; the last frame never comes.
@@ -138,6 +170,9 @@ impl Producer {
     }
 
     async fn fail(&self, fault: Option<Fault>) -> Result<(), Closed> {
+        if let Some(Fault::Reset { .. }) = fault {
+            return self.reset().await;
+        }
         if let StreamFormat::OpenAi { .. } = self.format {
             return self.fail_openai(fault).await;
         }
@@ -267,6 +302,7 @@ impl Producer {
         latency_ms: u64,
         started: Instant,
         first_token_at: Instant,
+        with_usage: bool,
     ) -> Vec<Bytes> {
         let output_tokens = answer.output_tokens();
         match self.format {
@@ -279,7 +315,7 @@ impl Producer {
                         )
                         .to_string(),
                 )];
-                if include_usage {
+                if include_usage && with_usage {
                     let mut usage = self.openai_chunk(answer, json!([]));
                     usage["usage"] = openai_usage(answer);
                     frames.push(sse_data(&usage.to_string()));
@@ -287,21 +323,26 @@ impl Producer {
                 frames.push(sse_data("[DONE]"));
                 frames
             }
-            StreamFormat::Converse => vec![
-                event_frame("contentBlockStop", &json!({"contentBlockIndex": 0})),
-                event_frame("messageStop", &json!({"stopReason": answer.stop.as_str()})),
-                event_frame(
-                    "metadata",
-                    &json!({
-                        "usage": {
-                            "inputTokens": answer.input_tokens,
-                            "outputTokens": output_tokens,
-                            "totalTokens": answer.input_tokens + output_tokens,
-                        },
-                        "metrics": {"latencyMs": latency_ms},
-                    }),
-                ),
-            ],
+            StreamFormat::Converse => {
+                let mut frames = vec![
+                    event_frame("contentBlockStop", &json!({"contentBlockIndex": 0})),
+                    event_frame("messageStop", &json!({"stopReason": answer.stop.as_str()})),
+                ];
+                if with_usage {
+                    frames.push(event_frame(
+                        "metadata",
+                        &json!({
+                            "usage": {
+                                "inputTokens": answer.input_tokens,
+                                "outputTokens": output_tokens,
+                                "totalTokens": answer.input_tokens + output_tokens,
+                            },
+                            "metrics": {"latencyMs": latency_ms},
+                        }),
+                    ));
+                }
+                frames
+            }
             StreamFormat::Invoke => vec![
                 chunk(&json!({"type": "content_block_stop", "index": 0})),
                 chunk(&json!({

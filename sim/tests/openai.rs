@@ -111,3 +111,29 @@ async fn faults_look_like_an_openai_compatible_server_failing() {
     assert!(!cut.iter().any(|line| line == "[DONE]"));
     assert_eq!(sim.stats().requests, 4);
 }
+
+#[tokio::test]
+async fn no_usage_leaves_the_token_counts_out_as_some_servers_do() {
+    let sim = fm_sim::spawn(SimConfig::instant()).await.unwrap();
+    let model = format!("{MODEL}~no-usage");
+    let answer: Value = post(&sim, request(&model, false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(answer["choices"][0]["message"]["content"].is_string());
+    assert!(answer.get("usage").is_none(), "{answer}");
+
+    let lines = data_lines(post(&sim, request(&model, true)).await).await;
+    assert_eq!(lines.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = lines[..lines.len() - 1]
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(chunks.iter().all(|chunk| chunk.get("usage").is_none()));
+    let finish: Value = serde_json::from_str(&lines[lines.len() - 2]).unwrap();
+    assert!(
+        finish["choices"][0]["finish_reason"].is_string(),
+        "{finish}"
+    );
+}
