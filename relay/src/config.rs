@@ -16,6 +16,9 @@ use crate::error::RelayError;
 /// The embedded default configuration, with comments.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");
 
+/// The longest `retry.max_retry_after_ms`: a request does not sit out longer waits.
+pub const MAX_RETRY_AFTER_MS: u64 = 60_000;
+
 /// The longest `server.stream_batch_wait_us`: past this, batching would show as stutter.
 pub const MAX_STREAM_BATCH_WAIT_US: u64 = 10_000;
 
@@ -208,6 +211,10 @@ pub struct RetryConfig {
     pub budget_percent: f32,
     pub budget_min_per_sec: u32,
     pub budget_window_secs: u64,
+    /// The longest wait an upstream may ask for (`Retry-After`) and still be retried.
+    pub max_retry_after_ms: u64,
+    /// A call that failed only after waiting this long for an answer is a timeout.
+    pub slow_failure_ms: u64,
 }
 
 impl Default for RetryConfig {
@@ -219,6 +226,8 @@ impl Default for RetryConfig {
             budget_percent: 20.0,
             budget_min_per_sec: 5,
             budget_window_secs: 10,
+            max_retry_after_ms: 3000,
+            slow_failure_ms: 5000,
         }
     }
 }
@@ -239,6 +248,15 @@ impl RetryConfig {
         }
         if self.budget_min_per_sec >= i32::MAX as u32 {
             return Err("`retry.budget_min_per_sec` is too large".into());
+        }
+        if self.slow_failure_ms == 0 {
+            return Err("`retry.slow_failure_ms` must be greater than 0".into());
+        }
+        if self.max_retry_after_ms > MAX_RETRY_AFTER_MS {
+            return Err(format!(
+                "`retry.max_retry_after_ms` must be at most {MAX_RETRY_AFTER_MS} (a minute), got {}",
+                self.max_retry_after_ms
+            ));
         }
         Ok(())
     }
@@ -269,7 +287,13 @@ pub struct BreakerConfig {
     pub failure_rate_percent: f32,
     pub min_requests: u32,
     pub window_secs: u64,
-    pub open_ms: u64,
+    /// The first opening's cool-down, and the shortest of any.
+    pub min_open_ms: u64,
+    /// The longest cool-down (`open_ms` before the cool-down grew with the outage).
+    #[serde(alias = "open_ms")]
+    pub max_open_ms: u64,
+    /// Each re-opening's cool-down as a share of how long the target has been failing.
+    pub open_share_of_outage: f64,
     pub half_open_probes: u32,
 }
 
@@ -280,7 +304,9 @@ impl Default for BreakerConfig {
             failure_rate_percent: 50.0,
             min_requests: 20,
             window_secs: 30,
-            open_ms: 10_000,
+            min_open_ms: 1_000,
+            max_open_ms: 30_000,
+            open_share_of_outage: 0.25,
             half_open_probes: 2,
         }
     }
@@ -297,10 +323,16 @@ impl BreakerConfig {
         if !(1..=3600).contains(&self.window_secs) {
             return Err("`breaker.window_secs` must be between 1 and 3600".into());
         }
-        if self.open_ms == 0 || self.half_open_probes == 0 {
+        if self.min_open_ms == 0 || self.half_open_probes == 0 {
             return Err(
-                "`breaker.open_ms` and `breaker.half_open_probes` must be at least 1".into(),
+                "`breaker.min_open_ms` and `breaker.half_open_probes` must be at least 1".into(),
             );
+        }
+        if self.max_open_ms < self.min_open_ms {
+            return Err("`breaker.max_open_ms` must not be less than `breaker.min_open_ms`".into());
+        }
+        if !(self.open_share_of_outage >= 0.0 && self.open_share_of_outage <= 10.0) {
+            return Err("`breaker.open_share_of_outage` must be between 0 and 10".into());
         }
         Ok(())
     }

@@ -215,6 +215,24 @@ impl RelayError {
         }
     }
 
+    /// An upstream that could not be reached or answered nothing but made the call wait
+    /// `waited` first is a timeout, not an unavailability: another call to it would likely wait
+    /// as long (see `retry.slow_failure_ms`). Other errors are left as they are.
+    pub fn waited_for_nothing(mut self, waited: Duration) -> Self {
+        if let RelayError::Upstream {
+            failure, message, ..
+        } = &mut self
+            && *failure == UpstreamFailure::Unavailable
+        {
+            *failure = UpstreamFailure::Timeout;
+            message.push_str(&format!(
+                " after {:.1} s without an answer (a timeout: not retried on the same target)",
+                waited.as_secs_f64()
+            ));
+        }
+        self
+    }
+
     /// Notes in an upstream error's message how many calls were made, when more than one.
     pub fn after_attempts(mut self, attempts: u32) -> Self {
         if let RelayError::Upstream { message, .. } = &mut self

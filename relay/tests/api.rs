@@ -631,7 +631,7 @@ async fn stats_report_server_side_latency_per_model() {
 async fn a_failing_target_trips_its_breaker_which_probes_and_closes() {
     let harness = start_with(sim_config(), |config| {
         config.breaker.consecutive_failures = 3;
-        config.breaker.open_ms = 200;
+        config.breaker.min_open_ms = 200;
         config.breaker.half_open_probes = 1;
     })
     .await;
@@ -651,6 +651,9 @@ async fn a_failing_target_trips_its_breaker_which_probes_and_closes() {
     let status = circuit(&harness.get_json("/v1/stats").await);
     assert_eq!(status.state, fm_protocol::CircuitState::Open);
     assert!(status.reason.unwrap().contains("3 failures in a row"));
+    assert_eq!((status.open_ms, status.openings), (Some(200), 1));
+    assert!(status.probe_in_ms.is_some_and(|wait| wait <= 200));
+    assert!(status.open_time_reason.unwrap().contains("first opening"));
     assert_eq!(harness.sim.stats().requests, 3);
 
     // While open, calls fail fast: nothing reaches the upstream, and the answer says when to
@@ -732,6 +735,7 @@ async fn metrics_are_served_in_the_prometheus_text_format() {
         r#"fm_relay_requests_total{model="throttle",outcome="error"} 1"#,
         r#"fm_relay_circuit_state{model="plain",target="anthropic.test-v1:0 in us-east-1",region="us-east-1",state="closed"} 1"#,
         r#"fm_relay_circuit_state{model="plain",target="anthropic.test-v1:0 in us-east-1",region="us-east-1",state="open"} 0"#,
+        r#"fm_relay_circuit_open_seconds{model="plain",target="anthropic.test-v1:0 in us-east-1",region="us-east-1"} 0"#,
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -45,12 +45,29 @@ pub enum CircuitState {
     HalfOpen,
 }
 
-/// A circuit breaker's state and, unless closed, why it tripped.
+/// A circuit breaker's state and, unless closed, why it tripped and how long it stays open.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CircuitStatus {
     pub state: CircuitState,
+    /// Why it tripped (absent while closed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// How long this opening keeps calls away, in milliseconds (absent while closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_ms: Option<u64>,
+    /// Milliseconds until probe calls are let through (only while open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_in_ms: Option<u64>,
+    /// Times it opened in a row without closing in between (0 while closed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub openings: u32,
+    /// Why it stays open that long, in words for people (absent while closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_time_reason: Option<String>,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 /// One target of a model (a region or inference profile) and its health now.

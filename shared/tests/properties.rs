@@ -272,6 +272,7 @@ proptest! {
         ttft in prop::option::of((finite_ms(), finite_ms(), finite_ms())),
         total in prop::option::of((finite_ms(), finite_ms(), finite_ms())),
         window_secs in any::<u64>(),
+        open_ms in prop::option::of(any::<u64>()), openings in any::<u32>(),
     ) {
         let percentiles = |(p50, p95, p99)| Percentiles { p50, p95, p99 };
         round_trips(&StatsResponse {
@@ -287,6 +288,10 @@ proptest! {
                     circuit: CircuitStatus {
                         state: CircuitState::HalfOpen,
                         reason: Some("probe".into()),
+                        open_ms,
+                        probe_in_ms: open_ms.map(|ms| ms / 2),
+                        openings,
+                        open_time_reason: open_ms.map(|ms| format!("open for {ms} ms")),
                     },
                     client_rate_limit: ttft.map(|t| t.0),
                 }],

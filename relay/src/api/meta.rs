@@ -1,8 +1,8 @@
 //! `GET /healthz` (liveness and drain state), `GET /v1/models` (the configured models),
 //! `GET /v1/stats?window_secs=N` (server-side latency per model over the last N seconds, default
 //! 300, at most 3600) and `GET /metrics` (the same figures for Prometheus, in its text format:
-//! counters since start-up, latency quantiles over the last five minutes, each target's circuit
-//! and rate limit, the cache's counters). The text format is a few lines of code over figures the
+//! counters since start-up, latency quantiles over the last five minutes, each target's circuit,
+//! its cool-down and rate limit, the cache's counters). The text format is a few lines of code over figures the
 //! relay keeps anyway, so no metrics crate is pulled in for it.
 
 use std::time::Duration;
@@ -154,6 +154,7 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
         "Each target's circuit breaker: 1 for the state it is in.",
     );
     let mut limits = String::new();
+    let mut cool_downs = String::new();
     for model in &window {
         let Some(entry) = state.catalog().get(&model.model) else {
             continue;
@@ -179,11 +180,25 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
                 };
                 sample(&mut out, "fm_relay_circuit_state", &with_state, value);
             }
+            let open_ms = health.circuit.open_ms.unwrap_or(0);
+            sample(
+                &mut cool_downs,
+                "fm_relay_circuit_open_seconds",
+                &labels,
+                open_ms as f64 / 1000.0,
+            );
             if let Some(rate) = health.client_rate_limit {
                 sample(&mut limits, "fm_relay_client_rate_limit", &labels, rate);
             }
         }
     }
+    family(
+        &mut out,
+        "fm_relay_circuit_open_seconds",
+        "gauge",
+        "How long each target's breaker stays open this time (it grows with the outage; 0 while closed).",
+    );
+    out.push_str(&cool_downs);
     family(
         &mut out,
         "fm_relay_client_rate_limit",

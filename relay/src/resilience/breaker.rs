@@ -4,6 +4,15 @@
 //! number of probe calls go through; if they all succeed it **closes**, if one fails it opens
 //! again.
 //!
+//! **The cool-down grows with the outage.** The first opening lasts `min_open_ms` (about a
+//! second); each re-opening lasts `open_share_of_outage` of the time since that first opening,
+//! between `min_open_ms` and `max_open_ms`. A flap of a few seconds is probed every second, so
+//! traffic is back on the target about a second after it recovers; a long outage is probed at an
+//! interval that grows by a quarter each time (with the default share) up to the cap, so a dead
+//! upstream sees few probes. Closing forgets the outage: the next opening is short again. A
+//! fixed cool-down cannot do both — the earlier 10 s kept a primary that flapped for six seconds
+//! away for five more.
+//!
 //! Only failures that say something about the target's health count: unavailability, timeouts,
 //! stalls and broken streams. Throttling does not (the rate limiter's business), nor do requests
 //! the upstream rejected or misconfiguration. Every change of state is logged with its reason,
@@ -27,12 +36,27 @@ enum State {
     Open {
         until: Instant,
         reason: String,
+        opening: Opening,
     },
     HalfOpen {
         in_flight: u32,
         succeeded: u32,
         reason: String,
+        opening: Opening,
     },
+}
+
+/// One opening of the breaker and the outage it belongs to: the openings since it last closed.
+#[derive(Debug, Clone, Copy)]
+struct Opening {
+    /// When the first opening of this outage began.
+    outage_since: Instant,
+    /// Openings in a row, this one included.
+    count: u32,
+    /// How long the target had been failing when this opening began.
+    failing_for: Duration,
+    /// How long this opening keeps calls away.
+    cool_down: Duration,
 }
 
 /// Outcomes of the last `window_secs`, in one-second buckets.
@@ -119,23 +143,30 @@ impl CircuitBreaker {
         let now = Instant::now();
         let probe = match &mut *state {
             State::Closed { .. } => false,
-            State::Open { until, reason } if now >= *until => {
+            State::Open {
+                until,
+                reason,
+                opening,
+            } if now >= *until => {
                 tracing::info!(target = %self.target, "circuit half-open: sending probes");
                 let reason = std::mem::take(reason);
+                let opening = *opening;
                 *state = State::HalfOpen {
                     in_flight: 1,
                     succeeded: 0,
                     reason,
+                    opening,
                 };
                 true
             }
-            State::Open { until, reason } => {
+            State::Open { until, reason, .. } => {
                 return Err(self.open_error(reason, *until - now));
             }
             State::HalfOpen {
                 in_flight,
                 succeeded,
                 reason,
+                ..
             } => {
                 if *in_flight + *succeeded >= self.config.half_open_probes {
                     return Err(self.open_error(reason, Duration::ZERO));
@@ -161,6 +192,11 @@ impl CircuitBreaker {
         }
     }
 
+    /// Whether the breaker refuses calls now (open, its cool-down not over).
+    pub fn is_open(&self) -> bool {
+        matches!(&*self.lock(), State::Open { until, .. } if Instant::now() < *until)
+    }
+
     /// Whether a failure counts against the target's health.
     pub fn counts_as_failure(err: &RelayError) -> bool {
         matches!(
@@ -175,10 +211,57 @@ impl CircuitBreaker {
         )
     }
 
+    /// The next opening at `now`: the first of an outage, or the one after `previous`.
+    fn next_opening(&self, now: Instant, previous: Option<Opening>) -> Opening {
+        let min = Duration::from_millis(self.config.min_open_ms);
+        let max = Duration::from_millis(self.config.max_open_ms);
+        match previous {
+            None => Opening {
+                outage_since: now,
+                count: 1,
+                failing_for: Duration::ZERO,
+                cool_down: min,
+            },
+            Some(previous) => {
+                let failing_for = now - previous.outage_since;
+                Opening {
+                    outage_since: previous.outage_since,
+                    count: previous.count + 1,
+                    failing_for,
+                    cool_down: failing_for
+                        .mul_f64(self.config.open_share_of_outage)
+                        .clamp(min, max),
+                }
+            }
+        }
+    }
+
+    /// Why `opening` lasts as long as it does.
+    fn cool_down_reason(&self, opening: &Opening) -> String {
+        let cool_down = seconds(opening.cool_down);
+        if opening.count == 1 {
+            return format!(
+                "open for {cool_down}: the first opening since the target last recovered waits the shortest cool-down"
+            );
+        }
+        let failing_for = seconds(opening.failing_for);
+        let bound = match opening.cool_down.as_millis() as u64 {
+            ms if ms <= self.config.min_open_ms => " (the shortest)",
+            ms if ms >= self.config.max_open_ms => " (the longest)",
+            _ => "",
+        };
+        format!(
+            "open for {cool_down}{bound}: opening {} in a row; the target had been failing for {failing_for}, and a re-opening waits {:.0}% of that, between {} and {}",
+            opening.count,
+            self.config.open_share_of_outage * 100.0,
+            seconds(Duration::from_millis(self.config.min_open_ms)),
+            seconds(Duration::from_millis(self.config.max_open_ms)),
+        )
+    }
+
     fn settle(&self, probe: bool, failure: Option<&RelayError>) {
         let mut state = self.lock();
         let now = Instant::now();
-        let open_for = Duration::from_millis(self.config.open_ms);
         match &mut *state {
             State::Closed {
                 consecutive,
@@ -206,26 +289,37 @@ impl CircuitBreaker {
                     None
                 };
                 if let Some(reason) = reason {
-                    tracing::warn!(target = %self.target, %reason, "circuit opened");
+                    let opening = self.next_opening(now, None);
+                    tracing::warn!(
+                        target = %self.target, %reason, cool_down = ?opening.cool_down,
+                        "circuit opened"
+                    );
                     *state = State::Open {
-                        until: now + open_for,
+                        until: now + opening.cool_down,
                         reason,
+                        opening,
                     };
                 }
             }
             State::HalfOpen {
                 in_flight,
                 succeeded,
+                opening,
                 ..
             } if probe => {
                 *in_flight = in_flight.saturating_sub(1);
                 match failure {
                     Some(err) => {
                         let reason = format!("a probe failed: {err}");
-                        tracing::warn!(target = %self.target, %reason, "circuit opened again");
+                        let opening = self.next_opening(now, Some(*opening));
+                        tracing::warn!(
+                            target = %self.target, %reason, cool_down = ?opening.cool_down,
+                            openings = opening.count, "circuit opened again"
+                        );
                         *state = State::Open {
-                            until: now + open_for,
+                            until: now + opening.cool_down,
                             reason,
+                            opening,
                         };
                     }
                     None => {
@@ -251,23 +345,38 @@ impl CircuitBreaker {
         }
     }
 
-    /// The breaker's state and, unless closed, why.
+    /// The breaker's state and, unless closed, why it tripped and how long it stays open.
     pub fn status(&self) -> CircuitStatus {
-        match &*self.lock() {
-            State::Closed { .. } => CircuitStatus {
-                state: CircuitState::Closed,
-                reason: None,
-            },
-            State::Open { reason, .. } => CircuitStatus {
-                state: CircuitState::Open,
-                reason: Some(reason.clone()),
-            },
-            State::HalfOpen { reason, .. } => CircuitStatus {
-                state: CircuitState::HalfOpen,
-                reason: Some(reason.clone()),
-            },
+        let (state, reason, opening, probe_in) = match &*self.lock() {
+            State::Closed { .. } => return CircuitStatus::default(),
+            State::Open {
+                until,
+                reason,
+                opening,
+            } => (
+                CircuitState::Open,
+                reason.clone(),
+                *opening,
+                Some(until.saturating_duration_since(Instant::now())),
+            ),
+            State::HalfOpen {
+                reason, opening, ..
+            } => (CircuitState::HalfOpen, reason.clone(), *opening, None),
+        };
+        CircuitStatus {
+            state,
+            reason: Some(reason),
+            open_ms: Some(opening.cool_down.as_millis() as u64),
+            probe_in_ms: probe_in.map(|wait| wait.as_millis() as u64),
+            openings: opening.count,
+            open_time_reason: Some(self.cool_down_reason(&opening)),
         }
     }
+}
+
+/// A duration as people read it in status texts: `1.6 s`.
+fn seconds(duration: Duration) -> String {
+    format!("{:.1} s", duration.as_secs_f64())
 }
 
 impl Permit {
@@ -317,7 +426,9 @@ mod tests {
                 failure_rate_percent: 50.0,
                 min_requests: 10,
                 window_secs: 10,
-                open_ms: 1000,
+                min_open_ms: 1000,
+                max_open_ms: 8000,
+                open_share_of_outage: 0.5,
                 half_open_probes: 2,
             },
         )
@@ -410,6 +521,62 @@ mod tests {
             breaker.acquire().unwrap().failure(&throttled);
         }
         assert_eq!(breaker.status().state, CircuitState::Closed);
+    }
+
+    /// Waits out the open breaker's cool-down and fails its first probe.
+    async fn fail_a_probe(breaker: &Arc<CircuitBreaker>) {
+        // `probe_in_ms` is rounded down to the millisecond.
+        let wait = breaker.status().probe_in_ms.unwrap() + 1;
+        tokio::time::advance(Duration::from_millis(wait)).await;
+        fail(breaker);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cool_down_grows_with_the_outage_and_is_short_again_after_closing() {
+        let breaker = breaker();
+        for _ in 0..3 {
+            fail(&breaker);
+        }
+        let first = breaker.status();
+        assert_eq!((first.open_ms, first.probe_in_ms), (Some(1000), Some(1000)));
+        assert_eq!(first.openings, 1);
+        assert!(first.open_time_reason.unwrap().contains("first opening"));
+
+        // Half the time failing so far, between 1 s and 8 s: 1, 1, 1, 1.5, 2.25, ... 8.
+        let mut cool_downs = vec![1000];
+        for _ in 0..10 {
+            fail_a_probe(&breaker).await;
+            cool_downs.push(breaker.status().open_ms.unwrap());
+        }
+        let expected = [
+            1000, 1000, 1000, 1500, 2250, 3375, 5062, 7593, 8000, 8000, 8000,
+        ];
+        // Each wait above is a millisecond long (rounding), so the outage is a little longer.
+        assert!(
+            cool_downs
+                .iter()
+                .zip(expected)
+                .all(|(got, want)| got.abs_diff(want) <= 15),
+            "{cool_downs:?}"
+        );
+        let status = breaker.status();
+        assert_eq!(status.state, CircuitState::Open);
+        assert_eq!(status.openings, 11);
+        let why = status.open_time_reason.unwrap();
+        assert!(why.contains("open for 8.0 s (the longest)"), "{why}");
+        assert!(why.contains("opening 11 in a row"), "{why}");
+        assert!(why.contains("50% of that"), "{why}");
+
+        // The probes succeed: closed, and the outage is forgotten.
+        tokio::time::advance(Duration::from_millis(8000)).await;
+        succeed(&breaker);
+        succeed(&breaker);
+        assert_eq!(breaker.status(), CircuitStatus::default());
+        for _ in 0..3 {
+            fail(&breaker);
+        }
+        let again = breaker.status();
+        assert_eq!((again.open_ms, again.openings), (Some(1000), 1));
     }
 
     #[tokio::test(start_paused = true)]

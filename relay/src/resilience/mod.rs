@@ -226,11 +226,12 @@ impl Executor {
 }
 
 /// One call to `target` under its breaker and rate limiter: waits for the limiter (until
-/// `wait_until` at the latest), makes the call, feeds the outcome to the limiter, and on failure
-/// to the breaker. On success the breaker's permit is returned unsettled, for the caller to
+/// `wait_until` at the latest), makes the call (timed by `retrier`: a failure after a long wait
+/// for nothing is a timeout), feeds the outcome to the limiter, and on failure to the breaker. On success the breaker's permit is returned unsettled, for the caller to
 /// settle when the answer is complete.
 async fn guarded_call<T, Fut>(
     target: &Target,
+    retrier: &Retrier,
     wait_until: tokio::time::Instant,
     call: impl FnOnce() -> Fut,
 ) -> Result<(T, Permit), RelayError>
@@ -239,7 +240,7 @@ where
 {
     let permit = target.breaker.acquire()?;
     target.limiter.acquire(wait_until).await?;
-    let result = call().await;
+    let result = retrier.timed(call()).await;
     target.limiter.observe(&result);
     match result {
         Ok(value) => Ok((value, permit)),

@@ -10,11 +10,13 @@
 //! the partial answer as the assistant's prefill where the model accepts one; a prefill the
 //! upstream refuses is retried once, on the same target, as a restart.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use fm_protocol::{ChatRequest, Message, ResponseSource, RouteInfo, StopReason, Usage};
 
 use super::breaker::Permit;
+use super::retry::{NextTarget, RetryAfter};
 use super::{DeadlineKind, Executor, RequestContext, earliest, guarded_call};
 use crate::cache::{CacheKeys, Hit};
 use crate::error::{RelayError, UpstreamFailure};
@@ -67,6 +69,9 @@ pub(crate) struct Walk {
     pub attempts: u32,
     /// The failure that made the walk move on last.
     last_error: Option<RelayError>,
+    /// What the walk decided along the way that the route should explain (waits honoured or
+    /// not), in order.
+    notes: Vec<String>,
     /// Where the answer is in the cache; `None` when the cache is off or the request opted out.
     cache_keys: Option<CacheKeys>,
 }
@@ -95,6 +100,25 @@ impl Walk {
             prefill_refused: false,
             attempts: 0,
             last_error: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// What the plan holds after `step`: the same model at a target that is not refusing calls
+    /// (its breaker open), or only other models, or nothing.
+    fn next_target(&self, step: &PlanStep) -> NextTarget {
+        let rest = self.decision.plan.get(self.next_step..).unwrap_or_default();
+        let same_model = |next: &&PlanStep| Arc::ptr_eq(&next.model, &step.model);
+        if rest
+            .iter()
+            .filter(same_model)
+            .any(|next| !next.target.breaker.is_open())
+        {
+            NextTarget::SameModel
+        } else if rest.is_empty() {
+            NextTarget::None
+        } else {
+            NextTarget::OtherModel
         }
     }
 
@@ -131,34 +155,38 @@ impl Walk {
             let request = prefill.as_ref().map_or(&self.request, |(r, _)| r);
             let target = &step.target;
             let deadline = tokio::time::Instant::from(deadline);
-            // Another target could take the call: do not wait long for this one.
-            let failover_available = self.next_step < self.decision.plan.len();
-            let limiter_wait = match failover_available {
-                true => deadline.min(tokio::time::Instant::now() + self.executor.max_limiter_wait),
-                false => deadline,
-            };
-            let calls = self
-                .executor
-                .retrier
-                .run(deadline, failover_available, |_| {
-                    guarded_call(target, limiter_wait, || async {
-                        let upstream_id = &target.upstream_id;
-                        match kind {
-                            CallKind::Stream => target
-                                .provider
-                                .open_stream(upstream_id, request)
-                                .await
-                                .map(Reply::Stream),
-                            CallKind::OneShot => target
-                                .provider
-                                .complete(upstream_id, request)
-                                .await
-                                .map(Reply::Answer),
-                        }
-                    })
-                });
+            let next = self.next_target(&step);
+            let max_limiter_wait = self.executor.max_limiter_wait;
+            let retrier = &self.executor.retrier;
+            let calls = retrier.run(deadline, next, |_| {
+                // Another target could take the call: do not wait long for this one.
+                let limiter_wait = match next {
+                    NextTarget::None => deadline,
+                    _ => deadline.min(tokio::time::Instant::now() + max_limiter_wait),
+                };
+                guarded_call(target, retrier, limiter_wait, || async {
+                    let upstream_id = &target.upstream_id;
+                    match kind {
+                        CallKind::Stream => target
+                            .provider
+                            .open_stream(upstream_id, request)
+                            .await
+                            .map(Reply::Stream),
+                        CallKind::OneShot => target
+                            .provider
+                            .complete(upstream_id, request)
+                            .await
+                            .map(Reply::Answer),
+                    }
+                })
+            });
             let (result, mut attempts) = match tokio::time::timeout_at(deadline, calls).await {
-                Ok(attempted) => (attempted.result, attempted.attempts),
+                Ok(attempted) => {
+                    for retry_after in attempted.retry_afters {
+                        self.notes.push(retry_after_note(&step, retry_after));
+                    }
+                    (attempted.result, attempted.attempts)
+                }
                 Err(_) => (Err(self.executor.deadline_error(deadline_kind, target)), 1),
             };
             if let Err(RelayError::Upstream { failure, .. }) = &result
@@ -218,9 +246,19 @@ impl Walk {
         Ok(())
     }
 
+    /// The decision's reason with what the walk noted along the way.
+    fn reason(&self) -> String {
+        let mut reason = self.decision.reason.clone();
+        for note in &self.notes {
+            reason.push_str("; ");
+            reason.push_str(note);
+        }
+        reason
+    }
+
     /// How the answer from `step` was reached.
     pub fn route_info(&self, step: &PlanStep) -> RouteInfo {
-        let mut reason = self.decision.reason.clone();
+        let mut reason = self.reason();
         if step.source != ResponseSource::Primary
             && let Some(err) = &self.last_error
         {
@@ -250,7 +288,7 @@ impl Walk {
             attempts: self.attempts,
             reason: format!(
                 "{}; every target failed (last: {err}), so the relay answered with its degraded answer",
-                self.decision.reason
+                self.reason()
             ),
         }
     }
@@ -314,6 +352,21 @@ impl Walk {
     /// The configured degraded answer's text.
     pub fn degraded_text(&self) -> String {
         self.executor.degradation.message.clone()
+    }
+}
+
+/// What the route says about a wait `step`'s target asked for.
+fn retry_after_note(step: &PlanStep, retry_after: RetryAfter) -> String {
+    let target = format!("`{}` in {}", step.model.config.id, step.target.region());
+    match retry_after {
+        RetryAfter::Waited(wait) => format!(
+            "{target} was throttled and asked to wait {:.1} s, which the relay did before calling it again",
+            wait.as_secs_f64()
+        ),
+        RetryAfter::TooLong(wait) => format!(
+            "{target} was throttled and asked to wait {:.1} s, longer than the relay waits for it              (`retry.max_retry_after_ms`, within the request's deadline), so it moved on",
+            wait.as_secs_f64()
+        ),
     }
 }
 
