@@ -326,3 +326,144 @@ async fn a_silent_upstream_is_not_retried_on_the_same_target() {
     );
     assert_eq!(requests_in(&harness, "us-east-1"), before + 3);
 }
+
+/// A streamed OpenAI chat completion of `PROMPT` from `model`: the chunks (as JSON) and whether
+/// the stream ended with `[DONE]`.
+async fn openai_stream(harness: &Harness, model: &str) -> (Vec<serde_json::Value>, bool) {
+    let body = serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "stream": true,
+    });
+    let response = harness.post("/v1/chat/completions", body.to_string()).await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let mut lines: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .collect();
+    let done = lines.last() == Some(&"[DONE]");
+    if done {
+        lines.pop();
+    }
+    let chunks = lines
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    (chunks, done)
+}
+
+fn content_of(chunks: &[serde_json::Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
+/// The relay's `fm_relay_stream_replays_total` for `outcome`.
+async fn replays(harness: &Harness, outcome: &str) -> u64 {
+    let metrics = harness
+        .http
+        .get(harness.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("fm_relay_stream_replays_total{{outcome=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_broken_stream_is_resumed_by_replay_on_the_openai_surface() {
+    let harness = start(|config| {
+        config.models.push(regional());
+        // The same model behind an OpenAI-compatible server: its first target breaks after four
+        // tokens by connection reset, its second (the same model on another server) answers.
+        let sim_url = config.bedrock.endpoint.clone().unwrap();
+        let mut served = model("served", format!("{FLAKY}~reset@4"));
+        served.provider = fm_relay::config::ProviderKind::OpenAi;
+        served.endpoint = Some(format!("{sim_url}/v1"));
+        served.region = "gpu-1".into();
+        served.failover = vec![FailoverTarget {
+            region: "gpu-2".into(),
+            upstream_id: Some(FLAKY.into()),
+            endpoint: None,
+        }];
+        config.models.push(served);
+    })
+    .await;
+    let whole = harness.chat(Some("regional"), PROMPT).await.text;
+    let mut resumed = 0;
+    for (model, fault) in [
+        ("regional", Some("cut@5")),
+        ("regional", Some("reset@5")),
+        ("served", None),
+    ] {
+        if let Some(fault) = fault {
+            let rule = FaultRule::always(fault.parse().unwrap())
+                .for_model(FLAKY)
+                .in_region("us-east-1");
+            harness.sim.set_faults(vec![rule]).unwrap();
+        }
+        let (chunks, done) = openai_stream(&harness, model).await;
+        // One answer, as if nothing broke: no error, no repeated text.
+        assert!(done, "{model} {fault:?}: {chunks:?}");
+        assert!(chunks.iter().all(|chunk| chunk.get("error").is_none()));
+        assert_eq!(content_of(&chunks), whole, "{model} {fault:?}");
+        let last = chunks.last().unwrap();
+        assert_eq!(last["fm_relay"]["route"]["source"], "fallback_region");
+        assert_eq!(last["fm_relay"]["route"]["attempts"], 2);
+        resumed += 1;
+        assert_eq!(replays(&harness, "resumed").await, resumed);
+    }
+
+    // The native SSE surface still announces the restart instead.
+    let events = sse_events(
+        harness
+            .post("/v1/chat/stream", chat_body(Some("regional"), PROMPT))
+            .await,
+    )
+    .await;
+    assert!(
+        events.iter().any(|event| matches!(
+            event,
+            StreamEvent::Failover {
+                discard_partial: true,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert_eq!(replays(&harness, "resumed").await, resumed);
+}
+
+#[tokio::test]
+async fn a_replay_that_diverges_ends_the_openai_stream_with_an_error() {
+    // The primary breaks after five tokens; only another model is left, and it says something
+    // else.
+    let harness = start(|_| {}).await;
+    let whole = harness.chat(Some("primary"), PROMPT).await.text;
+    break_primary(&harness, "cut@5", None);
+    let (chunks, done) = openai_stream(&harness, "primary").await;
+    assert!(!done, "{chunks:?}");
+    let error = &chunks.last().unwrap()["error"];
+    assert_eq!(error["code"], "upstream_error", "{chunks:?}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("differed from the text already sent"),
+        "{message}"
+    );
+    // The client has the five tokens of the broken answer and nothing spliced onto them.
+    let delivered = content_of(&chunks);
+    assert!(whole.starts_with(&delivered), "{delivered:?} / {whole:?}");
+    assert_eq!(delivered.split_whitespace().count(), 5, "{delivered:?}");
+    assert_eq!(replays(&harness, "diverged").await, 1);
+    assert_eq!(replays(&harness, "resumed").await, 0);
+}

@@ -18,6 +18,7 @@ use super::AppState;
 use super::extract::RequestId;
 use crate::error::{RelayError, RequestError};
 use crate::shutdown::Phase;
+use crate::telemetry::ReplayOutcome;
 use crate::telemetry::window::MAX_WINDOW;
 
 pub fn routes() -> Router<AppState> {
@@ -120,6 +121,21 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
     ] {
         family(&mut out, name, "counter", help);
         sample(&mut out, name, &[], value as f64);
+    }
+    family(
+        &mut out,
+        "fm_relay_stream_replays_total",
+        "counter",
+        "Answers restarted on the OpenAI surface and held back until they reproduced the text already sent: resumed (it matched), diverged (it did not; the stream ended with an error), failed (the target failed during the replay).",
+    );
+    for outcome in ReplayOutcome::ALL {
+        let value = state.executor().replays().count(outcome);
+        sample(
+            &mut out,
+            "fm_relay_stream_replays_total",
+            &[("outcome", outcome.as_str())],
+            value as f64,
+        );
     }
     for (name, help, pick) in [
         (

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::cache::AnswerCache;
 use crate::config::RelayConfig;
 use crate::error::{RelayError, RequestError};
-use crate::resilience::{ChatEventStream, Executor, RequestContext};
+use crate::resilience::{ChatEventStream, Executor, RequestContext, Restart};
 use crate::routing::{ModelCatalog, RouteDecision};
 use crate::shutdown::{Phase, Shutdown};
 use crate::telemetry::{LiveWindow, StreamWrites};
@@ -132,14 +132,19 @@ pub fn admit(
     Ok((ctx, state.catalog().route(request)))
 }
 
-/// Admits a request and opens its stream: what the SSE and WebSocket surfaces share.
+/// Admits a request and opens its stream: what the streaming surfaces share. `restart` says how
+/// the surface takes an answer that starts again after its client got text.
 pub async fn open_stream(
     state: &AppState,
     request_id: String,
     request: ChatRequest,
+    restart: Restart,
 ) -> Result<ChatEventStream, RelayError> {
     let (ctx, decision) = admit(state, request_id, &request)?;
-    state.executor().open_stream(ctx, decision, request).await
+    state
+        .executor()
+        .open_stream(ctx, decision, request, restart)
+        .await
 }
 
 /// `first`, just taken from `events`, and the events that can share its write (see

@@ -12,9 +12,10 @@
 //! `data: [DONE]` (a usage chunk before it when asked), plus an `fm_relay` object with the route,
 //! timings and the degraded flag. Errors use OpenAI's body (`{"error": {"message", "type",
 //! "param", "code"}}`) with the relay's status codes and codes. A stream that fails after it
-//! started ends with an `error` object and no `[DONE]`; an answer that another target restarted
-//! from scratch cannot be taken back from an OpenAI client, so that too ends with an error rather
-//! than a spliced text.
+//! started ends with an `error` object and no `[DONE]`. Text an OpenAI client received cannot be
+//! taken back, so an answer that another target must restart from scratch is resumed by replay
+//! (`resilience::replay`): held back until it has reproduced that text, it continues seamlessly
+//! when it does and ends with an error when it diverges — never a spliced text.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -30,6 +31,7 @@ use super::extract::{ApiJson, RequestId};
 use super::sse::{SseEncoder, sse_body, sse_response};
 use super::{AppState, admit, open_stream};
 use crate::error::{RelayError, RequestError};
+use crate::resilience::Restart;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/chat/completions", post(chat_completions))
@@ -171,7 +173,7 @@ async fn chat_completions(
         let ApiJson(completion) = body.map_err(|rejection| rejection.error)?;
         let request = completion.to_chat_request()?;
         if completion.stream {
-            let events = open_stream(&state, request_id.clone(), request).await?;
+            let events = open_stream(&state, request_id.clone(), request, Restart::Replay).await?;
             let encoder = ChunkEncoder {
                 id: format!("chatcmpl-{request_id}"),
                 created: unix_seconds(),

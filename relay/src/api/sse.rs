@@ -25,7 +25,7 @@ use tokio::time::{Instant, Sleep};
 use super::extract::{ApiJson, RequestId};
 use super::{AppState, open_stream, take_burst};
 use crate::error::RequestError;
-use crate::resilience::ChatEventStream;
+use crate::resilience::{ChatEventStream, Restart};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/chat/stream", post(chat_stream))
@@ -36,7 +36,7 @@ async fn chat_stream(
     RequestId(request_id): RequestId,
     ApiJson(request): ApiJson<ChatRequest>,
 ) -> Result<Response, RequestError> {
-    let opened = open_stream(&state, request_id.clone(), request).await;
+    let opened = open_stream(&state, request_id.clone(), request, Restart::Announce).await;
     let events = opened.map_err(|error| error.with_request_id(&request_id))?;
     Ok(sse_response(sse_body(&state, events, NativeEvents)))
 }

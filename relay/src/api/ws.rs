@@ -26,7 +26,7 @@ use futures_util::{SinkExt, StreamExt};
 use super::extract::{RequestId, parse_json};
 use super::{AppState, open_stream, take_burst};
 use crate::error::RelayError;
-use crate::resilience::ChatEventStream;
+use crate::resilience::{ChatEventStream, Restart};
 use crate::shutdown::Phase;
 
 pub fn routes() -> Router<AppState> {
@@ -139,7 +139,7 @@ impl Session {
     /// Opens the stream for `request`; a failure becomes its terminal error event.
     async fn start(&mut self, request: ChatRequest) -> bool {
         let RequestId(request_id) = RequestId::generate();
-        let opened = open_stream(&self.state, request_id, request).await;
+        let opened = open_stream(&self.state, request_id, request, Restart::Announce).await;
         match opened {
             Ok(stream) => {
                 self.current = Some(stream);

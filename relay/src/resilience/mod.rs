@@ -15,11 +15,13 @@
 //! [`stream::ChatEventStream`], which never ends a truncated answer as a success: a stream that
 //! breaks after text was sent continues on the next target (from the partial answer as prefill
 //! where the model accepts it, otherwise restarted with a `failover` event that tells the client
-//! to discard the partial text) or ends with a typed error. When every target failed before any
-//! text, the configured degraded answer stands in, clearly marked.
+//! to discard the partial text — or, on a surface that cannot take text back, held back until
+//! it has reproduced what the client has ([`replay`])) or ends with a typed error. When every
+//! target failed before any text, the configured degraded answer stands in, clearly marked.
 
 pub mod breaker;
 pub mod rate_limit;
+pub mod replay;
 pub mod retry;
 pub mod stream;
 pub mod walk;
@@ -34,11 +36,11 @@ use crate::config::{DegradationConfig, RelayConfig, TimeoutConfig};
 use crate::error::{RelayError, UpstreamFailure};
 use crate::routing::{RouteDecision, Target};
 use crate::shutdown::Shutdown;
-use crate::telemetry::{LiveWindow, Outcome};
+use crate::telemetry::{LiveWindow, Outcome, StreamReplays};
 use breaker::Permit;
 
 pub use retry::{Attempted, Retrier};
-pub use stream::ChatEventStream;
+pub use stream::{ChatEventStream, Restart};
 
 /// One request's identity and clock.
 #[derive(Debug, Clone)]
@@ -75,6 +77,8 @@ pub struct Executor {
     max_limiter_wait: Duration,
     /// The answer cache, when it is on.
     cache: Option<Arc<AnswerCache>>,
+    /// How resumed-by-replay answers ended.
+    replays: Arc<StreamReplays>,
 }
 
 /// Which deadline ends a wait first.
@@ -103,6 +107,7 @@ impl Executor {
             window,
             shutdown,
             degradation: Arc::new(config.degradation.clone()),
+            replays: Arc::default(),
         }
     }
 
@@ -183,14 +188,21 @@ impl Executor {
 
     /// Walks the plan until a target accepts the call (so that when every target fails before
     /// answering, the client gets an ordinary HTTP error, or the degraded answer), and returns
-    /// the client-facing event stream, which starts with `start`.
+    /// the client-facing event stream, which starts with `start`. `restart` says how the
+    /// surface takes an answer that must start again after text was sent.
     pub async fn open_stream(
         &self,
         ctx: RequestContext,
         decision: RouteDecision,
         request: ChatRequest,
+        restart: Restart,
     ) -> Result<ChatEventStream, RelayError> {
-        ChatEventStream::open(self.clone(), ctx, decision, request).await
+        ChatEventStream::open(self.clone(), ctx, decision, request, restart).await
+    }
+
+    /// How resumed-by-replay answers ended, since start-up.
+    pub fn replays(&self) -> &StreamReplays {
+        &self.replays
     }
 
     /// The error for a passed deadline of a call to `target`.

@@ -13,6 +13,12 @@
 //! complete: it is finished after a short grace with the usage that arrived, not held until the
 //! idle timeout.
 //!
+//! **Restarts on a surface that cannot take text back.** With [`Restart::Replay`] (the OpenAI
+//! surface) no `failover` event announces a restart: the restarted answer is held back until it
+//! has reproduced the text the client has, then continues from there, or the stream ends with an
+//! error where it diverges ([`replay`](super::replay)); the first-token deadline applies until
+//! the client gets new text.
+//!
 //! **Timers.** Each read waits for the earliest of: the total deadline, the current target's
 //! first-token deadline (until it sent text), and the idle timeout since the last upstream event.
 //! One timer per stream serves all three: it is moved only when the next deadline comes earlier
@@ -40,6 +46,7 @@ use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::watch;
 
 use super::breaker::Permit;
+use super::replay::{Progress, Replay};
 use super::walk::{CallKind, Called, Reply, Walk};
 use super::{DeadlineKind, Executor, RequestContext, earliest, outcome};
 use crate::cache::Hit;
@@ -47,6 +54,19 @@ use crate::error::{RelayError, UpstreamFailure};
 use crate::provider::{ProviderEvent, ProviderStream};
 use crate::routing::{PlanStep, RouteDecision};
 use crate::shutdown::Phase;
+use crate::telemetry::ReplayOutcome;
+
+/// How a surface takes an answer that must start again from scratch after its client got text
+/// (the next target takes no prefill).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// A `failover` event with `discard_partial` tells the client to drop its text (the native
+    /// SSE and WebSocket surfaces).
+    Announce,
+    /// The client cannot drop text: the restart is held back until it has reproduced it (see the
+    /// module docs).
+    Replay,
+}
 
 /// The target answering now, and what it has sent so far.
 struct Attempt {
@@ -134,6 +154,9 @@ struct StreamState {
     ttft_ms: Option<f64>,
     /// The text the client has of the current answer.
     partial: String,
+    restart: Restart,
+    /// The restart being held back until it reproduces `partial` (with [`Restart::Replay`]).
+    replay: Option<Replay>,
 }
 
 /// The client-facing events of one answer.
@@ -164,6 +187,7 @@ impl ChatEventStream {
         ctx: RequestContext,
         decision: RouteDecision,
         request: ChatRequest,
+        restart: Restart,
     ) -> Result<ChatEventStream, RelayError> {
         let request_id = ctx.request_id.clone();
         let shutdown = executor.shutdown().subscribe();
@@ -176,6 +200,8 @@ impl ChatEventStream {
             finished: false,
             ttft_ms: None,
             partial: String::new(),
+            restart,
+            replay: None,
             walk,
         };
         let start = |model: &str| {
@@ -330,7 +356,38 @@ impl StreamState {
                     attempt.last_activity = Instant::now();
                     match event {
                         ProviderEvent::TextDelta(text) => {
-                            let text = attempt.client_text(text);
+                            let mut text = attempt.client_text(text);
+                            if let Some(replay) = self.replay.as_mut() {
+                                match replay.feed(&text) {
+                                    Progress::Behind => continue,
+                                    Progress::CaughtUp(rest) => {
+                                        self.replay = None;
+                                        self.walk.executor.replays().record(ReplayOutcome::Resumed);
+                                        // The replay is over: from here the first-token
+                                        // deadline is met.
+                                        attempt.got_text = true;
+                                        text = rest;
+                                    }
+                                    Progress::Diverged { matched } => {
+                                        let how = format!(
+                                            "differed from the text already sent after {matched} of its {} bytes (whitespace normalised)",
+                                            replay.expected_len()
+                                        );
+                                        let err = self.replay_diverged(&how);
+                                        self.fail(err);
+                                        continue;
+                                    }
+                                    Progress::TooLong { held } => {
+                                        let how = format!(
+                                            "ran {held} bytes without reproducing the {} bytes already sent",
+                                            self.partial.len()
+                                        );
+                                        let err = self.replay_diverged(&how);
+                                        self.fail(err);
+                                        continue;
+                                    }
+                                }
+                            }
                             if text.is_empty() {
                                 continue;
                             }
@@ -348,7 +405,7 @@ impl StreamState {
                     }
                 }
                 Step::Event(None) => match attempt.stop {
-                    Some(stop_reason) => return Some(Ok(self.finish(stop_reason))),
+                    Some(stop_reason) => return self.end(stop_reason),
                     None => {
                         let err = attempt.step.target.upstream_error(
                             UpstreamFailure::Protocol,
@@ -362,7 +419,7 @@ impl StreamState {
                     if attempt.stop.is_some() =>
                 {
                     let stop_reason = attempt.stop.unwrap_or(StopReason::Other);
-                    return Some(Ok(self.finish(stop_reason)));
+                    return self.end(stop_reason);
                 }
                 Step::Event(Some(Err(err))) => Box::pin(self.recover(err)).await,
                 Step::Deadline(kind) => {
@@ -449,12 +506,27 @@ impl StreamState {
         if let Some(permit) = attempt.permit.take() {
             permit.failure(&err);
         }
+        if self.replay.take().is_some() {
+            self.replayed(ReplayOutcome::Failed);
+        }
         let reason = err.to_string();
         if let Err(err) = self.walk.move_on(&attempt.step, err) {
             return self.give_up(err).await;
         }
         drop(attempt);
         match open_next(&mut self.walk, &self.partial).await {
+            Ok(next)
+                if !self.partial.is_empty()
+                    && !next.continues
+                    && self.restart == Restart::Replay =>
+            {
+                tracing::info!(
+                    request_id = %self.walk.ctx.request_id, target = %next.step.target.name,
+                    %reason, "the answer restarts; replaying the text the client has before going on"
+                );
+                self.replay = Some(Replay::new(&self.partial));
+                self.attempt = Some(next);
+            }
             Ok(next) => {
                 if !self.partial.is_empty() {
                     let discard_partial = !next.continues;
@@ -541,6 +613,48 @@ impl StreamState {
             tracing::warn!(request_id = %self.walk.ctx.request_id, error = %err, "request failed");
             self.pending.push_back(Err(err));
         }
+    }
+
+    /// The current target's answer ended with `stop_reason`: the end of the stream, unless a
+    /// replay had not yet reproduced the text the client has (the restart said less).
+    fn end(&mut self, stop_reason: StopReason) -> Option<Item> {
+        match self.replay.take() {
+            Some(replay) if !replay.complete() => {
+                let how = format!(
+                    "ended before it had reproduced the text already sent ({} of {} bytes, whitespace normalised)",
+                    replay.matched(),
+                    replay.expected_len()
+                );
+                let err = self.replay_diverged(&how);
+                self.fail(err);
+                return self.pending.pop_front();
+            }
+            Some(_) => self.replayed(ReplayOutcome::Resumed),
+            None => {}
+        }
+        Some(Ok(self.finish(stop_reason)))
+    }
+
+    /// The error that ends a stream whose restart did not reproduce the text the client has;
+    /// `how` says what the restart did instead.
+    fn replay_diverged(&mut self, how: &str) -> RelayError {
+        self.replay = None;
+        self.replayed(ReplayOutcome::Diverged);
+        let message = format!(
+            "the upstream broke off, and the answer restarted on this target {how}; the partial \
+             answer cannot be taken back: send the request again"
+        );
+        match &self.attempt {
+            Some(attempt) => attempt
+                .step
+                .target
+                .upstream_error(UpstreamFailure::Protocol, message),
+            None => RelayError::Internal(message),
+        }
+    }
+
+    fn replayed(&self, outcome: ReplayOutcome) {
+        self.walk.executor.replays().record(outcome);
     }
 
     /// The current target finished its answer.

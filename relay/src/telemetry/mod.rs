@@ -1,11 +1,14 @@
 //! What the relay knows about itself: logging ([`logging`]), the live window of recent request
-//! outcomes per model ([`window`]), which `GET /v1/stats` reports and routing reads, and the
-//! streaming surfaces' write counters ([`writes`]).
+//! outcomes per model ([`window`]), which `GET /v1/stats` reports and routing reads, the
+//! streaming surfaces' write counters ([`writes`]) and how resumed-by-replay answers ended
+//! ([`replays`]).
 
 pub mod logging;
+pub mod replays;
 pub mod window;
 pub mod writes;
 
 pub use logging::init_logging;
+pub use replays::{ReplayOutcome, StreamReplays};
 pub use window::{LiveWindow, Outcome};
 pub use writes::StreamWrites;
