@@ -421,7 +421,7 @@ async fn a_missing_first_token_and_the_total_deadline_are_enforced() {
 }
 
 #[tokio::test]
-async fn a_client_disconnect_cancels_the_upstream_stream() {
+async fn a_client_disconnect_cancels_the_upstream_call_and_counts_as_cancelled() {
     let harness = start().await;
     // SSE: read the first token, then hang up.
     let mut sse = SseReader::new(
@@ -454,6 +454,52 @@ async fn a_client_disconnect_cancels_the_upstream_stream() {
     harness.wait_for_cancelled_streams(2).await;
     let stats = harness.sim.stats();
     assert_eq!((stats.streams_started, stats.streams_completed), (2, 0));
+
+    // A sync request whose client gives up while the model thinks.
+    let impatient = harness
+        .http
+        .post(harness.url("/v1/chat"))
+        .header("content-type", "application/json")
+        .body(chat_body(Some("slow"), "take your time"))
+        .timeout(std::time::Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(impatient.unwrap_err().is_timeout());
+
+    // All three are counted, as cancelled: neither answered nor the upstream's failure.
+    let cancelled = |stats: &fm_protocol::StatsResponse, model: &str| {
+        let model = stats.models.iter().find(|m| m.model == model).unwrap();
+        (model.requests, model.cancelled, model.errors)
+    };
+    let mut stats: fm_protocol::StatsResponse = harness.get_json("/v1/stats").await;
+    for _ in 0..100 {
+        if cancelled(&stats, "slow").1 == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        stats = harness.get_json("/v1/stats").await;
+    }
+    assert_eq!(cancelled(&stats, "paced"), (2, 2, 0));
+    assert_eq!(cancelled(&stats, "slow"), (1, 1, 0));
+    let metrics = harness
+        .http
+        .get(harness.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"fm_relay_requests_total{model="paced",outcome="cancelled"} 2"#,
+        r#"fm_relay_requests_total{model="slow",outcome="cancelled"} 1"#,
+        r#"fm_relay_requests_total{model="slow",outcome="error"} 0"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test]

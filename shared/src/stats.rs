@@ -93,6 +93,10 @@ pub struct ModelStats {
     pub requests: u64,
     /// Requests that ended with an error.
     pub errors: u64,
+    /// Requests whose client went away before the answer was complete (counted in `requests`,
+    /// not in `errors`).
+    #[serde(default)]
+    pub cancelled: u64,
     /// Upstream calls to this model that failed and were answered elsewhere (another region or
     /// model), counted apart from the requests: they are not completions.
     #[serde(default)]

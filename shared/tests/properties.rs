@@ -279,7 +279,7 @@ proptest! {
             window_secs,
             cache: ttft.map(|_| CacheStats { exact_hits: requests, misses: errors, ..CacheStats::default() }),
             models: vec![ModelStats {
-                model, requests, errors, failed_attempts,
+                model, requests, errors, failed_attempts, cancelled: errors / 2,
                 ttft_ms: ttft.map(percentiles),
                 total_ms: total.map(percentiles),
                 targets: vec![TargetStats {

@@ -18,8 +18,8 @@ use super::AppState;
 use super::extract::RequestId;
 use crate::error::{RelayError, RequestError};
 use crate::shutdown::Phase;
-use crate::telemetry::ReplayOutcome;
 use crate::telemetry::window::MAX_WINDOW;
+use crate::telemetry::{Ending, ReplayOutcome};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -76,16 +76,15 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
         &mut out,
         "fm_relay_requests_total",
         "counter",
-        "Requests that ended, per model they were routed to and outcome (degraded answers are errors).",
+        "Requests that ended, per model they were routed to and outcome: ok, error (degraded answers are errors) or cancelled (the client went away first).",
     );
     for (model, totals) in state.window().totals() {
-        for (outcome, counter) in [("ok", &totals.ok), ("error", &totals.errors)] {
-            let value = counter.load(std::sync::atomic::Ordering::Relaxed);
+        for ending in [Ending::Ok, Ending::Error, Ending::Cancelled] {
             sample(
                 &mut out,
                 "fm_relay_requests_total",
-                &[("model", model), ("outcome", outcome)],
-                value as f64,
+                &[("model", model), ("outcome", ending.as_str())],
+                totals.ended(ending) as f64,
             );
         }
     }

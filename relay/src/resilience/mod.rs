@@ -34,9 +34,9 @@ use fm_protocol::{ChatRequest, ChatResponse, StopReason, Timings, Usage};
 use crate::cache::{AnswerCache, Hit};
 use crate::config::{DegradationConfig, RelayConfig, TimeoutConfig};
 use crate::error::{RelayError, UpstreamFailure};
-use crate::routing::{RouteDecision, Target};
+use crate::routing::{ModelEntry, RouteDecision, Target};
 use crate::shutdown::Shutdown;
-use crate::telemetry::{LiveWindow, Outcome, StreamReplays};
+use crate::telemetry::{Ending, LiveWindow, Outcome, StreamReplays};
 use breaker::Permit;
 
 pub use retry::{Attempted, Retrier};
@@ -121,8 +121,10 @@ impl Executor {
         request: ChatRequest,
     ) -> Result<ChatResponse, RelayError> {
         let request_id = ctx.request_id.clone();
+        let mut recorder = OutcomeRecorder::new(&self.window, &decision, &ctx);
         let mut walk = walk::Walk::new(self.clone(), ctx, decision, request);
         if let Some(hit) = walk.cached(false).await {
+            recorder.not_counted();
             return Ok(cached_response(&walk, request_id, hit));
         }
         let (answer, route) = match walk.call_next(walk::CallKind::OneShot, "").await {
@@ -135,14 +137,12 @@ impl Executor {
                 called.permit.success();
                 walk.remember(&called.step, &answer.text, answer.stop_reason, answer.usage);
                 let route = walk.route_info(&called.step);
-                self.window
-                    .record(&route.model, outcome(true, None, &walk.ctx));
+                recorder.record(&route.model, outcome(Ending::Ok, None, &walk.ctx));
                 (answer, route)
             }
             Err(err) => {
                 let first_model = &walk.decision.first_model().config.id;
-                self.window
-                    .record(first_model, outcome(false, None, &walk.ctx));
+                recorder.record(first_model, outcome(Ending::Error, None, &walk.ctx));
                 if walk::Walk::upstreams_fault(&err)
                     && let Some(hit) = walk.cached(true).await
                 {
@@ -291,10 +291,55 @@ pub(crate) fn earliest(deadlines: &[(Instant, DeadlineKind)]) -> (Instant, Deadl
 }
 
 /// How a request ended, for the live window.
-pub(crate) fn outcome(ok: bool, ttft_ms: Option<f64>, ctx: &RequestContext) -> Outcome {
+pub(crate) fn outcome(ending: Ending, ttft_ms: Option<f64>, ctx: &RequestContext) -> Outcome {
     Outcome {
-        ok,
+        ending,
         ttft_ms,
         total_ms: ctx.elapsed_ms(),
+    }
+}
+
+/// Records a one-shot request's end in the live window, and files it as cancelled when it is
+/// dropped first: hyper drops the future of a request whose client went away, and such a request
+/// must still be counted.
+struct OutcomeRecorder<'a> {
+    window: &'a LiveWindow,
+    /// The model a request that ended without an answer is filed under.
+    model: Arc<ModelEntry>,
+    received: Instant,
+    recorded: bool,
+}
+
+impl<'a> OutcomeRecorder<'a> {
+    fn new(window: &'a LiveWindow, decision: &RouteDecision, ctx: &RequestContext) -> Self {
+        OutcomeRecorder {
+            window,
+            model: decision.first_model().clone(),
+            received: ctx.received,
+            recorded: false,
+        }
+    }
+
+    fn record(&mut self, model: &str, outcome: Outcome) {
+        self.recorded = true;
+        self.window.record(model, outcome);
+    }
+
+    /// The request ended in a way the window does not count (a fresh cache hit).
+    fn not_counted(&mut self) {
+        self.recorded = true;
+    }
+}
+
+impl Drop for OutcomeRecorder<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            let outcome = Outcome {
+                ending: Ending::Cancelled,
+                ttft_ms: None,
+                total_ms: self.received.elapsed().as_secs_f64() * 1000.0,
+            };
+            self.window.record(&self.model.config.id, outcome);
+        }
     }
 }

@@ -54,7 +54,7 @@ use crate::error::{RelayError, UpstreamFailure};
 use crate::provider::{ProviderEvent, ProviderStream};
 use crate::routing::{PlanStep, RouteDecision};
 use crate::shutdown::Phase;
-use crate::telemetry::ReplayOutcome;
+use crate::telemetry::{Ending, ReplayOutcome};
 
 /// How a surface takes an answer that must start again from scratch after its client got text
 /// (the next target takes no prefill).
@@ -227,7 +227,7 @@ impl ChatEventStream {
                         false => None,
                     };
                     if let Some(hit) = stale {
-                        state.record(false);
+                        state.record(Ending::Error);
                         state.pending.push_back(start(&hit.answer.model));
                         state.serve_cached(hit);
                     } else if state.walk.degrades(&err, false) {
@@ -235,7 +235,8 @@ impl ChatEventStream {
                         state.pending.push_back(start(&model));
                         state.fail(err);
                     } else {
-                        state.record(false);
+                        state.finished = true;
+                        state.record(Ending::Error);
                         return Err(err);
                     }
                 }
@@ -558,7 +559,7 @@ impl StreamState {
                 "every target failed; answering from the cache"
             );
             self.attempt = None;
-            self.record(false);
+            self.record(Ending::Error);
             self.serve_cached(hit);
             return;
         }
@@ -589,7 +590,7 @@ impl StreamState {
     fn fail(&mut self, err: RelayError) {
         self.finished = true;
         self.attempt = None;
-        self.record(false);
+        self.record(Ending::Error);
         if self.walk.degrades(&err, !self.partial.is_empty()) {
             tracing::warn!(
                 request_id = %self.walk.ctx.request_id, error = %err,
@@ -670,10 +671,10 @@ impl StreamState {
         let usage = attempt.usage.unwrap_or_default();
         self.walk
             .remember(&attempt.step, &self.partial, stop_reason, usage);
-        self.walk
-            .executor
-            .window()
-            .record(&route.model, outcome(true, self.ttft_ms, &self.walk.ctx));
+        self.walk.executor.window().record(
+            &route.model,
+            outcome(Ending::Ok, self.ttft_ms, &self.walk.ctx),
+        );
         StreamEvent::Done {
             stop_reason,
             usage,
@@ -686,12 +687,22 @@ impl StreamState {
         }
     }
 
-    /// Records the request's end against the model it was routed to.
-    fn record(&self, ok: bool) {
+    /// Records the request's end against the model it was routed to (see also the `Drop` impl).
+    fn record(&self, ending: Ending) {
         let model = &self.walk.decision.first_model().config.id;
         self.walk
             .executor
             .window()
-            .record(model, outcome(ok, self.ttft_ms, &self.walk.ctx));
+            .record(model, outcome(ending, self.ttft_ms, &self.walk.ctx));
+    }
+}
+
+/// A stream dropped before its end — its client went away (a closed connection, a stopped
+/// answer), or while its first target was being found — is counted as cancelled.
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.record(Ending::Cancelled);
+        }
     }
 }

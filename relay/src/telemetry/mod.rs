@@ -10,5 +10,5 @@ pub mod writes;
 
 pub use logging::init_logging;
 pub use replays::{ReplayOutcome, StreamReplays};
-pub use window::{LiveWindow, Outcome};
+pub use window::{Ending, LiveWindow, Outcome};
 pub use writes::StreamWrites;

@@ -19,10 +19,33 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(3600);
 /// The most samples kept per model.
 pub const MAX_SAMPLES: usize = 10_000;
 
+/// Whether a request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// A complete answer (the model's, or a cached one).
+    Ok,
+    /// An error, or the degraded answer.
+    Error,
+    /// The client went away before the answer was complete (a closed connection, a stopped
+    /// stream): neither a success nor the upstream's failure.
+    Cancelled,
+}
+
+impl Ending {
+    /// The `outcome` label of `fm_relay_requests_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::Ok => "ok",
+            Ending::Error => "error",
+            Ending::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// How one request ended.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Outcome {
-    pub ok: bool,
+    pub ending: Ending,
     /// Server-side time to first token, for answers that had text.
     pub ttft_ms: Option<f64>,
     pub total_ms: f64,
@@ -49,7 +72,20 @@ pub struct LiveWindow {
 pub struct Totals {
     pub ok: AtomicU64,
     pub errors: AtomicU64,
+    pub cancelled: AtomicU64,
     pub failed_attempts: AtomicU64,
+}
+
+impl Totals {
+    /// Requests that ended with `ending`.
+    pub fn ended(&self, ending: Ending) -> u64 {
+        let counter = match ending {
+            Ending::Ok => &self.ok,
+            Ending::Error => &self.errors,
+            Ending::Cancelled => &self.cancelled,
+        };
+        counter.load(Ordering::Relaxed)
+    }
 }
 
 impl LiveWindow {
@@ -92,9 +128,10 @@ impl LiveWindow {
             return;
         };
         if let Some(totals) = self.totals.get(model) {
-            let counter = match outcome {
-                Some(Outcome { ok: true, .. }) => &totals.ok,
-                Some(_) => &totals.errors,
+            let counter = match outcome.map(|outcome| outcome.ending) {
+                Some(Ending::Ok) => &totals.ok,
+                Some(Ending::Error) => &totals.errors,
+                Some(Ending::Cancelled) => &totals.cancelled,
                 None => &totals.failed_attempts,
             };
             counter.fetch_add(1, Ordering::Relaxed);
@@ -126,12 +163,13 @@ impl LiveWindow {
                     .collect();
                 let failed_attempts = samples.iter().filter(|s| s.is_none()).count();
                 let recent: Vec<Outcome> = samples.into_iter().flatten().collect();
-                let errors = recent.iter().filter(|o| !o.ok).count();
-                let ok = || recent.iter().filter(|o| o.ok);
+                let ended = |ending| recent.iter().filter(move |o| o.ending == ending);
+                let ok = || ended(Ending::Ok);
                 ModelStats {
                     model: model.clone(),
                     requests: recent.len() as u64,
-                    errors: errors as u64,
+                    errors: ended(Ending::Error).count() as u64,
+                    cancelled: ended(Ending::Cancelled).count() as u64,
                     failed_attempts: failed_attempts as u64,
                     ttft_ms: Percentiles::nearest_rank(ok().filter_map(|o| o.ttft_ms).collect()),
                     total_ms: Percentiles::nearest_rank(ok().map(|o| o.total_ms).collect()),
@@ -148,30 +186,35 @@ mod tests {
 
     fn ok(ttft_ms: Option<f64>, total_ms: f64) -> Outcome {
         Outcome {
-            ok: true,
+            ending: Ending::Ok,
             ttft_ms,
             total_ms,
         }
     }
 
     #[test]
-    fn stats_count_errors_and_keep_failed_requests_out_of_latency() {
+    fn stats_count_errors_and_cancellations_and_keep_both_out_of_latency() {
         let window = LiveWindow::new(["a".to_string(), "b".to_string()]);
         window.record("a", ok(Some(10.0), 100.0));
         window.record("a", ok(None, 200.0));
-        window.record(
-            "a",
-            Outcome {
-                ok: false,
-                ttft_ms: Some(1.0),
-                total_ms: 5000.0,
-            },
-        );
+        for ending in [Ending::Error, Ending::Cancelled] {
+            window.record(
+                "a",
+                Outcome {
+                    ending,
+                    ttft_ms: Some(1.0),
+                    total_ms: 5000.0,
+                },
+            );
+        }
         window.record("unknown", ok(None, 1.0));
         let stats = window.stats(Duration::from_secs(60));
         assert_eq!(stats.len(), 2);
         let a = &stats[0];
-        assert_eq!((a.model.as_str(), a.requests, a.errors), ("a", 3, 1));
+        assert_eq!((a.model.as_str(), a.requests, a.errors), ("a", 4, 1));
+        assert_eq!(a.cancelled, 1);
+        let totals: Vec<_> = window.totals().collect();
+        assert_eq!(totals[0].1.ended(Ending::Cancelled), 1);
         assert_eq!(a.ttft_ms.unwrap().p99, 10.0);
         assert_eq!(a.total_ms.unwrap().p50, 100.0);
         assert_eq!(a.total_ms.unwrap().p99, 200.0);
