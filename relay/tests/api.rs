@@ -33,10 +33,9 @@ async fn sync_and_streamed_answers_agree() {
         "{}",
         answer.route.reason
     );
-    assert_eq!(
-        answer.usage.total_tokens,
-        answer.usage.input_tokens + answer.usage.output_tokens
-    );
+    let usage = answer.usage.expect("Bedrock reports usage");
+    assert!(!usage.estimated);
+    assert_eq!(usage.total_tokens, usage.input_tokens + usage.output_tokens);
 
     let events = sse_events(
         harness
@@ -56,7 +55,7 @@ async fn sync_and_streamed_answers_agree() {
         .iter()
         .filter(|e| matches!(e, StreamEvent::TextDelta { .. }))
         .count();
-    assert_eq!(deltas as u32, answer.usage.output_tokens);
+    assert_eq!(deltas as u32, usage.output_tokens);
     match events.last().unwrap() {
         StreamEvent::Done {
             stop_reason,

@@ -293,3 +293,83 @@ async fn fallback_chains_mix_providers_before_and_after_the_first_token() {
     .await;
     assert_eq!(lines.last().unwrap(), "[DONE]");
 }
+
+#[tokio::test]
+async fn usage_an_upstream_did_not_report_is_absent_or_an_estimate_marked_as_one() {
+    let harness = start(|config, sim_url| {
+        config.models.push(openai_model(
+            "quiet",
+            &format!("{SHARED_UPSTREAM}~no-usage"),
+            sim_url,
+        ));
+        config.models.push(model(
+            "quiet-bedrock",
+            format!("{SHARED_UPSTREAM}~no-usage"),
+        ));
+    })
+    .await;
+    let prompt = "Explain what a relay does.";
+    for model in ["quiet", "quiet-bedrock"] {
+        // The native surfaces: no usage rather than a made-up 0/0.
+        if model == "quiet" {
+            let response = harness
+                .post("/v1/chat", chat_body(Some(model), prompt))
+                .await;
+            let answer: Value = response.json().await.unwrap();
+            assert!(answer["text"].as_str().is_some_and(|t| !t.is_empty()));
+            assert!(answer.get("usage").is_none(), "{answer}");
+        }
+        let events = sse_events(
+            harness
+                .post("/v1/chat/stream", chat_body(Some(model), prompt))
+                .await,
+        )
+        .await;
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, StreamEvent::Usage { .. })),
+            "{model}: {events:?}"
+        );
+        match events.last() {
+            Some(StreamEvent::Done { usage, .. }) => assert_eq!(*usage, None, "{model}"),
+            other => panic!("{model}: {other:?}"),
+        }
+    }
+
+    // The OpenAI surface, whose clients expect usage: the relay's estimate, marked as one.
+    let response = harness
+        .post("/v1/chat/completions", completion_request("quiet", false))
+        .await;
+    let completion: Value = response.json().await.unwrap();
+    let answer = completion["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    let usage = &completion["usage"];
+    assert_eq!(usage["estimated"], true, "{usage}");
+    // "Be brief." + the question, and the answer, at four characters a token.
+    let prompt_chars = "Be brief.".len() + prompt.len();
+    assert_eq!(usage["prompt_tokens"], prompt_chars.div_ceil(4));
+    assert_eq!(
+        usage["completion_tokens"],
+        answer.chars().count().div_ceil(4)
+    );
+    let lines = data_lines(
+        harness
+            .post("/v1/chat/completions", completion_request("quiet", true))
+            .await,
+    )
+    .await;
+    let usage_chunk: Value = serde_json::from_str(&lines[lines.len() - 2]).unwrap();
+    assert_eq!(usage_chunk["usage"], *usage, "{usage_chunk}");
+
+    // A reported usage is passed on as reported, unmarked.
+    let response = harness
+        .post("/v1/chat/completions", completion_request("ollama", false))
+        .await;
+    let completion: Value = response.json().await.unwrap();
+    assert!(
+        completion["usage"].get("estimated").is_none(),
+        "{completion}"
+    );
+}

@@ -87,19 +87,41 @@ impl ChatRequest {
         }
     }
 
+    /// Characters of the system prompt and the messages: what a usage estimate counts.
+    pub fn prompt_chars(&self) -> usize {
+        self.system.as_deref().map_or(0, |s| s.chars().count())
+            + self
+                .messages
+                .iter()
+                .map(|m| m.content.chars().count())
+                .sum::<usize>()
+    }
+
     /// `max_tokens`, or the default when the client left it out.
     pub fn max_tokens_or_default(&self) -> u32 {
         self.max_tokens.unwrap_or(crate::limits::DEFAULT_MAX_TOKENS)
     }
 }
 
-/// Token counts of one answer, as the upstream reported them.
+/// Token counts of one answer, as the upstream reported them — or, marked `estimated`, as the
+/// relay estimated them where it needs counts the upstream did not report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     pub input_tokens: u32,
     pub output_tokens: u32,
     pub total_tokens: u32,
+    /// True when these are the relay's estimate ([`Usage::estimate`]), not the upstream's count.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub estimated: bool,
 }
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// Characters per token in [`Usage::estimate`]: the usual rule of thumb for English text with
+/// the tokenizers of today's models.
+pub const CHARS_PER_TOKEN: usize = 4;
 
 impl Usage {
     pub fn new(input_tokens: u32, output_tokens: u32) -> Self {
@@ -107,6 +129,25 @@ impl Usage {
             input_tokens,
             output_tokens,
             total_tokens: input_tokens.saturating_add(output_tokens),
+            estimated: false,
+        }
+    }
+
+    /// An estimate of the tokens `request` and the answer `text` take, for an upstream that
+    /// reported none: one token per [`CHARS_PER_TOKEN`] characters (rounded up) of the system
+    /// prompt and messages, and of the answer. Marked `estimated`.
+    pub fn estimate(request: &ChatRequest, text: &str) -> Usage {
+        Usage::estimate_from_chars(request.prompt_chars(), text.chars().count())
+    }
+
+    /// [`Usage::estimate`] from character counts: of the prompt ([`ChatRequest::prompt_chars`])
+    /// and of the answer.
+    pub fn estimate_from_chars(prompt_chars: usize, answer_chars: usize) -> Usage {
+        let tokens =
+            |chars: usize| u32::try_from(chars.div_ceil(CHARS_PER_TOKEN)).unwrap_or(u32::MAX);
+        Usage {
+            estimated: true,
+            ..Usage::new(tokens(prompt_chars), tokens(answer_chars))
         }
     }
 }
@@ -184,7 +225,10 @@ pub struct ChatResponse {
     pub model: String,
     pub text: String,
     pub stop_reason: StopReason,
-    pub usage: Usage,
+    /// The tokens the answer took, as the upstream reported them; absent when it reported none
+    /// (zero for a cached or degraded answer: no tokens were spent on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
     pub route: RouteInfo,
     pub timings: Timings,
 }
@@ -210,4 +254,26 @@ pub struct ModelInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelList {
     pub models: Vec<ModelInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_estimate_counts_a_token_per_four_characters_and_says_it_is_one() {
+        let request = ChatRequest {
+            system: Some("Be brief.".into()),
+            ..ChatRequest::from_prompt("How does a relay work?")
+        };
+        let usage = Usage::estimate(&request, "It forwards calls.");
+        // 9 + 22 prompt characters, 18 answer characters, rounded up.
+        assert_eq!((usage.input_tokens, usage.output_tokens), (8, 5));
+        assert_eq!(usage.total_tokens, 13);
+        assert!(usage.estimated && !Usage::new(1, 2).estimated);
+        let json = serde_json::to_value(usage).unwrap();
+        assert_eq!(json["estimated"], true);
+        let reported = serde_json::to_value(Usage::new(1, 2)).unwrap();
+        assert!(reported.get("estimated").is_none(), "{reported}");
+    }
 }

@@ -37,7 +37,10 @@ pub enum StreamEvent {
     /// The answer is complete.
     Done {
         stop_reason: StopReason,
-        usage: Usage,
+        /// The tokens the answer took, as the upstream reported them; absent when it reported
+        /// none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
         timings: Timings,
         route: RouteInfo,
         /// True when the text is the relay's stand-in message because no model could answer.

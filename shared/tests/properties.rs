@@ -10,10 +10,11 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 fn usage() -> impl Strategy<Value = Usage> {
-    (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(i, o, t)| Usage {
+    (any::<u32>(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(|(i, o, t, e)| Usage {
         input_tokens: i,
         output_tokens: o,
         total_tokens: t,
+        estimated: e,
     })
 }
 
@@ -84,15 +85,22 @@ fn stream_event() -> impl Strategy<Value = StreamEvent> {
         (text(), text()).prop_map(|(request_id, model)| StreamEvent::Start { request_id, model }),
         text().prop_map(|text| StreamEvent::TextDelta { text }),
         usage().prop_map(|usage| StreamEvent::Usage { usage }),
-        (stop_reason(), usage(), timings(), route(), any::<bool>()).prop_map(
-            |(stop_reason, usage, timings, route, degraded)| StreamEvent::Done {
-                stop_reason,
-                usage,
-                timings,
-                route,
-                degraded,
-            }
-        ),
+        (
+            stop_reason(),
+            prop::option::of(usage()),
+            timings(),
+            route(),
+            any::<bool>()
+        )
+            .prop_map(
+                |(stop_reason, usage, timings, route, degraded)| StreamEvent::Done {
+                    stop_reason,
+                    usage,
+                    timings,
+                    route,
+                    degraded,
+                }
+            ),
         (text(), text(), text(), any::<bool>()).prop_map(
             |(model, region, reason, discard_partial)| StreamEvent::Failover {
                 model,
@@ -236,7 +244,8 @@ proptest! {
     #[test]
     fn chat_responses_round_trip(
         request_id in text(), model in text(), text_ in text(),
-        stop_reason in stop_reason(), usage in usage(), route in route(), timings in timings(),
+        stop_reason in stop_reason(), usage in prop::option::of(usage()), route in route(),
+        timings in timings(),
         degraded in any::<bool>(),
     ) {
         round_trips(&ChatResponse {

@@ -143,7 +143,8 @@ pub fn ChatPage(history: History) -> impl IntoView {
                     ..
                 } => {
                     turn.facts.update(|facts| {
-                        facts.usage = Some(usage);
+                        // Absent when the upstream reported none: shown as unknown.
+                        facts.usage = usage.or(facts.usage);
                         facts.model = route.model;
                         facts.region = route.region;
                         facts.source = Some(route.source);
@@ -349,8 +350,11 @@ fn FactsView(turn: Turn) -> impl IntoView {
                 if let Some(total) = facts.total_ms {
                     parts.push(format!("total {total:.0} ms"));
                 }
-                if let Some(usage) = facts.usage {
-                    parts.push(format!("{} in / {} out tokens", usage.input_tokens, usage.output_tokens));
+                match facts.usage {
+                    Some(usage) => parts.push(format!("{} in / {} out tokens", usage.input_tokens, usage.output_tokens)),
+                    // The answer is complete (it has a source) but the upstream reported no usage.
+                    None if facts.source.is_some() => parts.push("usage not reported".into()),
+                    None => {}
                 }
                 if let Some(source) = facts.source {
                     parts.push(format!("source {}", source_name(source)));

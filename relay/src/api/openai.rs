@@ -172,6 +172,8 @@ async fn chat_completions(
     let answer = async {
         let ApiJson(completion) = body.map_err(|rejection| rejection.error)?;
         let request = completion.to_chat_request()?;
+        // An OpenAI client expects usage; when the upstream reports none, it gets an estimate.
+        let prompt_chars = request.prompt_chars();
         if completion.stream {
             let events = open_stream(&state, request_id.clone(), request, Restart::Replay).await?;
             let encoder = ChunkEncoder {
@@ -179,14 +181,15 @@ async fn chat_completions(
                 created: unix_seconds(),
                 model: String::new(),
                 include_usage: completion.include_usage(),
-                usage: Usage::default(),
+                prompt_chars,
+                answer_chars: 0,
                 sent_text: false,
             };
             Ok(sse_response(sse_body(&state, events, encoder)))
         } else {
             let (ctx, decision) = admit(&state, request_id.clone(), &request)?;
             let answer = state.executor().complete(ctx, decision, request).await?;
-            Ok(Json(completion_body(&answer)).into_response())
+            Ok(Json(completion_body(&answer, prompt_chars)).into_response())
         }
     }
     .await;
@@ -208,16 +211,23 @@ fn finish_reason(stop: StopReason) -> &'static str {
     }
 }
 
-fn usage_body(usage: Usage) -> Value {
-    json!({
+/// OpenAI's `usage` object: the upstream's counts, or (marked `"estimated": true`) the relay's
+/// estimate from the prompt's and the answer's characters when it reported none.
+fn usage_body(usage: Option<Usage>, prompt_chars: usize, answer_chars: usize) -> Value {
+    let usage = usage.unwrap_or_else(|| Usage::estimate_from_chars(prompt_chars, answer_chars));
+    let mut body = json!({
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.total_tokens,
-    })
+    });
+    if usage.estimated {
+        body["estimated"] = true.into();
+    }
+    body
 }
 
-/// A `chat.completion` for the relay's answer.
-fn completion_body(answer: &ChatResponse) -> Value {
+/// A `chat.completion` for the relay's answer to a prompt of `prompt_chars` characters.
+fn completion_body(answer: &ChatResponse, prompt_chars: usize) -> Value {
     json!({
         "id": format!("chatcmpl-{}", answer.request_id),
         "object": "chat.completion",
@@ -228,7 +238,7 @@ fn completion_body(answer: &ChatResponse) -> Value {
             "message": {"role": "assistant", "content": answer.text},
             "finish_reason": finish_reason(answer.stop_reason),
         }],
-        "usage": usage_body(answer.usage),
+        "usage": usage_body(answer.usage, prompt_chars, answer.text.chars().count()),
         "fm_relay": {
             "route": answer.route,
             "timings": answer.timings,
@@ -272,7 +282,9 @@ struct ChunkEncoder {
     /// The model answering, from the `start` event.
     model: String,
     include_usage: bool,
-    usage: Usage,
+    /// Characters of the prompt and of the answer so far, for a usage estimate.
+    prompt_chars: usize,
+    answer_chars: usize,
     sent_text: bool,
 }
 
@@ -308,6 +320,7 @@ impl SseEncoder for ChunkEncoder {
             }
             StreamEvent::TextDelta { text } => {
                 self.sent_text = true;
+                self.answer_chars += text.chars().count();
                 let delta = self.chunk(json!([{
                     "index": 0,
                     "delta": {"content": text},
@@ -315,7 +328,7 @@ impl SseEncoder for ChunkEncoder {
                 }]));
                 Self::push(chunk, &delta.to_string());
             }
-            StreamEvent::Usage { usage } => self.usage = *usage,
+            StreamEvent::Usage { .. } => {}
             StreamEvent::Failover {
                 discard_partial, ..
             } => {
@@ -345,7 +358,7 @@ impl SseEncoder for ChunkEncoder {
                 Self::push(chunk, &last.to_string());
                 if self.include_usage {
                     let mut usage_chunk = self.chunk(json!([]));
-                    usage_chunk["usage"] = usage_body(*usage);
+                    usage_chunk["usage"] = usage_body(*usage, self.prompt_chars, self.answer_chars);
                     Self::push(chunk, &usage_chunk.to_string());
                 }
                 Self::push(chunk, "[DONE]");

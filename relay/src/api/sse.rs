@@ -164,7 +164,7 @@ mod tests {
             },
             StreamEvent::Done {
                 stop_reason: StopReason::EndTurn,
-                usage: Usage::new(3, 4),
+                usage: Some(Usage::new(3, 4)),
                 timings: Timings {
                     ttft_ms: Some(1.5),
                     total_ms: 2.0,

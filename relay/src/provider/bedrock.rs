@@ -158,7 +158,7 @@ impl ChatProvider for BedrockProvider {
         Ok(ProviderAnswer {
             text,
             stop_reason: stop_reason(output.stop_reason()),
-            usage: output.usage().map(usage).unwrap_or_default(),
+            usage: output.usage().map(usage),
         })
     }
 
@@ -456,9 +456,8 @@ fn stop_reason(reason: &bedrock::StopReason) -> StopReason {
 fn usage(usage: &TokenUsage) -> Usage {
     let count = |n: i32| u32::try_from(n).unwrap_or(0);
     Usage {
-        input_tokens: count(usage.input_tokens()),
-        output_tokens: count(usage.output_tokens()),
         total_tokens: count(usage.total_tokens()),
+        ..Usage::new(count(usage.input_tokens()), count(usage.output_tokens()))
     }
 }
 

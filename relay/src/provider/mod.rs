@@ -25,7 +25,8 @@ pub use openai::OpenAiProvider;
 pub struct ProviderAnswer {
     pub text: String,
     pub stop_reason: StopReason,
-    pub usage: Usage,
+    /// As the upstream reported it; `None` when it reported none.
+    pub usage: Option<Usage>,
 }
 
 /// One piece of a streaming answer, in upstream order. A complete stream carries a `Stop`

@@ -275,7 +275,7 @@ impl ChatProvider for OpenAiProvider {
                 .and_then(|message| message.content)
                 .unwrap_or_default(),
             stop_reason: stop_reason(&finish_reason),
-            usage: completion.usage.map(Usage::from).unwrap_or_default(),
+            usage: completion.usage.map(Usage::from),
         })
     }
 

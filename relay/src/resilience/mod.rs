@@ -162,7 +162,7 @@ impl Executor {
                     model: first_model.clone(),
                     text: walk.degraded_text(),
                     stop_reason: StopReason::EndTurn,
-                    usage: Usage::default(),
+                    usage: Some(Usage::default()),
                     route: walk.degraded_route(&err),
                     timings: Timings {
                         ttft_ms: None,
@@ -272,7 +272,7 @@ fn cached_response(walk: &walk::Walk, request_id: String, hit: Hit) -> ChatRespo
         model: route.model.clone(),
         text: hit.answer.text,
         stop_reason: hit.answer.stop_reason,
-        usage: Usage::default(),
+        usage: Some(Usage::default()),
         route,
         timings: Timings {
             ttft_ms: None,

@@ -576,7 +576,7 @@ impl StreamState {
         }));
         self.pending.push_back(Ok(StreamEvent::Done {
             stop_reason: hit.answer.stop_reason,
-            usage: Usage::default(),
+            usage: Some(Usage::default()),
             timings: Timings {
                 ttft_ms: Some(elapsed),
                 total_ms: elapsed,
@@ -602,7 +602,7 @@ impl StreamState {
             }));
             self.pending.push_back(Ok(StreamEvent::Done {
                 stop_reason: StopReason::EndTurn,
-                usage: Usage::default(),
+                usage: Some(Usage::default()),
                 timings: Timings {
                     ttft_ms: None,
                     total_ms: self.walk.ctx.elapsed_ms(),
@@ -668,7 +668,7 @@ impl StreamState {
             permit.success();
         }
         let route = self.walk.route_info(&attempt.step);
-        let usage = attempt.usage.unwrap_or_default();
+        let usage = attempt.usage;
         self.walk
             .remember(&attempt.step, &self.partial, stop_reason, usage);
         self.walk.executor.window().record(

@@ -319,8 +319,15 @@ impl Walk {
         cache.lookup(keys, &self.request, allow_stale).await
     }
 
-    /// Stores a complete answer from `step`, when it is the requested model's.
-    pub fn remember(&self, step: &PlanStep, text: &str, stop_reason: StopReason, usage: Usage) {
+    /// Stores a complete answer from `step`, when it is the requested model's, with its usage
+    /// (estimated when the upstream reported none).
+    pub fn remember(
+        &self,
+        step: &PlanStep,
+        text: &str,
+        stop_reason: StopReason,
+        usage: Option<Usage>,
+    ) {
         let (Some(cache), Some(keys)) = (&self.executor.cache, &self.cache_keys) else {
             return;
         };
@@ -332,7 +339,7 @@ impl Walk {
                 model,
                 text.to_string(),
                 stop_reason,
-                usage,
+                usage.unwrap_or_else(|| Usage::estimate(&self.request, text)),
             );
         }
     }
