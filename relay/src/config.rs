@@ -306,7 +306,7 @@ impl Default for BreakerConfig {
             window_secs: 30,
             min_open_ms: 1_000,
             max_open_ms: 30_000,
-            open_share_of_outage: 0.25,
+            open_share_of_outage: 0.1,
             half_open_probes: 2,
         }
     }

@@ -2,8 +2,8 @@
 //! `GET /v1/stats?window_secs=N` (server-side latency per model over the last N seconds, default
 //! 300, at most 3600) and `GET /metrics` (the same figures for Prometheus, in its text format:
 //! counters since start-up, latency quantiles over the last five minutes, each target's circuit,
-//! its cool-down and rate limit, the cache's counters). The text format is a few lines of code over figures the
-//! relay keeps anyway, so no metrics crate is pulled in for it.
+//! its cool-down and rate limit, the cache's counters). The text format is a few lines of code
+//! over figures the relay keeps anyway, so no metrics crate is pulled in for it.
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@
 //! second); each re-opening lasts `open_share_of_outage` of the time since that first opening,
 //! between `min_open_ms` and `max_open_ms`. A flap of a few seconds is probed every second, so
 //! traffic is back on the target about a second after it recovers; a long outage is probed at an
-//! interval that grows by a quarter each time (with the default share) up to the cap, so a dead
+//! interval that grows by a tenth each time (with the default share) up to the cap, so a dead
 //! upstream sees few probes. Closing forgets the outage: the next opening is short again. A
 //! fixed cool-down cannot do both — the earlier 10 s kept a primary that flapped for six seconds
 //! away for five more.

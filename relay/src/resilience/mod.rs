@@ -239,8 +239,9 @@ impl Executor {
 
 /// One call to `target` under its breaker and rate limiter: waits for the limiter (until
 /// `wait_until` at the latest), makes the call (timed by `retrier`: a failure after a long wait
-/// for nothing is a timeout), feeds the outcome to the limiter, and on failure to the breaker. On success the breaker's permit is returned unsettled, for the caller to
-/// settle when the answer is complete.
+/// for nothing is a timeout), feeds the outcome to the limiter, and on failure to the breaker.
+/// On success the breaker's permit is returned unsettled, for the caller to settle when the
+/// answer is complete.
 async fn guarded_call<T, Fut>(
     target: &Target,
     retrier: &Retrier,

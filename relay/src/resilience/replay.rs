@@ -78,14 +78,23 @@ impl Replay {
         }
     }
 
-    /// Bytes of the delivered text, normalised.
-    pub fn expected_len(&self) -> usize {
-        self.expected.len()
-    }
-
-    /// Bytes of it the restart has reproduced.
-    pub fn matched(&self) -> usize {
-        self.matched
+    /// What the restart did instead of reproducing the delivered text, in words for the error
+    /// that ends the stream: `progress` is how the replay stopped (`Behind` when the restarted
+    /// answer ended first).
+    pub fn describe(&self, progress: &Progress) -> String {
+        let expected = self.expected.len();
+        match progress {
+            Progress::Diverged { matched } => format!(
+                "differed from the text already sent after {matched} of its {expected} bytes (whitespace normalised)"
+            ),
+            Progress::TooLong { held } => format!(
+                "ran {held} bytes without reproducing the {expected} bytes already sent (whitespace normalised)"
+            ),
+            Progress::Behind | Progress::CaughtUp(_) => format!(
+                "ended before it had reproduced the text already sent ({} of {expected} bytes, whitespace normalised)",
+                self.matched
+            ),
+        }
     }
 
     /// Whether the restart has reproduced all of the delivered text: an answer that stops now is
@@ -218,6 +227,14 @@ mod tests {
         let mut replay = Replay::new("Hello ");
         assert_eq!(replay.feed("Hello "), Progress::Behind);
         assert!(replay.complete(), "the same answer, ending in whitespace");
-        assert_eq!(replay.expected_len(), 6);
+        let mut replay = Replay::new("Hello there");
+        let stopped = replay.feed("Help");
+        assert_eq!(stopped, Progress::Diverged { matched: 3 });
+        assert!(
+            replay
+                .describe(&stopped)
+                .contains("after 3 of its 11 bytes")
+        );
+        assert!(replay.describe(&Progress::Behind).contains("ended before"));
     }
 }

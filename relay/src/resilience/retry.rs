@@ -7,11 +7,11 @@
 //! upstream rejected or a misconfiguration. A call that failed only after waiting longer than
 //! `slow_failure_ms` for an answer (an upstream that accepted the connection, sent nothing and
 //! closed it 15 s later; a 5xx that took as long) counts as a timeout: it is not retried on the
-//! same target, so the next one answers after one such wait, not two. Backoff before retry n is uniform in
-//! `[0, min(max_delay, base_delay * 2^(n-1))]` ("full jitter"), so synchronized clients spread
-//! out. Retries draw on a budget shared by every request (tower's `TpsBudget`: a percentage of
-//! recent requests plus a small floor per second), so an outage cannot multiply the load on the
-//! upstream. A backoff that would pass the request's deadline is not started.
+//! same target, so the next one answers after one such wait, not two. Backoff before retry n is
+//! uniform in `[0, min(max_delay, base_delay * 2^(n-1))]` ("full jitter"), so synchronized
+//! clients spread out. Retries draw on a budget shared by every request (tower's `TpsBudget`: a
+//! percentage of recent requests plus a small floor per second), so an outage cannot multiply the
+//! load on the upstream. A backoff that would pass the request's deadline is not started.
 //!
 //! **Throttling and what comes next.** Where the plan goes after this target decides how a
 //! throttled call is treated ([`NextTarget`]): when the same model is served elsewhere (another

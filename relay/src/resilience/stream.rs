@@ -369,22 +369,9 @@ impl StreamState {
                                         attempt.got_text = true;
                                         text = rest;
                                     }
-                                    Progress::Diverged { matched } => {
-                                        let how = format!(
-                                            "differed from the text already sent after {matched} of its {} bytes (whitespace normalised)",
-                                            replay.expected_len()
-                                        );
-                                        let err = self.replay_diverged(&how);
-                                        self.fail(err);
-                                        continue;
-                                    }
-                                    Progress::TooLong { held } => {
-                                        let how = format!(
-                                            "ran {held} bytes without reproducing the {} bytes already sent",
-                                            self.partial.len()
-                                        );
-                                        let err = self.replay_diverged(&how);
-                                        self.fail(err);
+                                    stopped => {
+                                        let how = replay.describe(&stopped);
+                                        self.replay_diverged(&how);
                                         continue;
                                     }
                                 }
@@ -621,13 +608,8 @@ impl StreamState {
     fn end(&mut self, stop_reason: StopReason) -> Option<Item> {
         match self.replay.take() {
             Some(replay) if !replay.complete() => {
-                let how = format!(
-                    "ended before it had reproduced the text already sent ({} of {} bytes, whitespace normalised)",
-                    replay.matched(),
-                    replay.expected_len()
-                );
-                let err = self.replay_diverged(&how);
-                self.fail(err);
+                // The restart said less than the client has.
+                self.replay_diverged(&replay.describe(&Progress::Behind));
                 return self.pending.pop_front();
             }
             Some(_) => self.replayed(ReplayOutcome::Resumed),
@@ -636,22 +618,23 @@ impl StreamState {
         Some(Ok(self.finish(stop_reason)))
     }
 
-    /// The error that ends a stream whose restart did not reproduce the text the client has;
+    /// Ends a stream whose restart did not reproduce the text the client has with an error;
     /// `how` says what the restart did instead.
-    fn replay_diverged(&mut self, how: &str) -> RelayError {
+    fn replay_diverged(&mut self, how: &str) {
         self.replay = None;
         self.replayed(ReplayOutcome::Diverged);
         let message = format!(
             "the upstream broke off, and the answer restarted on this target {how}; the partial \
              answer cannot be taken back: send the request again"
         );
-        match &self.attempt {
+        let err = match &self.attempt {
             Some(attempt) => attempt
                 .step
                 .target
                 .upstream_error(UpstreamFailure::Protocol, message),
             None => RelayError::Internal(message),
-        }
+        };
+        self.fail(err);
     }
 
     fn replayed(&self, outcome: ReplayOutcome) {
