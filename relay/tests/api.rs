@@ -480,15 +480,7 @@ async fn a_client_disconnect_cancels_the_upstream_call_and_counts_as_cancelled()
     }
     assert_eq!(cancelled(&stats, "paced"), (2, 2, 0));
     assert_eq!(cancelled(&stats, "slow"), (1, 1, 0));
-    let metrics = harness
-        .http
-        .get(harness.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = harness.metrics().await;
     for line in [
         r#"fm_relay_requests_total{model="paced",outcome="cancelled"} 2"#,
         r#"fm_relay_requests_total{model="slow",outcome="cancelled"} 1"#,
@@ -515,15 +507,7 @@ async fn health_and_models_describe_the_relay() {
 
 /// The relay's stream write counters: (events sent, writes that carried them).
 async fn stream_writes(harness: &Harness) -> (u64, u64) {
-    let metrics = harness
-        .http
-        .get(harness.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = harness.metrics().await;
     let counter = |name: &str| {
         metrics
             .lines()

@@ -362,15 +362,7 @@ fn content_of(chunks: &[serde_json::Value]) -> String {
 
 /// The relay's `fm_relay_stream_replays_total` for `outcome`.
 async fn replays(harness: &Harness, outcome: &str) -> u64 {
-    let metrics = harness
-        .http
-        .get(harness.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = harness.metrics().await;
     let prefix = format!("fm_relay_stream_replays_total{{outcome=\"{outcome}\"}} ");
     metrics
         .lines()

@@ -38,6 +38,15 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// A Converse call to `model_id` (faults in its suffix).
+async fn converse(sim: &SimHandle, model_id: &str) -> reqwest::Result<reqwest::Response> {
+    client()
+        .post(format!("{}/model/{model_id}/converse", sim.endpoint_url()))
+        .body(r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}]}"#)
+        .send()
+        .await
+}
+
 #[tokio::test]
 async fn a_hang_up_closes_the_connection_without_an_answer() {
     let sim = fm_sim::spawn(SimConfig::instant()).await.unwrap();
@@ -45,16 +54,7 @@ async fn a_hang_up_closes_the_connection_without_an_answer() {
     assert_eq!(received, "", "not a byte of answer");
     assert!(waited >= Duration::from_millis(300), "{waited:?}");
     // The Bedrock operations hang up the same way.
-    let client = client();
-    let error = client
-        .post(format!(
-            "{}/model/m~hang-up@10/converse",
-            sim.endpoint_url()
-        ))
-        .body(r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}]}"#)
-        .send()
-        .await
-        .unwrap_err();
+    let error = converse(&sim, "m~hang-up@10").await.unwrap_err();
     assert!(!error.is_timeout() && !error.is_status(), "{error:?}");
 }
 
@@ -96,15 +96,7 @@ async fn a_reset_tears_the_body_where_a_cut_ends_it_cleanly() {
 #[tokio::test]
 async fn a_throttle_can_say_how_long_to_wait() {
     let sim = fm_sim::spawn(SimConfig::instant()).await.unwrap();
-    let response = client()
-        .post(format!(
-            "{}/model/m~throttle-wait@1500/converse",
-            sim.endpoint_url()
-        ))
-        .body(r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}]}"#)
-        .send()
-        .await
-        .unwrap();
+    let response = converse(&sim, "m~throttle-wait@1500").await.unwrap();
     assert_eq!(response.status(), 429);
     let headers = response.headers();
     assert_eq!(headers["x-amzn-errortype"], "ThrottlingException");

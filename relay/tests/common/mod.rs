@@ -156,6 +156,13 @@ impl Harness {
         response.json().await.unwrap()
     }
 
+    /// The relay's `GET /metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
     /// Waits (bounded) until the simulator has seen `count` cancelled streams.
     pub async fn wait_for_cancelled_streams(&self, count: u64) {
         for _ in 0..400 {
