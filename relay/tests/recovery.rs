@@ -459,3 +459,36 @@ async fn a_replay_that_diverges_ends_the_openai_stream_with_an_error() {
     assert_eq!(replays(&harness, "diverged").await, 1);
     assert_eq!(replays(&harness, "resumed").await, 0);
 }
+
+#[tokio::test]
+async fn a_replay_must_catch_up_within_the_first_token_deadline() {
+    // A model at 20 tokens/s in two regions; the first breaks after 40 tokens (2 s of text), so
+    // the restart in the second needs about 2 s to reproduce what the client has.
+    for (first_token_ms, resumes) in [(1000, false), (6000, true)] {
+        let harness = start(|config| {
+            let mut paced = regional();
+            paced.id = "paced-regional".into();
+            paced.upstream_id = Some(common::PACED_UPSTREAM.into());
+            paced.fallback_models.clear();
+            config.models.push(paced);
+            config.timeouts.first_token_ms = first_token_ms;
+        })
+        .await;
+        let rule = FaultRule::always("cut@40".parse().unwrap())
+            .for_model(common::PACED_UPSTREAM)
+            .in_region("us-east-1");
+        harness.sim.set_faults(vec![rule]).unwrap();
+        let (chunks, done) = openai_stream(&harness, "paced-regional").await;
+        assert_eq!(done, resumes, "{first_token_ms} ms: {chunks:?}");
+        if resumes {
+            assert_eq!(content_of(&chunks).split_whitespace().count(), 100);
+            assert_eq!(replays(&harness, "resumed").await, 1);
+        } else {
+            // Held back past the deadline: the target counts as one that sent nothing in time.
+            let error = &chunks.last().unwrap()["error"];
+            assert_eq!(error["code"], "upstream_timeout", "{chunks:?}");
+            assert_eq!(replays(&harness, "failed").await, 1);
+            assert_eq!(content_of(&chunks).split_whitespace().count(), 40);
+        }
+    }
+}
