@@ -54,21 +54,11 @@ pub fn margin(delivered: usize) -> usize {
 impl Replay {
     /// A replay of `delivered`, the text the client has.
     pub fn new(delivered: &str) -> Replay {
-        let mut expected = String::with_capacity(delivered.len());
         let mut in_whitespace = true;
-        for c in delivered.chars() {
-            match c.is_whitespace() {
-                true if in_whitespace => {}
-                true => {
-                    in_whitespace = true;
-                    expected.push(' ');
-                }
-                false => {
-                    in_whitespace = false;
-                    expected.push(c);
-                }
-            }
-        }
+        let expected = delivered
+            .chars()
+            .filter_map(|c| normalise(c, &mut in_whitespace))
+            .collect();
         Replay {
             matched: 0,
             in_whitespace: true,
@@ -116,12 +106,9 @@ impl Replay {
                 }
                 return Progress::CaughtUp(text[index..].to_string());
             }
-            let normalised = match c.is_whitespace() {
-                true if self.in_whitespace => continue,
-                true => ' ',
-                false => c,
+            let Some(normalised) = normalise(c, &mut self.in_whitespace) else {
+                continue;
             };
-            self.in_whitespace = c.is_whitespace();
             if !self.expected[self.matched..].starts_with(normalised) {
                 return Progress::Diverged {
                     matched: self.matched,
@@ -136,6 +123,17 @@ impl Replay {
             return Progress::TooLong { held: self.held };
         }
         Progress::Behind
+    }
+}
+
+/// `c` as the comparison sees it: whitespace becomes one space per run (`None` for the rest of
+/// the run, and for leading whitespace: `in_whitespace` starts true), anything else itself.
+fn normalise(c: char, in_whitespace: &mut bool) -> Option<char> {
+    let was_whitespace = std::mem::replace(in_whitespace, c.is_whitespace());
+    match c.is_whitespace() {
+        true if was_whitespace => None,
+        true => Some(' '),
+        false => Some(c),
     }
 }
 

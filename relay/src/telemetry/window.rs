@@ -79,12 +79,17 @@ pub struct Totals {
 impl Totals {
     /// Requests that ended with `ending`.
     pub fn ended(&self, ending: Ending) -> u64 {
-        let counter = match ending {
-            Ending::Ok => &self.ok,
-            Ending::Error => &self.errors,
-            Ending::Cancelled => &self.cancelled,
-        };
-        counter.load(Ordering::Relaxed)
+        self.counter(Some(ending)).load(Ordering::Relaxed)
+    }
+
+    /// The counter of requests that ended with `ending`, or of failed attempts (`None`).
+    fn counter(&self, ending: Option<Ending>) -> &AtomicU64 {
+        match ending {
+            Some(Ending::Ok) => &self.ok,
+            Some(Ending::Error) => &self.errors,
+            Some(Ending::Cancelled) => &self.cancelled,
+            None => &self.failed_attempts,
+        }
     }
 }
 
@@ -128,13 +133,9 @@ impl LiveWindow {
             return;
         };
         if let Some(totals) = self.totals.get(model) {
-            let counter = match outcome.map(|outcome| outcome.ending) {
-                Some(Ending::Ok) => &totals.ok,
-                Some(Ending::Error) => &totals.errors,
-                Some(Ending::Cancelled) => &totals.cancelled,
-                None => &totals.failed_attempts,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
+            totals
+                .counter(outcome.map(|outcome| outcome.ending))
+                .fetch_add(1, Ordering::Relaxed);
         }
         let now = Instant::now();
         let mut buffer = buffer.lock().unwrap_or_else(|e| e.into_inner());
