@@ -115,6 +115,7 @@ async fn main() {
             endpoint: None,
         }],
         fallback_models: Vec::new(),
+        tokens_per_minute: None,
     }];
     let relay = fm_relay::start(config).await.unwrap();
     let base = relay.url();

@@ -703,6 +703,7 @@ fn main() {
         accepts_prefill: false,
         failover: Vec::new(),
         fallback_models: Vec::new(),
+        tokens_per_minute: None,
     };
     let openai_model = ModelConfig {
         id: OPENAI_MODEL.into(),

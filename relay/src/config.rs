@@ -45,7 +45,220 @@ pub struct RelayConfig {
     pub degradation: DegradationConfig,
     #[serde(default)]
     pub cache: CacheConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub edge: EdgeConfig,
     pub models: Vec<ModelConfig>,
+}
+
+/// Who may call the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Anyone may call (local use): a request without a key is the `anonymous` caller.
+    Open,
+    /// Every request needs a known, unrevoked API key.
+    Keys,
+}
+
+/// API keys; see the embedded default for each key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// A TOML file of `[[keys]]` (what `fm-relay keys add` writes); read when it exists.
+    pub keys_file: std::path::PathBuf,
+    /// Keys declared in the config itself, beside those of `keys_file`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<ApiKeyConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::Open,
+            keys_file: "data/keys.toml".into(),
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// One API key: its name, the SHA-256 of the key (never the key), what it may use and its limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub name: String,
+    /// Hex SHA-256 of the key.
+    pub key_sha256: String,
+    /// May read every key's usage (`/v1/admin/*`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
+    /// A revoked key is refused like an unknown one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoked: bool,
+    /// Model ids the key may use; empty: every model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// Route paths the key may call (a path and everything under it, e.g. `/v1/chat`); empty:
+    /// every route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+    /// The key's own limits; those it leaves out come from `[limits.per_key]`.
+    #[serde(default)]
+    pub limits: KeyLimits,
+}
+
+/// Limits of one caller; an absent limit is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    /// Requests that may come at once on top of the steady rate (default: a tenth of a minute's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monthly_requests: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monthly_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daily_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monthly_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_streams: Option<u32>,
+}
+
+impl KeyLimits {
+    /// These limits, with those left out taken from `defaults`.
+    pub fn or(self, defaults: KeyLimits) -> KeyLimits {
+        KeyLimits {
+            requests_per_minute: self.requests_per_minute.or(defaults.requests_per_minute),
+            burst: self.burst.or(defaults.burst),
+            tokens_per_minute: self.tokens_per_minute.or(defaults.tokens_per_minute),
+            monthly_requests: self.monthly_requests.or(defaults.monthly_requests),
+            monthly_tokens: self.monthly_tokens.or(defaults.monthly_tokens),
+            daily_usd: self.daily_usd.or(defaults.daily_usd),
+            monthly_usd: self.monthly_usd.or(defaults.monthly_usd),
+            max_concurrent_streams: self
+                .max_concurrent_streams
+                .or(defaults.max_concurrent_streams),
+        }
+    }
+
+    fn validate(&self, whose: &str) -> Result<(), String> {
+        if self.requests_per_minute == Some(0) || self.burst == Some(0) {
+            return Err(format!(
+                "{whose}: `requests_per_minute` and `burst` must be at least 1 (leave them out for no limit)"
+            ));
+        }
+        if self.tokens_per_minute == Some(0) || self.max_concurrent_streams == Some(0) {
+            return Err(format!(
+                "{whose}: `tokens_per_minute` and `max_concurrent_streams` must be at least 1 (leave them out for no limit)"
+            ));
+        }
+        for (name, usd) in [
+            ("daily_usd", self.daily_usd),
+            ("monthly_usd", self.monthly_usd),
+        ] {
+            if usd.is_some_and(|usd| !(usd.is_finite() && usd >= 0.0)) {
+                return Err(format!(
+                    "{whose}: `{name}` must be a dollar amount of 0 or more"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where limit counters live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitsBackend {
+    /// This process's memory, the usage ledger in SQLite under `data_dir`.
+    Memory,
+    /// Redis at `redis_url`: every counter and the ledger, shared by every relay pointed there.
+    Redis,
+}
+
+/// What the relay does when Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendFailure {
+    /// Serve, warn, and count in this process until Redis is back.
+    FailOpen,
+    /// Refuse with 503 `limits_unavailable`.
+    FailClosed,
+}
+
+/// Rate limits, token limits, quotas and the usage ledger; see the embedded default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub backend: LimitsBackend,
+    pub redis_url: String,
+    /// The longest an admission waits for Redis before `on_redis_error` applies.
+    pub redis_timeout_ms: u64,
+    pub on_redis_error: BackendFailure,
+    /// The SQLite ledger (`usage.sqlite`) lives here (memory backend).
+    pub data_dir: std::path::PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global_requests_per_minute: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global_burst: Option<u32>,
+    /// Limits of every key that does not set its own, and of the anonymous caller.
+    pub per_key: KeyLimits,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            backend: LimitsBackend::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_timeout_ms: 250,
+            on_redis_error: BackendFailure::FailOpen,
+            data_dir: "data".into(),
+            global_requests_per_minute: None,
+            global_burst: None,
+            per_key: KeyLimits::default(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), String> {
+        self.per_key.validate("`limits.per_key`")?;
+        if self.global_requests_per_minute == Some(0) || self.global_burst == Some(0) {
+            return Err(
+                "`limits.global_requests_per_minute` and `limits.global_burst` must be at least 1 (leave them out for no limit)"
+                    .into(),
+            );
+        }
+        if self.redis_timeout_ms == 0 {
+            return Err("`limits.redis_timeout_ms` must be greater than 0".into());
+        }
+        if self.backend == LimitsBackend::Redis && !self.redis_url.starts_with("redis") {
+            return Err(format!(
+                "`limits.redis_url` must be a redis:// or rediss:// URL, got `{}`",
+                self.redis_url
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the edge lets in from browsers; see the embedded default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    /// Origins (scheme://host[:port]) whose pages may call the API and open WebSockets; `*`
+    /// allows any. The relay's own page is always allowed.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Where the answer cache keeps answers.
@@ -441,6 +654,10 @@ pub struct ModelConfig {
     /// Models that answer instead, in order, when every target of this one failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallback_models: Vec<String>,
+    /// Tokens per minute every caller together may spend on this model (reserved before the
+    /// call, settled to the real usage after it); absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
 }
 
 /// Another place serving the same model.
@@ -463,6 +680,32 @@ pub struct TargetSpec<'a> {
     pub upstream_id: &'a str,
     /// The OpenAI-compatible base URL (provider "openai" only).
     pub endpoint: Option<&'a str>,
+}
+
+impl ApiKeyConfig {
+    /// Checks the key against the declared `models`.
+    pub fn validate(&self, models: &HashSet<&str>) -> Result<(), String> {
+        let whose = format!("API key `{}`", self.name);
+        if self.name.trim().is_empty() {
+            return Err("an API key has an empty `name`".into());
+        }
+        if self.key_sha256.len() != 64 || !self.key_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "{whose}: `key_sha256` must be 64 hex digits (the SHA-256 of the key; `fm-relay keys add` writes it)"
+            ));
+        }
+        if let Some(model) = self.models.iter().find(|m| !models.contains(m.as_str())) {
+            return Err(format!(
+                "{whose} may use model `{model}`, which is not one of the declared models"
+            ));
+        }
+        if let Some(route) = self.routes.iter().find(|r| !r.starts_with('/')) {
+            return Err(format!(
+                "{whose}: route `{route}` must be a path starting with `/`"
+            ));
+        }
+        self.limits.validate(&whose)
+    }
 }
 
 impl ModelConfig {
@@ -674,6 +917,22 @@ impl RelayConfig {
         }
         self.retry.validate()?;
         self.cache.validate()?;
+        self.limits.validate()?;
+        for model in &self.models {
+            if model.tokens_per_minute == Some(0) {
+                return Err(format!(
+                    "model `{}` has `tokens_per_minute` 0 (leave it out for no limit)",
+                    model.id
+                ));
+            }
+        }
+        let mut names = HashSet::new();
+        for key in &self.auth.keys {
+            key.validate(&seen)?;
+            if !names.insert(key.name.as_str()) {
+                return Err(format!("API key name `{}` is declared twice", key.name));
+            }
+        }
         self.breaker.validate()?;
         if self.server.sse_keep_alive_secs == 0 {
             return Err("`server.sse_keep_alive_secs` must be greater than 0".into());

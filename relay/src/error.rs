@@ -47,8 +47,177 @@ impl UpstreamFailure {
     }
 }
 
+/// Why a request's API key was not accepted. Unknown and revoked keys are one case: the answer
+/// never tells whether a key exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    Missing,
+    Invalid,
+}
+
+impl std::fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AuthFailure::Missing => {
+                "this relay needs an API key: send it as `Authorization: Bearer <key>` or `x-api-key: <key>`"
+            }
+            AuthFailure::Invalid => "the API key is not valid",
+        })
+    }
+}
+
+/// What a caller may not do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Model {
+        key: String,
+        model: String,
+    },
+    Route {
+        key: String,
+        path: String,
+    },
+    /// `/v1/admin/*` with a key that is not an admin key.
+    NotAdmin {
+        key: String,
+    },
+    /// A browser page from an origin the relay does not allow (`edge.allowed_origins`).
+    Origin {
+        origin: String,
+    },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Model { key, model } => {
+                write!(f, "the API key `{key}` may not use model `{model}`")
+            }
+            Refusal::Route { key, path } => write!(f, "the API key `{key}` may not call {path}"),
+            Refusal::NotAdmin { key } => {
+                write!(
+                    f,
+                    "the API key `{key}` is not an admin key, which this route needs"
+                )
+            }
+            Refusal::Origin { origin } => write!(
+                f,
+                "pages from {origin} may not call this relay (`edge.allowed_origins`)"
+            ),
+        }
+    }
+}
+
+/// A rate limit that refused a request for now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Limit {
+    KeyRequests { key: String, per_minute: u32 },
+    GlobalRequests { per_minute: u32 },
+    KeyTokens { key: String, per_minute: u64 },
+    ModelTokens { model: String, per_minute: u64 },
+    ConcurrentStreams { key: String, max: u32 },
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Limit::KeyRequests { key, per_minute } => {
+                write!(
+                    f,
+                    "the API key `{key}` may make {per_minute} requests a minute"
+                )
+            }
+            Limit::GlobalRequests { per_minute } => {
+                write!(
+                    f,
+                    "the relay takes {per_minute} requests a minute from all callers"
+                )
+            }
+            Limit::KeyTokens { key, per_minute } => {
+                write!(
+                    f,
+                    "the API key `{key}` may use {per_minute} tokens a minute"
+                )
+            }
+            Limit::ModelTokens { model, per_minute } => write!(
+                f,
+                "model `{model}` takes {per_minute} tokens a minute from all callers"
+            ),
+            Limit::ConcurrentStreams { key, max } => {
+                write!(f, "the API key `{key}` may have {max} streams open at once")
+            }
+        }
+    }
+}
+
+/// A quota or budget that is used up for its period.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Quota {
+    MonthlyRequests { key: String, limit: u64 },
+    MonthlyTokens { key: String, limit: u64 },
+    DailyUsd { key: String, limit: f64 },
+    MonthlyUsd { key: String, limit: f64 },
+}
+
+impl std::fmt::Display for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Quota::MonthlyRequests { key, limit } => write!(
+                f,
+                "the API key `{key}` has used its {limit} requests for this month (UTC)"
+            ),
+            Quota::MonthlyTokens { key, limit } => write!(
+                f,
+                "the API key `{key}` has used its {limit} tokens for this month (UTC)"
+            ),
+            Quota::DailyUsd { key, limit } => write!(
+                f,
+                "the API key `{key}` has spent its daily budget of ${limit:.2} (UTC day)"
+            ),
+            Quota::MonthlyUsd { key, limit } => write!(
+                f,
+                "the API key `{key}` has spent its monthly budget of ${limit:.2} (UTC month)"
+            ),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
+    #[error("{0}")]
+    Unauthorized(AuthFailure),
+    #[error("{0}")]
+    Forbidden(Refusal),
+    /// A rate limit is used up for now; try again after `retry_after`.
+    #[error("rate limited: {limit}; try again in {:.1} s", retry_after.as_secs_f64())]
+    RateLimited { limit: Limit, retry_after: Duration },
+    /// One request reserves more tokens than a token limit allows in a minute: it can never pass.
+    #[error(
+        "the request reserves {reserved} tokens (its estimated input plus `max_tokens`), more than {limit} allows; lower `max_tokens` or shorten the conversation"
+    )]
+    LargerThanLimit { reserved: u64, limit: Limit },
+    #[error("{0}")]
+    QuotaExceeded(Quota),
+    #[error(
+        "POST bodies must be JSON: send `Content-Type: application/json` (got {})",
+        got.as_deref().unwrap_or("no Content-Type")
+    )]
+    UnsupportedMediaType { got: Option<String> },
+    /// Redis, where the limits live, failed and `limits.on_redis_error` is `fail_closed`.
+    #[error(
+        "the relay cannot reach the store of its limits (Redis) and refuses work until it is back"
+    )]
+    LimitsUnavailable {
+        #[source]
+        source: Option<redis::RedisError>,
+    },
+    /// The usage ledger's SQLite store failed.
+    #[error("the usage ledger ({path}): {source}")]
+    Ledger {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
     /// The request broke a validation rule.
     #[error("{0}")]
     Invalid(ValidationError),
@@ -98,6 +267,14 @@ pub enum RelayError {
 impl RelayError {
     pub fn code(&self) -> ErrorCode {
         match self {
+            RelayError::Unauthorized(_) => ErrorCode::Unauthorized,
+            RelayError::Forbidden(_) => ErrorCode::Forbidden,
+            RelayError::RateLimited { .. } => ErrorCode::RateLimited,
+            RelayError::LargerThanLimit { .. } => ErrorCode::InvalidRequest,
+            RelayError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
+            RelayError::UnsupportedMediaType { .. } => ErrorCode::UnsupportedMediaType,
+            RelayError::LimitsUnavailable { .. } => ErrorCode::LimitsUnavailable,
+            RelayError::Ledger { .. } => ErrorCode::Internal,
             RelayError::Invalid(err) => err.code,
             RelayError::MalformedJson { .. } => ErrorCode::MalformedJson,
             RelayError::InvalidQuery { .. } => ErrorCode::InvalidRequest,
@@ -135,6 +312,11 @@ impl RelayError {
             | ErrorCode::UpstreamRejected
             | ErrorCode::ContextTooLong => StatusCode::BAD_REQUEST,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::RateLimited | ErrorCode::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::LimitsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::UpstreamThrottled => StatusCode::TOO_MANY_REQUESTS,
@@ -171,6 +353,7 @@ impl RelayError {
             RelayError::Invalid(err) => Some(err.field.clone()),
             RelayError::MalformedJson { field, .. } => field.clone(),
             RelayError::InvalidQuery { field, .. } => Some(field.clone()),
+            RelayError::LargerThanLimit { .. } => Some("max_tokens".into()),
             _ => None,
         }
     }
@@ -197,11 +380,12 @@ impl RelayError {
         }
     }
 
-    /// Adds a `Retry-After` header (whole seconds, at least 1) to an error answer when the wait
-    /// is known.
+    /// Adds a `Retry-After` header (whole seconds, rounded up, at least 1) to an error answer
+    /// when the wait is known.
     pub fn add_retry_after(&self, response: &mut Response) {
         if let Some(wait) = self.retry_after()
-            && let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string())
+            && let Ok(value) =
+                HeaderValue::from_str(&wait.as_millis().div_ceil(1000).max(1).to_string())
         {
             response.headers_mut().insert("retry-after", value);
         }
@@ -211,6 +395,7 @@ impl RelayError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             RelayError::Upstream { retry_after, .. } => *retry_after,
+            RelayError::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

@@ -12,9 +12,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
+use crate::auth::KeyRing;
 use crate::cache::AnswerCache;
-use crate::config::{BedrockMode, ProviderKind, RelayConfig};
+use crate::config::{AuthMode, BedrockMode, ProviderKind, RelayConfig};
 use crate::error::RelayError;
+use crate::limits::Limits;
 use crate::provider::bedrock::{self, BedrockEndpoint};
 use crate::provider::{BedrockProvider, OpenAiProvider, Provider, openai};
 use crate::routing::{ModelCatalog, ModelEntry, Target};
@@ -121,8 +123,58 @@ fn config_web_dir(state: &AppState) -> Option<std::path::PathBuf> {
     state.config().server.web_dir.clone()
 }
 
+/// The relay's parts, assembled but not yet serving: the app (every route behind the edge's
+/// layers, ready for `Router::oneshot` in tests), its state, and where Bedrock calls go.
+#[derive(Debug)]
+pub struct Assembled {
+    pub app: axum::Router,
+    pub state: AppState,
+    pub shutdown: Shutdown,
+    pub bedrock_endpoint: BedrockEndpoint,
+    pub simulator: Option<fm_sim::SimHandle>,
+}
+
 /// Builds the app, binds `config.server.host:port` (port 0 picks one) and starts serving.
 pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
+    let addr = SocketAddr::new(config.server.host, config.server.port);
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let assembled = assemble(config).await?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|err| RelayError::Startup(format!("cannot listen on {addr}: {err}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|err| RelayError::Startup(err.to_string()))?;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::warn!(%err, "could not set TCP_NODELAY on an accepted socket");
+        }
+    });
+    let state = assembled.state;
+    match config_web_dir(&state) {
+        Some(dir) if dir.is_dir() => {
+            tracing::info!(dir = %dir.display(), "chat UI served at /")
+        }
+        Some(dir) => tracing::info!(
+            dir = %dir.display(),
+            "no chat UI there: build it with `trunk build --release` (scripts/run.sh does)"
+        ),
+        None => {}
+    }
+    let task = tokio::spawn(serve(listener, assembled.app, state, grace));
+    tracing::info!(url = %format!("http://{addr}"), "fm-relay listening");
+    Ok(RunningRelay {
+        addr,
+        shutdown: assembled.shutdown,
+        task,
+        bedrock_endpoint: assembled.bedrock_endpoint,
+        simulator: assembled.simulator,
+    })
+}
+
+/// Resolves where calls go (starting the simulator when that is where), builds the provider
+/// clients, the catalog, the cache, the keys and the limits, and the app over them.
+pub async fn assemble(config: RelayConfig) -> Result<Assembled, RelayError> {
     let (endpoint, simulator) = bedrock_endpoint(&config).await?;
     match (&endpoint, &simulator) {
         (BedrockEndpoint::Url(url), Some(_)) => tracing::info!(
@@ -207,38 +259,30 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         );
     }
 
-    let addr = SocketAddr::new(config.server.host, config.server.port);
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|err| RelayError::Startup(format!("cannot listen on {addr}: {err}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|err| RelayError::Startup(err.to_string()))?;
-    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let shutdown = Shutdown::default();
-    let state = AppState::new(config, catalog, cache, shutdown.clone());
-    let app = api::app(state.clone());
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::warn!(%err, "could not set TCP_NODELAY on an accepted socket");
-        }
-    });
-    match config_web_dir(&state) {
-        Some(dir) if dir.is_dir() => {
-            tracing::info!(dir = %dir.display(), "chat UI served at /")
-        }
-        Some(dir) => tracing::info!(
-            dir = %dir.display(),
-            "no chat UI there: build it with `trunk build --release` (scripts/run.sh does)"
+    let keys = KeyRing::load(&config)?;
+    match keys.mode() {
+        AuthMode::Open => tracing::info!(
+            keys = keys.len(),
+            "auth.mode = \"open\": requests without an API key are served (as `anonymous`); set auth.mode = \"keys\" to require keys"
         ),
-        None => {}
+        AuthMode::Keys => tracing::info!(
+            keys = keys.len(),
+            "auth.mode = \"keys\": every API request needs a key"
+        ),
     }
-    let task = tokio::spawn(serve(listener, app, state, grace));
-    tracing::info!(url = %format!("http://{addr}"), "fm-relay listening");
-    Ok(RunningRelay {
-        addr,
+    let limits = Limits::open(&config).await?;
+    tracing::info!(
+        backend = ?config.limits.backend,
+        "limits and usage ledger ready"
+    );
+
+    let shutdown = Shutdown::default();
+    let state = AppState::new(config, catalog, cache, shutdown.clone(), keys, limits);
+    let app = api::app(state.clone());
+    Ok(Assembled {
+        app,
+        state,
         shutdown,
-        task,
         bedrock_endpoint: endpoint,
         simulator,
     })
@@ -299,6 +343,10 @@ where
     tokio::select! {
         () = sessions.wait() => {}
         () = last_call => tracing::warn!("some WebSocket sessions did not close in time"),
+    }
+    // Every request has settled: write the last of the usage ledger.
+    if let Err(err) = state.limits().flush().await {
+        tracing::error!(%err, "could not write the last of the usage ledger");
     }
     tracing::info!("fm-relay stopped");
 }

@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Harness, chat_body, sim_config, sse_events, start_with, text_of};
+use common::{Harness, RedisServer, chat_body, sim_config, sse_events, start_with, text_of};
 use fm_protocol::{ChatResponse, ResponseSource, StatsResponse, StreamEvent};
 use fm_relay::RelayConfig;
 use fm_relay::config::CacheBackend;
@@ -197,49 +196,6 @@ async fn a_stale_answer_stands_in_only_when_every_target_fails() {
         .post("/v1/chat", chat_body(None, "Something new"))
         .await;
     assert_eq!(response.status(), 503);
-}
-
-/// A `redis-server` on a free port, stopped when dropped.
-struct RedisServer {
-    child: Child,
-    url: String,
-}
-
-impl RedisServer {
-    async fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let server = RedisServer {
-            child: Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server is not installed: run scripts/setup.sh"),
-            url: format!("redis://127.0.0.1:{port}"),
-        };
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return server;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("redis-server did not start on port {port}");
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test]

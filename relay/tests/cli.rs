@@ -67,11 +67,16 @@ async fn serve_streams_tokens_on_the_embedded_simulator_and_stops_on_sigterm() {
         lines.iter().any(|l| l.contains("embedded simulator")),
         "{lines:?}"
     );
+    assert!(
+        lines.iter().any(|l| l.contains("auth.mode = \"open\"")),
+        "the start-up log says the relay is open: {lines:?}"
+    );
     // Keep draining the log so the child never blocks on a full pipe.
     let drain = std::thread::spawn(move || log.map_while(Result::ok).collect::<Vec<_>>());
 
     let response = common::http_client()
         .post(format!("{url}/v1/chat/stream"))
+        .header("content-type", "application/json")
         .body(r#"{"messages":[{"role":"user","content":"Hello"}],"max_tokens":20}"#)
         .send()
         .await

@@ -113,13 +113,7 @@ fn failovers(events: &[StreamEvent]) -> Vec<(String, bool)> {
 
 /// The relay still serves: health is green and a healthy model answers.
 async fn assert_healthy(harness: &Harness) {
-    let health = harness
-        .http
-        .get(harness.url("/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
+    assert_eq!(harness.get("/healthz").await.status(), 200);
     harness.sim.set_faults(Vec::new()).unwrap();
     let answer = harness.chat(Some("plain"), "still there?").await;
     assert!(!answer.text.is_empty());

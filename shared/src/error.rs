@@ -44,6 +44,18 @@ pub enum ErrorCode {
     DeadlineExceeded,
     /// The relay is shutting down and accepts no new work.
     ShuttingDown,
+    /// No API key, or one the relay does not accept (unknown and revoked keys look the same).
+    Unauthorized,
+    /// The API key may not use this model or route, or the page's origin may not call the relay.
+    Forbidden,
+    /// A request or token rate limit is used up for now; `Retry-After` says when to try again.
+    RateLimited,
+    /// A monthly request or token quota, or a daily or monthly dollar budget, is used up.
+    QuotaExceeded,
+    /// A POST body that is not `application/json`.
+    UnsupportedMediaType,
+    /// The relay cannot reach the store its limits live in and is set to refuse work then.
+    LimitsUnavailable,
     /// A bug in the relay.
     Internal,
     /// A code this version of the protocol does not know.
@@ -63,6 +75,8 @@ impl ErrorCode {
                 | ErrorCode::UpstreamError
                 | ErrorCode::DeadlineExceeded
                 | ErrorCode::ShuttingDown
+                | ErrorCode::RateLimited
+                | ErrorCode::LimitsUnavailable
         )
     }
 }

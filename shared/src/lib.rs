@@ -12,6 +12,7 @@
 //! - [`validate`]: the request limits, as one function that clients run before sending and the
 //!   relay runs on arrival, so both reject the same requests with the same words.
 //! - [`stats`]: the relay's latency figures per model (`GET /v1/stats`).
+//! - [`usage`]: what callers spent, from the relay's usage ledger (`GET /v1/usage`).
 //! - [`sse`]: an incremental Server-Sent-Events decoder that accepts any split of the byte stream,
 //!   plus the matching encoder.
 
@@ -20,6 +21,7 @@ pub mod error;
 pub mod event;
 pub mod sse;
 pub mod stats;
+pub mod usage;
 pub mod validate;
 
 pub use chat::{
@@ -32,4 +34,5 @@ pub use sse::{SseDecoder, SseFrame, encode_sse_frame};
 pub use stats::{
     CacheStats, CircuitState, CircuitStatus, ModelStats, Percentiles, StatsResponse, TargetStats,
 };
+pub use usage::{KeyUsage, ModelUsage, UsageReport, UsageTotals};
 pub use validate::{ValidationError, limits, validate_chat_request};

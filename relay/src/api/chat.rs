@@ -5,7 +5,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use fm_protocol::{ChatRequest, ChatResponse};
 
-use super::extract::{ApiJson, RequestId};
+use super::edge::Edge;
+use super::extract::ApiJson;
 use super::{AppState, admit};
 use crate::error::RequestError;
 
@@ -15,15 +16,15 @@ pub fn routes() -> Router<AppState> {
 
 async fn chat(
     State(state): State<AppState>,
-    RequestId(request_id): RequestId,
+    edge: Edge,
     ApiJson(request): ApiJson<ChatRequest>,
 ) -> Result<Json<ChatResponse>, RequestError> {
     let result = async {
-        let (ctx, decision) = admit(&state, request_id.clone(), &request)?;
+        let (ctx, decision) = admit(&state, &edge, &request, false).await?;
         state.executor().complete(ctx, decision, request).await
     }
     .await;
     result
         .map(Json)
-        .map_err(|error| error.with_request_id(&request_id))
+        .map_err(|error| error.with_request_id(&edge.request_id))
 }

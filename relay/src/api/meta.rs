@@ -121,6 +121,28 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
         family(&mut out, name, "counter", help);
         sample(&mut out, name, &[], value as f64);
     }
+    let health = state.limits().health();
+    for (name, help, value) in [
+        (
+            "fm_relay_limits_redis_errors_total",
+            "Admissions for which the limits' Redis failed or did not answer within limits.redis_timeout_ms.",
+            &health.redis_errors,
+        ),
+        (
+            "fm_relay_limits_served_locally_total",
+            "Requests admitted by this process's own counters while Redis could not be reached (on_redis_error = fail_open).",
+            &health.served_locally,
+        ),
+        (
+            "fm_relay_limits_unavailable_total",
+            "Requests refused with 503 limits_unavailable while Redis could not be reached (on_redis_error = fail_closed).",
+            &health.refused_unavailable,
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        let value = value.load(std::sync::atomic::Ordering::Relaxed);
+        sample(&mut out, name, &[], value as f64);
+    }
     family(
         &mut out,
         "fm_relay_stream_replays_total",

@@ -1,32 +1,39 @@
 //! The HTTP surfaces, one file each: [`chat`] (`POST /v1/chat`), [`sse`]
-//! (`POST /v1/chat/stream`), [`ws`] (`GET /v1/ws`), [`openai`] (`POST /v1/chat/completions`) and
-//! [`meta`] (`/healthz`, `/v1/models`, `/v1/stats`).
-//! This is the only module that knows HTTP; it admits a request ([`admit`]: shutdown check,
-//! validation, routing) and hands it to the executor.
+//! (`POST /v1/chat/stream`), [`ws`] (`GET /v1/ws`), [`openai`] (`POST /v1/chat/completions`),
+//! [`usage`] (`GET /v1/usage`, `GET /v1/admin/usage`) and [`meta`] (`/healthz`, `/v1/models`,
+//! `/v1/stats`, `/metrics`), behind the [`edge`]'s layers (request id, span, origin, CORS, API
+//! key, limits, JSON content type, body limit).
+//! This is the only module that knows HTTP; it admits a model request ([`admit`]: shutdown
+//! check, validation, the key's models, routing, the limits' reservation) and hands it to the
+//! executor.
 
 pub mod chat;
+pub mod edge;
 pub mod extract;
 pub mod meta;
 pub mod openai;
 pub mod sse;
+pub mod usage;
 pub mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
-use fm_protocol::{ChatRequest, StreamEvent, limits::MAX_BODY_BYTES, validate_chat_request};
+use fm_protocol::{ChatRequest, StreamEvent, validate_chat_request};
 use tokio_util::task::TaskTracker;
 
+use crate::auth::KeyRing;
 use crate::cache::AnswerCache;
 use crate::config::RelayConfig;
-use crate::error::{RelayError, RequestError};
+use crate::error::{Refusal, RelayError, RequestError};
+use crate::limits::Limits;
 use crate::resilience::{ChatEventStream, Executor, RequestContext, Restart};
 use crate::routing::{ModelCatalog, RouteDecision};
 use crate::shutdown::{Phase, Shutdown};
 use crate::telemetry::{LiveWindow, StreamWrites};
+use edge::Edge;
 use extract::RequestId;
 
 /// What every handler shares.
@@ -47,6 +54,8 @@ struct AppInner {
     /// WebSocket sessions outlive their HTTP request; shutdown waits for them here.
     ws_sessions: TaskTracker,
     stream_writes: StreamWrites,
+    keys: KeyRing,
+    limits: Arc<Limits>,
 }
 
 /// The most events one write to a streaming client carries.
@@ -61,6 +70,8 @@ impl AppState {
         catalog: ModelCatalog,
         cache: Option<Arc<AnswerCache>>,
         shutdown: Shutdown,
+        keys: KeyRing,
+        limits: Arc<Limits>,
     ) -> Self {
         let window = Arc::new(LiveWindow::new(
             catalog.list().models.into_iter().map(|model| model.id),
@@ -76,6 +87,8 @@ impl AppState {
                 shutdown,
                 ws_sessions: TaskTracker::new(),
                 stream_writes: StreamWrites::default(),
+                keys,
+                limits,
             }),
         }
     }
@@ -110,37 +123,89 @@ impl AppState {
         &self.inner.ws_sessions
     }
 
+    /// The API keys.
+    pub fn keys(&self) -> &KeyRing {
+        &self.inner.keys
+    }
+
+    /// Rate limits, quotas and the usage ledger.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.inner.limits
+    }
+
     /// Events sent to streaming clients, and the writes that carried them.
     pub fn stream_writes(&self) -> &StreamWrites {
         &self.inner.stream_writes
     }
 }
 
-/// Lets a request in: refuses new work while shutting down, validates it with the same function
-/// the clients run, and routes it.
-pub fn admit(
+/// Lets a model request in: refuses new work while shutting down, validates it with the same
+/// function the clients run, checks the caller may use the model, routes it (to the caller's
+/// models only) and admits it to the limits, whose reservation becomes the request's meter. A
+/// `stream` also takes one of the caller's concurrent streams.
+pub async fn admit(
     state: &AppState,
-    request_id: String,
+    edge: &Edge,
     request: &ChatRequest,
+    stream: bool,
 ) -> Result<(RequestContext, RouteDecision), RelayError> {
-    let ctx = RequestContext::new(request_id);
+    let mut ctx = RequestContext::new(edge.request_id.clone());
     if state.shutdown().phase() != Phase::Running {
         return Err(RelayError::ShuttingDown);
     }
     validate_chat_request(request, |model| state.catalog().contains(model))
         .map_err(RelayError::Invalid)?;
-    Ok((ctx, state.catalog().route(request)))
+    let key = edge.caller.key();
+    let mut decision = state.catalog().route(request);
+    let model = decision.first_model().config.id.clone();
+    if !key.may_use_model(&model) {
+        return Err(RelayError::Forbidden(Refusal::Model {
+            key: key.name.clone(),
+            model,
+        }));
+    }
+    if key.restricts_models() {
+        let allowed: Vec<_> = decision
+            .plan
+            .iter()
+            .filter(|step| key.may_use_model(&step.model.config.id))
+            .cloned()
+            .collect();
+        if allowed.len() < decision.plan.len() {
+            decision
+                .reason
+                .push_str("; fallback models the API key may not use are left out");
+            decision.plan = allowed.into();
+        }
+    }
+    let estimated_input = request
+        .prompt_chars()
+        .div_ceil(fm_protocol::chat::CHARS_PER_TOKEN);
+    let max_tokens = request.max_tokens_or_default();
+    let (reservation, headers) = state
+        .limits()
+        .admit_chat(
+            &edge.caller,
+            &model,
+            estimated_input as u64,
+            u64::from(max_tokens),
+            stream,
+        )
+        .await;
+    edge.set_rate_headers(headers);
+    ctx.meter = Some(Arc::new(reservation?));
+    Ok((ctx, decision))
 }
 
 /// Admits a request and opens its stream: what the streaming surfaces share. `restart` says how
 /// the surface takes an answer that starts again after its client got text.
 pub async fn open_stream(
     state: &AppState,
-    request_id: String,
+    edge: &Edge,
     request: ChatRequest,
     restart: Restart,
 ) -> Result<ChatEventStream, RelayError> {
-    let (ctx, decision) = admit(state, request_id, &request)?;
+    let (ctx, decision) = admit(state, edge, &request, true).await?;
     state
         .executor()
         .open_stream(ctx, decision, request, restart)
@@ -171,6 +236,7 @@ pub fn app(state: AppState) -> Router {
         .merge(sse::routes())
         .merge(ws::routes())
         .merge(openai::routes())
+        .merge(usage::routes())
         .merge(meta::routes());
     // The chat UI's files at `/`, when built; anything else is the API's JSON 404.
     let api = match state
@@ -187,10 +253,8 @@ pub fn app(state: AppState) -> Router {
         ),
         None => api.fallback(not_found),
     };
-    api.method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(extract::assign_request_id))
-        .with_state(state)
+    let api = api.method_not_allowed_fallback(method_not_allowed);
+    edge::layers(state.clone(), api).with_state(state)
 }
 
 async fn not_found(RequestId(id): RequestId, method: Method, uri: Uri) -> RequestError {

@@ -27,7 +27,8 @@ use fm_protocol::{ChatRequest, ChatResponse, ErrorCode, Message, StopReason, Str
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{ApiJson, RequestId};
+use super::edge::Edge;
+use super::extract::ApiJson;
 use super::sse::{SseEncoder, sse_body, sse_response};
 use super::{AppState, admit, open_stream};
 use crate::error::{RelayError, RequestError};
@@ -166,16 +167,17 @@ impl CompletionRequest {
 
 async fn chat_completions(
     State(state): State<AppState>,
-    RequestId(request_id): RequestId,
+    edge: Edge,
     body: Result<ApiJson<CompletionRequest>, RequestError>,
 ) -> Response {
+    let request_id = &edge.request_id;
     let answer = async {
         let ApiJson(completion) = body.map_err(|rejection| rejection.error)?;
         let request = completion.to_chat_request()?;
         // An OpenAI client expects usage; when the upstream reports none, it gets an estimate.
         let prompt_chars = request.prompt_chars();
         if completion.stream {
-            let events = open_stream(&state, request_id.clone(), request, Restart::Replay).await?;
+            let events = open_stream(&state, &edge, request, Restart::Replay).await?;
             let encoder = ChunkEncoder {
                 id: format!("chatcmpl-{request_id}"),
                 created: unix_seconds(),
@@ -187,13 +189,13 @@ async fn chat_completions(
             };
             Ok(sse_response(sse_body(&state, events, encoder)))
         } else {
-            let (ctx, decision) = admit(&state, request_id.clone(), &request)?;
+            let (ctx, decision) = admit(&state, &edge, &request, false).await?;
             let answer = state.executor().complete(ctx, decision, request).await?;
             Ok(Json(completion_body(&answer, prompt_chars)).into_response())
         }
     }
     .await;
-    answer.unwrap_or_else(|err: RelayError| error_response(err, &request_id))
+    answer.unwrap_or_else(|err: RelayError| error_response(err, request_id))
 }
 
 fn unix_seconds() -> u64 {

@@ -22,7 +22,8 @@ use fm_protocol::{ChatRequest, StreamEvent, encode_sse_frame};
 use futures_util::StreamExt;
 use tokio::time::{Instant, Sleep};
 
-use super::extract::{ApiJson, RequestId};
+use super::edge::Edge;
+use super::extract::ApiJson;
 use super::{AppState, open_stream, take_burst};
 use crate::error::RequestError;
 use crate::resilience::{ChatEventStream, Restart};
@@ -33,11 +34,11 @@ pub fn routes() -> Router<AppState> {
 
 async fn chat_stream(
     State(state): State<AppState>,
-    RequestId(request_id): RequestId,
+    edge: Edge,
     ApiJson(request): ApiJson<ChatRequest>,
 ) -> Result<Response, RequestError> {
-    let opened = open_stream(&state, request_id.clone(), request, Restart::Announce).await;
-    let events = opened.map_err(|error| error.with_request_id(&request_id))?;
+    let opened = open_stream(&state, &edge, request, Restart::Announce).await;
+    let events = opened.map_err(|error| error.with_request_id(&edge.request_id))?;
     Ok(sse_response(sse_body(&state, events, NativeEvents)))
 }
 

@@ -11,7 +11,9 @@
 //!
 //! Closing the socket cancels the answer in progress (and its upstream call). While the relay
 //! drains for shutdown, new requests get a `shutting_down` error and an idle socket is closed
-//! with code 1001 (going away).
+//! with code 1001 (going away). A message over the size limit is answered with close code 1009
+//! (too big), a broken frame with 1002 (protocol error). The upgrade passed the edge like any
+//! request (origin, API key); each request frame is admitted to the limits on its own.
 
 use std::collections::VecDeque;
 
@@ -23,6 +25,7 @@ use axum::routing::get;
 use fm_protocol::{ChatRequest, StreamEvent};
 use futures_util::{SinkExt, StreamExt};
 
+use super::edge::Edge;
 use super::extract::{RequestId, parse_json};
 use super::{AppState, open_stream, take_burst};
 use crate::error::RelayError;
@@ -33,18 +36,20 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/ws", get(upgrade))
 }
 
-async fn upgrade(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+async fn upgrade(State(state): State<AppState>, edge: Edge, upgrade: WebSocketUpgrade) -> Response {
     upgrade
         .max_message_size(fm_protocol::limits::MAX_BODY_BYTES)
         .on_upgrade(move |socket| {
             let tracker = state.ws_tracker().clone();
-            tracker.track_future(Session::new(state, socket).run())
+            tracker.track_future(Session::new(state, edge, socket).run())
         })
 }
 
 /// One WebSocket connection.
 struct Session {
     state: AppState,
+    /// The caller the upgrade was admitted for.
+    edge: Edge,
     socket: WebSocket,
     /// Frames waiting for their turn: a request, or the error that answers a bad frame.
     queue: VecDeque<Result<ChatRequest, RelayError>>,
@@ -59,9 +64,10 @@ enum Input {
 }
 
 impl Session {
-    fn new(state: AppState, socket: WebSocket) -> Self {
+    fn new(state: AppState, edge: Edge, socket: WebSocket) -> Self {
         Session {
             state,
+            edge,
             socket,
             queue: VecDeque::new(),
             current: None,
@@ -103,8 +109,13 @@ impl Session {
             };
             let keep_going = match input {
                 Input::Frame(Some(Ok(message))) => self.on_message(message),
-                // The client left or the connection broke: dropping `current` cancels upstream.
-                Input::Frame(_) => false,
+                // A frame the socket could not take: say why in the close frame.
+                Input::Frame(Some(Err(err))) => {
+                    self.close_after(err).await;
+                    false
+                }
+                // The client left: dropping `current` cancels upstream.
+                Input::Frame(None) => false,
                 Input::Event(Some(event)) => self.send_burst(event).await,
                 Input::Event(None) => {
                     self.current = None;
@@ -136,10 +147,36 @@ impl Session {
         true
     }
 
+    /// Closes the socket after a frame it could not take: 1009 for a message over the size
+    /// limit, 1002 for a protocol error (the connection may be gone already: then nothing is
+    /// sent).
+    async fn close_after(&mut self, err: axum::Error) {
+        let (code, reason) = match err.into_inner().downcast::<tungstenite::Error>() {
+            Ok(err) => match *err {
+                tungstenite::Error::Capacity(_) => (
+                    close_code::SIZE,
+                    format!(
+                        "message larger than {} bytes",
+                        fm_protocol::limits::MAX_BODY_BYTES
+                    ),
+                ),
+                tungstenite::Error::Protocol(err) => (close_code::PROTOCOL, err.to_string()),
+                _ => return,
+            },
+            Err(_) => return,
+        };
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason),
+        };
+        let _ = self.socket.send(Message::Close(Some(frame))).await;
+    }
+
     /// Opens the stream for `request`; a failure becomes its terminal error event.
     async fn start(&mut self, request: ChatRequest) -> bool {
         let RequestId(request_id) = RequestId::generate();
-        let opened = open_stream(&self.state, request_id, request, Restart::Announce).await;
+        let edge = self.edge.with_request_id(request_id);
+        let opened = open_stream(&self.state, &edge, request, Restart::Announce).await;
         match opened {
             Ok(stream) => {
                 self.current = Some(stream);

@@ -34,20 +34,23 @@ use fm_protocol::{ChatRequest, ChatResponse, StopReason, Timings, Usage};
 use crate::cache::{AnswerCache, Hit};
 use crate::config::{DegradationConfig, RelayConfig, TimeoutConfig};
 use crate::error::{RelayError, UpstreamFailure};
-use crate::routing::{ModelEntry, RouteDecision, Target};
+use crate::routing::{ModelEntry, PlanStep, RouteDecision, Target};
 use crate::shutdown::Shutdown;
-use crate::telemetry::{Ending, LiveWindow, Outcome, StreamReplays};
+use crate::telemetry::{AttemptSpend, Ending, LiveWindow, Outcome, SpendMeter, StreamReplays};
 use breaker::Permit;
 
 pub use retry::{Attempted, Retrier};
 pub use stream::{ChatEventStream, Restart};
 
-/// One request's identity and clock.
+/// One request's identity, clock and meter.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     pub request_id: String,
     /// When the relay received the request: every timing is measured from here.
     pub received: Instant,
+    /// Where the request's upstream calls report what they spent (the usage ledger and token
+    /// limits, when the edge metered the request).
+    pub meter: Option<Arc<dyn SpendMeter>>,
 }
 
 impl RequestContext {
@@ -55,6 +58,32 @@ impl RequestContext {
         RequestContext {
             request_id,
             received: Instant::now(),
+            meter: None,
+        }
+    }
+
+    /// Reports a call's spend to the meter.
+    pub(crate) fn spent(&self, step: &PlanStep, usage: Usage) {
+        if let Some(meter) = &self.meter {
+            meter.record(AttemptSpend {
+                model: &step.model.config.id,
+                region: step.target.region(),
+                usage,
+            });
+        }
+    }
+
+    /// The request has ended: drops the meter, which settles its reservation now rather than
+    /// when the stream's state is dropped (after the client has the last event, and may have
+    /// sent its next request).
+    pub(crate) fn settle(&mut self) {
+        self.meter = None;
+    }
+
+    /// Tells the meter which model answered.
+    pub(crate) fn answered_by(&self, model: &str, region: &str) {
+        if let Some(meter) = &self.meter {
+            meter.answered_by(model, region);
         }
     }
 
@@ -135,8 +164,16 @@ impl Executor {
                     ));
                 };
                 called.permit.success();
+                walk.ctx.spent(
+                    &called.step,
+                    answer
+                        .usage
+                        .unwrap_or_else(|| walk.estimate_usage(answer.text.chars().count())),
+                );
                 walk.remember(&called.step, &answer.text, answer.stop_reason, answer.usage);
                 let route = walk.route_info(&called.step);
+                walk.ctx
+                    .answered_by(&route.model, called.step.target.region());
                 recorder.record(&route.model, outcome(Ending::Ok, None, &walk.ctx));
                 (answer, route)
             }

@@ -84,6 +84,9 @@ struct Attempt {
     /// repeats it.
     sent_whitespace: String,
     got_text: bool,
+    /// Characters of text the upstream sent on this call (replayed text included): its output
+    /// tokens are estimated from them when it reports no usage.
+    received_chars: usize,
     stop: Option<StopReason>,
     usage: Option<Usage>,
 }
@@ -104,6 +107,7 @@ impl Attempt {
             continues: called.continues,
             sent_whitespace: called.sent_whitespace,
             got_text: false,
+            received_chars: 0,
             stop: None,
             usage: None,
         })
@@ -357,6 +361,7 @@ impl StreamState {
                     attempt.last_activity = Instant::now();
                     match event {
                         ProviderEvent::TextDelta(text) => {
+                            attempt.received_chars += text.chars().count();
                             let mut text = attempt.client_text(text);
                             if let Some(replay) = self.replay.as_mut() {
                                 match replay.feed(&text) {
@@ -494,6 +499,7 @@ impl StreamState {
         if let Some(permit) = attempt.permit.take() {
             permit.failure(&err);
         }
+        self.meter(&attempt);
         if self.replay.take().is_some() {
             self.replayed(ReplayOutcome::Failed);
         }
@@ -545,7 +551,9 @@ impl StreamState {
                 request_id = %self.walk.ctx.request_id, error = %err,
                 "every target failed; answering from the cache"
             );
-            self.attempt = None;
+            if let Some(attempt) = self.attempt.take() {
+                self.meter(&attempt);
+            }
             self.record(Ending::Error);
             self.serve_cached(hit);
             return;
@@ -556,6 +564,7 @@ impl StreamState {
     /// Ends the stream with a cached answer. Its usage is zero: no tokens were spent on it.
     fn serve_cached(&mut self, hit: Hit) {
         self.finished = true;
+        self.walk.ctx.settle();
         let route = self.walk.cache_route(&hit);
         let elapsed = self.walk.ctx.elapsed_ms();
         self.pending.push_back(Ok(StreamEvent::TextDelta {
@@ -576,7 +585,10 @@ impl StreamState {
     /// Ends the stream after `err`: with the degraded answer when that applies, else the error.
     fn fail(&mut self, err: RelayError) {
         self.finished = true;
-        self.attempt = None;
+        if let Some(attempt) = self.attempt.take() {
+            self.meter(&attempt);
+        }
+        self.walk.ctx.settle();
         self.record(Ending::Error);
         if self.walk.degrades(&err, !self.partial.is_empty()) {
             tracing::warn!(
@@ -652,12 +664,17 @@ impl StreamState {
         }
         let route = self.walk.route_info(&attempt.step);
         let usage = attempt.usage;
+        self.meter(&attempt);
+        self.walk
+            .ctx
+            .answered_by(&route.model, attempt.step.target.region());
         self.walk
             .remember(&attempt.step, &self.partial, stop_reason, usage);
         self.walk.executor.window().record(
             &route.model,
             outcome(Ending::Ok, self.ttft_ms, &self.walk.ctx),
         );
+        self.walk.ctx.settle();
         StreamEvent::Done {
             stop_reason,
             usage,
@@ -668,6 +685,15 @@ impl StreamState {
             route,
             degraded: false,
         }
+    }
+
+    /// Reports what `attempt` — a call its target accepted — spent to the request's meter: the
+    /// usage it reported, else an estimate from the prompt and the text it sent.
+    fn meter(&self, attempt: &Attempt) {
+        let usage = attempt
+            .usage
+            .unwrap_or_else(|| self.walk.estimate_usage(attempt.received_chars));
+        self.walk.ctx.spent(&attempt.step, usage);
     }
 
     /// Records the request's end against the model it was routed to (see also the `Drop` impl).
@@ -686,6 +712,10 @@ impl Drop for StreamState {
     fn drop(&mut self) {
         if !self.finished {
             self.record(Ending::Cancelled);
+        }
+        // The call in progress consumed tokens too (a cancelled stream's).
+        if let Some(attempt) = self.attempt.take() {
+            self.meter(&attempt);
         }
     }
 }

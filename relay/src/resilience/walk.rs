@@ -345,6 +345,11 @@ impl Walk {
     }
 
     /// How a cached answer was reached.
+    /// The usage of an answer of `answer_chars` characters to this request, estimated.
+    pub fn estimate_usage(&self, answer_chars: usize) -> Usage {
+        Usage::estimate_from_chars(self.request.prompt_chars(), answer_chars)
+    }
+
     pub fn cache_route(&self, hit: &Hit) -> RouteInfo {
         RouteInfo {
             model: hit.answer.model.clone(),

@@ -1,14 +1,16 @@
 //! What the relay knows about itself: logging ([`logging`]), the live window of recent request
 //! outcomes per model ([`window`]), which `GET /v1/stats` reports and routing reads, the
-//! streaming surfaces' write counters ([`writes`]) and how resumed-by-replay answers ended
-//! ([`replays`]).
+//! streaming surfaces' write counters ([`writes`]), how resumed-by-replay answers ended
+//! ([`replays`]) and what each request's upstream calls spent ([`spend`]).
 
 pub mod logging;
 pub mod replays;
+pub mod spend;
 pub mod window;
 pub mod writes;
 
 pub use logging::init_logging;
 pub use replays::{ReplayOutcome, StreamReplays};
+pub use spend::{AttemptSpend, SpendMeter};
 pub use window::{Ending, LiveWindow, Outcome};
 pub use writes::StreamWrites;

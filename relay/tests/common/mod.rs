@@ -54,6 +54,7 @@ pub fn model(id: &str, upstream_id: String) -> ModelConfig {
         accepts_prefill: false,
         failover: Vec::new(),
         fallback_models: Vec::new(),
+        tokens_per_minute: None,
     }
 }
 
@@ -94,6 +95,9 @@ pub fn relay_config(sim: &SimHandle) -> RelayConfig {
     config.degradation.enabled = false;
     // Every request reaches the upstream, unless a test is about the cache.
     config.cache.enabled = false;
+    // Each relay its own ledger, and no keys file but the test's own.
+    config.limits.data_dir = temp_dir("data");
+    config.auth.keys_file = config.limits.data_dir.join("keys.toml");
     config.bedrock.mode = BedrockMode::Endpoint;
     config.bedrock.endpoint = Some(sim.endpoint_url());
     config.default_model = "plain".into();
@@ -144,6 +148,10 @@ impl Harness {
             .unwrap()
     }
 
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
     /// A successful `/v1/chat` answer from `model` (or the default) to `prompt`.
     pub async fn chat(&self, model: Option<&str>, prompt: &str) -> fm_protocol::ChatResponse {
         let response = self.post("/v1/chat", chat_body(model, prompt)).await;
@@ -152,13 +160,12 @@ impl Harness {
     }
 
     pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        let response = self.http.get(self.url(path)).send().await.unwrap();
-        response.json().await.unwrap()
+        self.get(path).await.json().await.unwrap()
     }
 
     /// The relay's `GET /metrics` text.
     pub async fn metrics(&self) -> String {
-        let response = self.http.get(self.url("/metrics")).send().await.unwrap();
+        let response = self.get("/metrics").await;
         assert_eq!(response.status(), 200);
         response.text().await.unwrap()
     }
@@ -176,6 +183,17 @@ impl Harness {
             self.sim.stats().streams_cancelled
         );
     }
+}
+
+/// A new, empty folder under the system's temporary folder.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "fm-relay-test-{}-{name}-{:x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// An HTTP client for the tests (rustls needs its crypto provider chosen first).
@@ -268,4 +286,56 @@ pub async fn error_of(response: reqwest::Response) -> (u16, String, Option<Strin
         error["code"].as_str().unwrap().to_string(),
         error["field"].as_str().map(str::to_string),
     )
+}
+
+/// A `redis-server` on a loopback port, stopped when dropped.
+pub struct RedisServer {
+    child: std::process::Child,
+    pub port: u16,
+    pub url: String,
+}
+
+impl RedisServer {
+    /// A server on a free port.
+    pub async fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        RedisServer::start_on(port).await
+    }
+
+    /// A server on `port` (again, after one there was killed).
+    pub async fn start_on(port: u16) -> RedisServer {
+        use std::process::{Command, Stdio};
+        let server = RedisServer {
+            child: Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is not installed: run scripts/setup.sh"),
+            port,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

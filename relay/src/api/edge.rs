@@ -1,0 +1,354 @@
+//! The edge every request passes before a handler sees it, as tower layers composed in one place
+//! ([`layers`]), outermost first:
+//!
+//! 1. **request id** — `x-request-id` on every answer ([`extract::assign_request_id`]);
+//! 2. **trace span** — every request runs in a `request` span with its id, method and path;
+//! 3. **origin** — a request whose `Origin` is neither the relay's own (its `Host`) nor in
+//!    `edge.allowed_origins` is refused with 403: so no other web page can drive a relay on the
+//!    developer's machine, over fetch or WebSocket (browsers apply no CORS to WebSockets);
+//! 4. **CORS** (`tower-http`) — preflights answered and the headers a page may read exposed, for
+//!    the allowed origins;
+//! 5. **auth and limits** — under `/v1/` and `/metrics`: the API key from `Authorization:
+//!    Bearer …` or `x-api-key` identifies the [`Caller`] (401 when missing or not valid, in keys
+//!    mode), whose routes are checked (403; `/v1/admin/` needs an admin key). Routes that call a
+//!    model are admitted by [`super::admit`] with the request's tokens; every other route here by
+//!    its request rates. Every answer carries the `x-ratelimit-*` headers of what was admitted;
+//! 6. **JSON only** — a POST whose body is not `application/json` is refused with 415, so a
+//!    cross-site "simple" form or `text/plain` POST never reaches a model;
+//! 7. **body limit** — 413 over [`MAX_BODY_BYTES`].
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use fm_protocol::limits::MAX_BODY_BYTES;
+use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument;
+
+use super::AppState;
+use super::extract::{self, RequestId};
+use crate::auth::Caller;
+use crate::error::{Refusal, RelayError, RequestError};
+use crate::limits::RateHeaders;
+use crate::limits::gcra::Headroom;
+
+/// Routes whose handlers call a model: admitted per request by [`super::admit`], with tokens.
+const MODEL_ROUTES: &[&str] = &[
+    "/v1/chat",
+    "/v1/chat/stream",
+    "/v1/chat/completions",
+    "/v1/ws",
+];
+
+/// Headers a page from an allowed origin may send and read.
+const ALLOWED_HEADERS: &[&str] = &[
+    "content-type",
+    "authorization",
+    "x-api-key",
+    "x-fm-route-hint",
+];
+const EXPOSED_HEADERS: &[&str] = &[
+    "x-request-id",
+    "retry-after",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+];
+
+/// What the edge established about a request, for the handlers that admit model calls.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    pub request_id: String,
+    pub caller: Caller,
+    /// What the admission leaves for the `x-ratelimit-*` headers.
+    rate_headers: Arc<Mutex<RateHeaders>>,
+}
+
+impl Edge {
+    /// The edge of a request that did not pass the layers (a WebSocket's later frames reuse
+    /// their connection's caller with a fresh id).
+    pub fn with_request_id(&self, request_id: String) -> Edge {
+        Edge {
+            request_id,
+            caller: self.caller.clone(),
+            rate_headers: Arc::default(),
+        }
+    }
+
+    /// Notes what the admission left, for the answer's headers.
+    pub fn set_rate_headers(&self, headers: RateHeaders) {
+        *self.rate_headers.lock().unwrap_or_else(|e| e.into_inner()) = headers;
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Edge {
+    type Rejection = RequestError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let RequestId(request_id) = RequestId::from_request_parts(parts, state).await?;
+        parts.extensions.get::<Edge>().cloned().ok_or_else(|| {
+            RelayError::Internal("a model route outside the auth layer".into())
+                .with_request_id(&request_id)
+        })
+    }
+}
+
+/// The whole edge around `router`.
+pub fn layers(state: AppState, router: Router<AppState>) -> Router<AppState> {
+    let allowed = &state.config().edge.allowed_origins;
+    let cors = CorsLayer::new()
+        .allow_origin(match allowed.iter().any(|origin| origin == "*") {
+            true => AllowOrigin::any(),
+            false => AllowOrigin::list(
+                allowed
+                    .iter()
+                    .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+            ),
+        })
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers(
+            ALLOWED_HEADERS
+                .iter()
+                .map(|h| HeaderName::from_static(h))
+                .collect::<Vec<_>>(),
+        )
+        .expose_headers(
+            EXPOSED_HEADERS
+                .iter()
+                .map(|h| HeaderName::from_static(h))
+                .collect::<Vec<_>>(),
+        )
+        .max_age(Duration::from_secs(600));
+    router.layer(
+        ServiceBuilder::new()
+            .layer(from_fn(extract::assign_request_id))
+            .layer(from_fn(span))
+            .layer(from_fn_with_state(state.clone(), check_origin))
+            .layer(cors)
+            .layer(from_fn_with_state(state, authenticate))
+            .layer(from_fn(require_json))
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+    )
+}
+
+/// Runs the request in its span.
+async fn span(request: Request, next: Next) -> Response {
+    let id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.0.clone())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    next.run(request).instrument(span).await
+}
+
+/// Whether `origin` may call: the relay's own page, or a configured origin.
+fn origin_allowed(allowed: &[String], origin: &str, host: Option<&str>) -> bool {
+    let own = host.is_some_and(|host| {
+        origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
+    });
+    own || allowed
+        .iter()
+        .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin))
+}
+
+async fn check_origin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        if !origin_allowed(&state.config().edge.allowed_origins, origin, host) {
+            let refusal = RelayError::Forbidden(Refusal::Origin {
+                origin: origin.to_string(),
+            });
+            return refuse(&request, refusal);
+        }
+    }
+    next.run(request).await
+}
+
+fn refuse(request: &Request, error: RelayError) -> Response {
+    RequestError {
+        error,
+        request_id: request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.0.clone()),
+    }
+    .into_response()
+}
+
+/// The key a request carries: `Authorization: Bearer …` or `x-api-key`.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let (scheme, key) = value.trim().split_once(' ').unwrap_or((value, ""));
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return Some(key.trim());
+        }
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+fn is_guarded(path: &str) -> bool {
+    path.starts_with("/v1/") || path == "/metrics"
+}
+
+async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_string();
+    if !is_guarded(&path) || request.method() == Method::OPTIONS {
+        return next.run(request).await;
+    }
+    let caller = match state.keys().identify(presented_key(request.headers())) {
+        Ok(caller) => caller,
+        Err(err) => return refuse(&request, err),
+    };
+    if !caller.key().may_call(&path) {
+        let refusal = Refusal::Route {
+            key: caller.name().to_string(),
+            path,
+        };
+        return refuse(&request, RelayError::Forbidden(refusal));
+    }
+    if path.starts_with("/v1/admin/") && !caller.key().admin {
+        let refusal = Refusal::NotAdmin {
+            key: caller.name().to_string(),
+        };
+        return refuse(&request, RelayError::Forbidden(refusal));
+    }
+    let rate_headers = Arc::new(Mutex::new(RateHeaders::default()));
+    if !MODEL_ROUTES.contains(&path.as_str()) {
+        let (admitted, headers) = state.limits().admit_request(&caller).await;
+        *rate_headers.lock().unwrap_or_else(|e| e.into_inner()) = headers;
+        if let Err(err) = admitted {
+            let mut response = refuse(&request, err);
+            add_rate_headers(&mut response, headers);
+            return response;
+        }
+    }
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.0.clone())
+        .unwrap_or_default();
+    request.extensions_mut().insert(Edge {
+        request_id,
+        caller,
+        rate_headers: rate_headers.clone(),
+    });
+    let mut response = next.run(request).await;
+    let headers = *rate_headers.lock().unwrap_or_else(|e| e.into_inner());
+    add_rate_headers(&mut response, headers);
+    response
+}
+
+/// The OpenAI convention: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, the reset as a
+/// duration (`1s`, `6m0s`, `250ms`).
+fn add_rate_headers(response: &mut Response, headers: RateHeaders) {
+    for (unit, headroom) in [("requests", headers.requests), ("tokens", headers.tokens)] {
+        let Some(headroom) = headroom else { continue };
+        let values = rate_header_values(headroom);
+        for (name, value) in ["limit", "remaining", "reset"].iter().zip(values) {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::try_from(format!("x-ratelimit-{name}-{unit}")),
+                HeaderValue::try_from(value),
+            ) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+    }
+}
+
+fn rate_header_values(headroom: Headroom) -> [String; 3] {
+    [
+        headroom.limit.to_string(),
+        headroom.remaining.to_string(),
+        format_reset(Duration::from_micros(headroom.reset_us.max(0.0) as u64)),
+    ]
+}
+
+/// `250ms`, `1.5s`, `6m0s`: how OpenAI writes its reset times.
+fn format_reset(wait: Duration) -> String {
+    let ms = wait.as_millis();
+    match ms {
+        0..1000 => format!("{ms}ms"),
+        1000..60_000 => {
+            let secs = wait.as_secs_f64();
+            format!("{}s", (secs * 1000.0).round() / 1000.0)
+        }
+        _ => format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000),
+    }
+}
+
+/// Refuses a POST whose body is not JSON.
+async fn require_json(request: Request, next: Next) -> Response {
+    if request.method() == Method::POST {
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let is_json = content_type.is_some_and(|value| {
+            let essence = value.split(';').next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case("application/json")
+        });
+        if !is_json {
+            let got = content_type.map(str::to_string);
+            return refuse(&request, RelayError::UnsupportedMediaType { got });
+        }
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_own_page_and_configured_origins_are_allowed() {
+        let allowed = vec!["https://app.example".to_string()];
+        let host = Some("127.0.0.1:8080");
+        assert!(origin_allowed(&allowed, "http://127.0.0.1:8080", host));
+        assert!(origin_allowed(&allowed, "https://app.example", host));
+        assert!(!origin_allowed(&allowed, "https://evil.example", host));
+        assert!(!origin_allowed(&allowed, "http://127.0.0.1:9999", host));
+        assert!(origin_allowed(&["*".into()], "https://evil.example", host));
+    }
+
+    #[test]
+    fn keys_come_from_either_header() {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("Bearer fmr_x"));
+        assert_eq!(presented_key(&headers), Some("fmr_x"));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", HeaderValue::from_static("fmr_y"));
+        assert_eq!(presented_key(&headers), Some("fmr_y"));
+        assert_eq!(presented_key(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn resets_read_like_openais() {
+        assert_eq!(format_reset(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_reset(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_reset(Duration::from_secs(360)), "6m0s");
+    }
+}

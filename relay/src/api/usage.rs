@@ -1,0 +1,42 @@
+//! `GET /v1/usage`: what the calling key spent today and this month (UTC), in all and per model
+//! — its own figures only, whichever key asks. `GET /v1/admin/usage` (an admin key): every key's,
+//! and every model's today. Both read the usage ledger (`limits::ledger`).
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use fm_protocol::{KeyUsage, UsageReport};
+
+use super::AppState;
+use super::edge::Edge;
+use crate::error::RequestError;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/usage", get(own_usage))
+        .route("/v1/admin/usage", get(every_usage))
+}
+
+async fn own_usage(
+    State(state): State<AppState>,
+    edge: Edge,
+) -> Result<Json<KeyUsage>, RequestError> {
+    state
+        .limits()
+        .key_usage(edge.caller.name())
+        .await
+        .map(Json)
+        .map_err(|err| err.with_request_id(&edge.request_id))
+}
+
+async fn every_usage(
+    State(state): State<AppState>,
+    edge: Edge,
+) -> Result<Json<UsageReport>, RequestError> {
+    state
+        .limits()
+        .report()
+        .await
+        .map(Json)
+        .map_err(|err| err.with_request_id(&edge.request_id))
+}
