@@ -33,3 +33,5 @@ target_dir=$(cargo metadata --no-deps --format-version 1 --locked | python3 -c '
 cargo build -p fm-relay -p fm-sim --bins --locked
 FM_RELAY_BIN="$target_dir/debug/fm-relay" FM_SIM_BIN="$target_dir/debug/fm-sim" FM_WEB_DIR="$PWD/web/dist" \
     node tests/e2e/chat.test.mjs
+FM_RELAY_BIN="$target_dir/debug/fm-relay" FM_SIM_BIN="$target_dir/debug/fm-sim" FM_WEB_DIR="$PWD/web/dist" \
+    node tests/e2e/keys.test.mjs

@@ -11,8 +11,17 @@
 //! `BENCH_CONCURRENCY`, default `1,64`; `BENCH_ROUTES`, default `sync,stream`;
 //! `BENCH_SYNC_RATE` / `BENCH_STREAM_RATE`, comma-separated rates in requests per second for the
 //! paced scenarios at 64 connections, default `1000,2000,4000` / `500,1000`; `BENCH_PATHS`,
-//! default `direct,pass-through,sdk,relay,relay-openai`; `BENCH_ROUNDS`, default 1: measure
-//! every scenario that many times and report medians). The simulator, the pass-through, the relay
+//! default `direct,pass-through,sdk,relay,relay-openai,relay-edge,relay-edge-redis`;
+//! `BENCH_ROUNDS`, default 1: measure every scenario that many times and report medians;
+//! `BENCH_LIMIT_RATES`, default `50,100,200`: the offered rates of the two-replica limit check).
+//!
+//! The edge's cost: `relay-edge` is the same relay with API keys on and every limit checked on
+//! every request (the key's and the global request rate, the key's and the model's tokens per
+//! minute, monthly request and token quotas, daily and monthly budgets — none close to refusing),
+//! in memory with the SQLite ledger; `relay-edge-redis` keeps them in a `redis-server` the bench
+//! starts (skipped when there is none). After the tables: the Redis commands per request, and two
+//! relays on one Redis with a global limit of 100 requests/s, driven together at three rates:
+//! what they admitted against the limit. The simulator, the pass-through, the relay
 //! and the load generator each get their own tokio runtime in this one process; all of them share
 //! the machine's two cores.
 //!
@@ -37,7 +46,9 @@ use axum::routing::post;
 use axum::serve::ListenerExt;
 use fm_protocol::ChatRequest;
 use fm_relay::RelayConfig;
-use fm_relay::config::{BedrockMode, ModelConfig, ProviderKind};
+use fm_relay::config::{
+    ApiKeyConfig, AuthMode, BedrockMode, KeyLimits, LimitsBackend, ModelConfig, ProviderKind,
+};
 use fm_relay::provider::bedrock::{self, BedrockEndpoint};
 use fm_relay::provider::{BedrockProvider, ChatProvider};
 use fm_sim::{ModelProfile, SimConfig};
@@ -81,16 +92,22 @@ enum Path {
     /// HTTP to the relay for a model of provider "openai", which it calls on the simulator's
     /// OpenAI-compatible route with reqwest: every policy of the relay, without the AWS SDK.
     RelayOpenAi,
+    /// The relay with API keys and every limit on, counted in memory (ledger in SQLite).
+    RelayEdge,
+    /// The same, counted in Redis.
+    RelayEdgeRedis,
 }
 
 impl Path {
     /// Every path, in the order they take turns within a round, with its `BENCH_PATHS` name.
-    const ALL: [(Path, &'static str); 5] = [
+    const ALL: [(Path, &'static str); 7] = [
         (Path::Direct, "direct"),
         (Path::PassThrough, "pass-through"),
         (Path::Sdk, "sdk"),
         (Path::Relay, "relay"),
         (Path::RelayOpenAi, "relay-openai"),
+        (Path::RelayEdge, "relay-edge"),
+        (Path::RelayEdgeRedis, "relay-edge-redis"),
     ];
 }
 
@@ -98,6 +115,9 @@ struct Target {
     sim_url: String,
     pass_through_url: String,
     relay_url: String,
+    edge_url: String,
+    /// The relay on Redis, when a `redis-server` could be started.
+    edge_redis_url: Option<String>,
     sdk: BedrockProvider,
     chat: ChatRequest,
 }
@@ -125,19 +145,24 @@ impl Target {
                 )
             }
             Path::Sdk => unreachable!("the SDK path makes no HTTP request of its own"),
-            Path::Relay | Path::RelayOpenAi => {
+            Path::Relay | Path::RelayOpenAi | Path::RelayEdge | Path::RelayEdgeRedis => {
                 let route = if kind == Kind::Sync {
                     "/v1/chat"
                 } else {
                     "/v1/chat/stream"
                 };
-                let model = if path == Path::Relay {
-                    BEDROCK_MODEL
-                } else {
+                let model = if path == Path::RelayOpenAi {
                     OPENAI_MODEL
+                } else {
+                    BEDROCK_MODEL
+                };
+                let base = match path {
+                    Path::RelayEdge => &self.edge_url,
+                    Path::RelayEdgeRedis => self.edge_redis_url.as_ref().unwrap_or(&self.edge_url),
+                    _ => &self.relay_url,
                 };
                 (
-                    format!("{}{route}", self.relay_url),
+                    format!("{base}{route}"),
                     serde_json::json!({
                         "model": model,
                         "messages": [{"role": "user", "content": PROMPT}],
@@ -146,10 +171,14 @@ impl Target {
                 )
             }
         };
-        client
+        let request = client
             .post(url)
             .header("content-type", "application/json")
-            .body(body.to_string())
+            .body(body.to_string());
+        match path {
+            Path::RelayEdge | Path::RelayEdgeRedis => request.bearer_auth(BENCH_KEY),
+            _ => request,
+        }
     }
 }
 
@@ -270,7 +299,9 @@ fn hop_threads(path: Path) -> Option<&'static str> {
     match path {
         Path::Direct | Path::Sdk => None,
         Path::PassThrough => Some(PASS_THROUGH_THREADS),
-        Path::Relay | Path::RelayOpenAi => Some(RELAY_THREADS),
+        Path::Relay | Path::RelayOpenAi | Path::RelayEdge | Path::RelayEdgeRedis => {
+            Some(RELAY_THREADS)
+        }
     }
 }
 
@@ -421,6 +452,10 @@ fn route_name(kind: Kind, path: Path) -> &'static str {
         (Kind::Stream, Path::Sdk) => "SDK ConverseStream → sim",
         (Kind::Stream, Path::Relay) => "relay /v1/chat/stream",
         (Kind::Stream, Path::RelayOpenAi) => "relay /v1/chat/stream, OpenAI upstream",
+        (Kind::Sync, Path::RelayEdge) => "relay /v1/chat, keys + limits (memory)",
+        (Kind::Stream, Path::RelayEdge) => "relay /v1/chat/stream, keys + limits (memory)",
+        (Kind::Sync, Path::RelayEdgeRedis) => "relay /v1/chat, keys + limits (Redis)",
+        (Kind::Stream, Path::RelayEdgeRedis) => "relay /v1/chat/stream, keys + limits (Redis)",
     }
 }
 
@@ -451,12 +486,14 @@ fn median_summary(rounds: &[&Summary]) -> Summary {
 }
 
 /// What the "added" table compares, where both paths ran: (path, over path, name of the base).
-const COMPARISONS: [(Path, Path, &str); 5] = [
+const COMPARISONS: [(Path, Path, &str); 7] = [
     (Path::PassThrough, Path::Direct, "direct"),
     (Path::Relay, Path::Direct, "direct"),
     (Path::Relay, Path::Sdk, "SDK"),
     (Path::RelayOpenAi, Path::Direct, "direct"),
     (Path::RelayOpenAi, Path::PassThrough, "pass-through"),
+    (Path::RelayEdge, Path::Relay, "relay without edge"),
+    (Path::RelayEdgeRedis, Path::Relay, "relay without edge"),
 ];
 
 /// Runs each scenario on every path `rounds` times (the paths take turns within a round, so a
@@ -520,9 +557,9 @@ fn report(
         "\nAdded by each hop over plain HTTP to the simulator, and over the SDK or the pass-through:\n"
     );
     println!(
-        "| path | concurrency | load | over | p50 ms | p99 ms | first byte p50 ms | first byte p99 ms | CPU/req ms |"
+        "| path | concurrency | load | over | p50 ms | p99 ms | first byte p50 ms | first byte p99 ms | CPU/req ms | hop CPU/req |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (kind, concurrency, load_name, results) in &added {
         for &(of, base, over, path) in &comparisons {
             let added = |field: fn(&Summary) -> Duration| {
@@ -540,8 +577,24 @@ fn report(
                 Path::PassThrough => "pass-through",
                 _ => route_name(*kind, path),
             };
+            // The hop's own CPU per request against the base hop's, as a share (where both
+            // paths have a hop of their own).
+            let hop_share = results
+                .iter()
+                .map(|round| {
+                    let (of, base) = (
+                        round[of].hop_cpu_per_request?,
+                        round[base].hop_cpu_per_request?,
+                    );
+                    Some(of.as_secs_f64() / base.as_secs_f64().max(1e-9) - 1.0)
+                })
+                .collect::<Option<Vec<f64>>>()
+                .map_or_else(
+                    || "–".to_string(),
+                    |shares| format!("{:+.1}%", median(shares) * 100.0),
+                );
             println!(
-                "| {name} | {concurrency} | {load_name} | {over} | {} | {} | {} | {} | {} |",
+                "| {name} | {concurrency} | {load_name} | {over} | {} | {} | {} | {} | {} | {hop_share} |",
                 added(|s| s.p50),
                 added(|s| s.p99),
                 added(|s| s.ttfb_p50),
@@ -663,9 +716,9 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .filter(|&rounds| rounds > 0)
         .unwrap_or(1);
-    let paths = chosen(
+    let mut paths = chosen(
         "BENCH_PATHS",
-        "direct,pass-through,sdk,relay,relay-openai",
+        "direct,pass-through,sdk,relay,relay-openai,relay-edge,relay-edge-redis",
         &Path::ALL,
     );
     let measure = Duration::from_secs_f64(secs);
@@ -713,7 +766,27 @@ fn main() {
         ..bedrock_model.clone()
     };
     config.models = vec![bedrock_model, openai_model];
-    let relay = relay_runtime.block_on(fm_relay::start(config)).unwrap();
+    let relay = relay_runtime
+        .block_on(fm_relay::start(config.clone()))
+        .unwrap();
+    let edge = relay_runtime
+        .block_on(fm_relay::start(edge_config(
+            &config,
+            LimitsBackend::Memory,
+            None,
+        )))
+        .unwrap();
+    let redis = RedisServer::start();
+    let edge_redis = redis.as_ref().map(|redis| {
+        let config = edge_config(&config, LimitsBackend::Redis, Some(&redis.url));
+        relay_runtime.block_on(fm_relay::start(config)).unwrap()
+    });
+    if edge_redis.is_none() {
+        println!(
+            "(no redis-server: the relay-edge-redis path and the two-replica check are skipped)"
+        );
+        paths.retain(|&path| path != Path::RelayEdgeRedis);
+    }
     let pass_through_url = pass_through_runtime
         .block_on(spawn_pass_through(sim.endpoint_url()))
         .unwrap();
@@ -731,6 +804,8 @@ fn main() {
         sim_url: sim.endpoint_url(),
         pass_through_url,
         relay_url: relay.url(),
+        edge_url: edge.url(),
+        edge_redis_url: edge_redis.as_ref().map(|relay| relay.url()),
         sdk,
         chat,
     });
@@ -802,6 +877,263 @@ fn main() {
             );
         }
     }
+    if let (Some(redis), Some(edge_redis)) = (&redis, &edge_redis) {
+        let per_request =
+            load_runtime.block_on(redis_commands_per_request(redis, &edge_redis.url()));
+        println!(
+            "\nRedis per request of relay-edge-redis (1 000 sequential /v1/chat): {:.3} admission scripts (EVALSHA), {:.3} commands of the background write-out (corrections and ledger, pipelined every 250 ms).",
+            per_request.0, per_request.1
+        );
+        let rates: Vec<f64> = std::env::var("BENCH_LIMIT_RATES")
+            .unwrap_or_else(|_| "50,100,200".into())
+            .split(',')
+            .filter_map(|rate| rate.trim().parse().ok())
+            .collect();
+        let replicas: Vec<_> = (0..2)
+            .map(|_| {
+                let mut replica = edge_config(&config, LimitsBackend::Redis, Some(&redis.url));
+                replica.limits.global_requests_per_minute = Some(REPLICA_LIMIT_PER_SEC * 60);
+                replica.limits.global_burst = Some(20);
+                // Its own counter: not the one the bench's other Redis relay filled.
+                replica.auth.keys[0].name = "replicas".into();
+                relay_runtime.block_on(fm_relay::start(replica)).unwrap()
+            })
+            .collect();
+        let urls: Vec<String> = replicas.iter().map(|relay| relay.url()).collect();
+        println!(
+            "\n### Two relays on one Redis, a global limit of {REPLICA_LIMIT_PER_SEC} requests/s (burst 20), driven together for {secs} s per rate (after 1 s of warm-up)\n"
+        );
+        println!("| offered /s | admitted /s | expected /s | admitted / expected | refused /s |");
+        println!("|---|---|---|---|---|");
+        for rate in rates {
+            let (admitted, refused) =
+                load_runtime.block_on(drive_replicas(&urls, rate, warmup, measure));
+            let expected = rate.min(f64::from(REPLICA_LIMIT_PER_SEC));
+            let per_sec = |count: usize| count as f64 / measure.as_secs_f64();
+            println!(
+                "| {rate:.0} | {:.1} | {expected:.0} | {:.3} | {:.1} |",
+                per_sec(admitted),
+                per_sec(admitted) / expected,
+                per_sec(refused)
+            );
+        }
+    }
     drop(relay);
+    drop(edge);
+    drop(edge_redis);
     drop(sim);
+}
+
+/// The key the edge paths send.
+const BENCH_KEY: &str = "fmr_bench_key_0000000000000000";
+
+/// The global limit of the two-replica check.
+const REPLICA_LIMIT_PER_SEC: u32 = 100;
+
+/// `config` with API keys on and every limit applied (far from refusing), counted in `backend`.
+fn edge_config(
+    config: &RelayConfig,
+    backend: LimitsBackend,
+    redis_url: Option<&str>,
+) -> RelayConfig {
+    let mut config = config.clone();
+    config.auth.mode = AuthMode::Keys;
+    config.auth.keys_file = "/nonexistent/keys.toml".into();
+    config.auth.keys = vec![ApiKeyConfig {
+        name: "bench".into(),
+        key_sha256: hex_digest(BENCH_KEY),
+        admin: false,
+        revoked: false,
+        models: Vec::new(),
+        routes: Vec::new(),
+        limits: KeyLimits {
+            requests_per_minute: Some(100_000_000),
+            burst: Some(1_000_000),
+            tokens_per_minute: Some(1_000_000_000_000),
+            monthly_requests: Some(1_000_000_000_000),
+            monthly_tokens: Some(1_000_000_000_000_000),
+            daily_usd: Some(1e9),
+            monthly_usd: Some(1e9),
+            max_concurrent_streams: Some(1_000_000),
+        },
+    }];
+    config.limits.backend = backend;
+    config.limits.global_requests_per_minute = Some(100_000_000);
+    config.limits.global_burst = Some(1_000_000);
+    config.limits.data_dir =
+        std::env::temp_dir().join(format!("fm-bench-ledger-{}", std::process::id()));
+    if let Some(url) = redis_url {
+        config.limits.redis_url = url.to_string();
+    }
+    for model in &mut config.models {
+        model.tokens_per_minute = Some(1_000_000_000_000);
+    }
+    config
+}
+
+fn hex_digest(key: &str) -> String {
+    fm_relay::auth::key_digest(key)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// A `redis-server` on a free port, stopped when dropped; `None` when it cannot be started.
+struct RedisServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl RedisServer {
+    fn start() -> Option<RedisServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let server = RedisServer {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        None
+    }
+
+    /// `INFO commandstats`: calls per command.
+    fn command_calls(&self) -> std::collections::HashMap<String, u64> {
+        let port = self.url.rsplit(':').next().unwrap_or_default();
+        let output = std::process::Command::new("redis-cli")
+            .args(["-p", port, "info", "commandstats"])
+            .output();
+        let text = output
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = rest
+                    .split(',')
+                    .find_map(|field| field.strip_prefix("calls="))?;
+                Some((name.to_string(), calls.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Redis commands per request of 1 000 sequential sync requests: admission scripts, and the
+/// rest (the background write-out).
+async fn redis_commands_per_request(redis: &RedisServer, relay_url: &str) -> (f64, f64) {
+    const REQUESTS: usize = 1000;
+    let client = reqwest::Client::new();
+    let body =
+        serde_json::json!({"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 64})
+            .to_string();
+    let send = || {
+        client
+            .post(format!("{relay_url}/v1/chat"))
+            .bearer_auth(BENCH_KEY)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    };
+    // Settle what earlier scenarios left to write out.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = redis.command_calls();
+    for _ in 0..REQUESTS {
+        let _ = send().await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = redis.command_calls();
+    let delta = |name: &str| {
+        after.get(name).copied().unwrap_or(0) as f64 - before.get(name).copied().unwrap_or(0) as f64
+    };
+    let total: f64 = after
+        .keys()
+        .filter(|name| name.as_str() != "info")
+        .map(|name| delta(name))
+        .sum();
+    let admissions = delta("evalsha");
+    (
+        admissions / REQUESTS as f64,
+        (total - admissions) / REQUESTS as f64,
+    )
+}
+
+/// Sends `rate` requests a second in all, alternating between `urls`, for `warmup + measure`;
+/// how many were admitted and refused during `measure`.
+async fn drive_replicas(
+    urls: &[String],
+    rate: f64,
+    warmup: Duration,
+    measure: Duration,
+) -> (usize, usize) {
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
+    let body =
+        serde_json::json!({"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 16})
+            .to_string();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let started = Instant::now();
+    let mut next = started;
+    let mut sent = Vec::new();
+    let mut index = 0usize;
+    while started.elapsed() < warmup + measure {
+        tokio::time::sleep_until(next.into()).await;
+        next += interval;
+        let measured = started.elapsed() >= warmup;
+        let request = client
+            .post(format!("{}/v1/chat", urls[index % urls.len()]))
+            .bearer_auth(BENCH_KEY)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send();
+        index += 1;
+        sent.push(tokio::spawn(async move {
+            (
+                measured,
+                request
+                    .await
+                    .map(|response| response.status().as_u16())
+                    .unwrap_or(0),
+            )
+        }));
+    }
+    let (mut admitted, mut refused) = (0, 0);
+    for task in sent {
+        match task.await.unwrap() {
+            (true, 200) => admitted += 1,
+            (true, 429) => refused += 1,
+            _ => {}
+        }
+    }
+    (admitted, refused)
 }

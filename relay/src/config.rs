@@ -256,7 +256,7 @@ impl LimitsConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EdgeConfig {
-    /// Origins (scheme://host[:port]) whose pages may call the API and open WebSockets; `*`
+    /// Origins (`scheme://host[:port]`) whose pages may call the API and open WebSockets; `*`
     /// allows any. The relay's own page is always allowed.
     pub allowed_origins: Vec<String>,
 }
@@ -358,6 +358,12 @@ pub struct ServerConfig {
     /// does not exist.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub web_dir: Option<std::path::PathBuf>,
+    /// A connection must send a request's headers within this long of being ready for one.
+    pub header_read_timeout_ms: u64,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub listen_backlog: u32,
 }
 
 impl Default for ServerConfig {
@@ -370,6 +376,11 @@ impl Default for ServerConfig {
             ws_max_queued_requests: 8,
             stream_batch_wait_us: 100,
             web_dir: Some("web/dist".into()),
+            header_read_timeout_ms: 10_000,
+            max_headers: 100,
+            max_header_bytes: 16 * 1024,
+            max_connections: 10_000,
+            listen_backlog: 1024,
         }
     }
 }
@@ -936,6 +947,21 @@ impl RelayConfig {
         self.breaker.validate()?;
         if self.server.sse_keep_alive_secs == 0 {
             return Err("`server.sse_keep_alive_secs` must be greater than 0".into());
+        }
+        let server = &self.server;
+        if server.header_read_timeout_ms == 0
+            || server.max_connections == 0
+            || server.listen_backlog == 0
+        {
+            return Err(
+                "`server.header_read_timeout_ms`, `server.max_connections` and `server.listen_backlog` must be greater than 0"
+                    .into(),
+            );
+        }
+        if server.max_headers == 0 || server.max_header_bytes < 1024 {
+            return Err(
+                "`server.max_headers` must be at least 1 and `server.max_header_bytes` at least 1024".into(),
+            );
         }
         if self.server.ws_max_queued_requests == 0 {
             return Err("`server.ws_max_queued_requests` must be greater than 0".into());

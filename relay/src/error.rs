@@ -211,6 +211,8 @@ pub enum RelayError {
         #[source]
         source: Option<redis::RedisError>,
     },
+    #[error("the relay has {max} connections open, as many as it takes; try again in a moment")]
+    TooManyConnections { max: usize },
     /// The usage ledger's SQLite store failed.
     #[error("the usage ledger ({path}): {source}")]
     Ledger {
@@ -275,6 +277,7 @@ impl RelayError {
             RelayError::UnsupportedMediaType { .. } => ErrorCode::UnsupportedMediaType,
             RelayError::LimitsUnavailable { .. } => ErrorCode::LimitsUnavailable,
             RelayError::Ledger { .. } => ErrorCode::Internal,
+            RelayError::TooManyConnections { .. } => ErrorCode::OverCapacity,
             RelayError::Invalid(err) => err.code,
             RelayError::MalformedJson { .. } => ErrorCode::MalformedJson,
             RelayError::InvalidQuery { .. } => ErrorCode::InvalidRequest,
@@ -316,7 +319,9 @@ impl RelayError {
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::RateLimited | ErrorCode::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::LimitsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::LimitsUnavailable | ErrorCode::OverCapacity => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::UpstreamThrottled => StatusCode::TOO_MANY_REQUESTS,

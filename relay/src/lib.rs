@@ -19,7 +19,8 @@
 //! 4. [`provider`] — speaks to the upstream: Bedrock through `aws-sdk-bedrockruntime`.
 //!
 //! Around them: [`config`] (TOML + env + flags), [`server`] (start-up, the embedded simulator
-//! when there is no AWS configuration, graceful shutdown), [`shutdown`] (the drain phases),
+//! when there is no AWS configuration, graceful shutdown), [`connections`] (the accept loop: the
+//! listen backlog, the connection cap, the header-read timeout and header limits), [`shutdown`] (the drain phases),
 //! [`telemetry`] (logging, the live window of outcomes behind `/v1/stats`, the spend hook through
 //! which `resilience` reports tokens without knowing `limits`), [`error`] (the one error type).
 
@@ -27,6 +28,7 @@ pub mod api;
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod limits;
 pub mod provider;

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -15,6 +14,7 @@ use crate::api::{self, AppState};
 use crate::auth::KeyRing;
 use crate::cache::AnswerCache;
 use crate::config::{AuthMode, BedrockMode, ProviderKind, RelayConfig};
+use crate::connections;
 use crate::error::RelayError;
 use crate::limits::Limits;
 use crate::provider::bedrock::{self, BedrockEndpoint};
@@ -139,17 +139,10 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
     let addr = SocketAddr::new(config.server.host, config.server.port);
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let assembled = assemble(config).await?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|err| RelayError::Startup(format!("cannot listen on {addr}: {err}")))?;
+    let listener = connections::bind(addr, assembled.state.config().server.listen_backlog)?;
     let addr = listener
         .local_addr()
         .map_err(|err| RelayError::Startup(err.to_string()))?;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::warn!(%err, "could not set TCP_NODELAY on an accepted socket");
-        }
-    });
     let state = assembled.state;
     match config_web_dir(&state) {
         Some(dir) if dir.is_dir() => {
@@ -288,50 +281,42 @@ pub async fn assemble(config: RelayConfig) -> Result<Assembled, RelayError> {
     })
 }
 
-async fn serve<L>(listener: L, app: axum::Router, state: AppState, grace: Duration)
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
+async fn serve(listener: TcpListener, app: axum::Router, state: AppState, grace: Duration) {
     let shutdown = state.shutdown().clone();
     let draining = shutdown.clone();
-    // `into_make_service` readies the router for every connection once, here; handing axum the
-    // router itself rebuilds its route table for each accepted connection (~5.7 KiB held per
-    // connection, measured with massif on idle streams).
-    let server =
-        axum::serve(listener, app.into_make_service()).with_graceful_shutdown(async move {
-            draining.reached(Phase::Draining).await;
-            tracing::info!(
-                ?grace,
-                "shutting down: no new work; open streams may finish"
-            );
-        });
-    let mut server = std::pin::pin!(server.into_future());
+    let stop = async move {
+        draining.reached(Phase::Draining).await;
+        tracing::info!(
+            ?grace,
+            "shutting down: no new work; open streams may finish"
+        );
+    };
+    let server = connections::serve(
+        listener,
+        app,
+        &state.config().server,
+        state.connections().clone(),
+        stop,
+    );
+    let mut server = std::pin::pin!(server);
     // Phase 2: when the grace period ends, streams still open end with an error event.
     let grace_over = async {
         shutdown.reached(Phase::Draining).await;
         tokio::time::sleep(grace).await;
     };
     let finished = tokio::select! {
-        result = &mut server => Some(result),
-        () = grace_over => None,
+        () = &mut server => true,
+        () = grace_over => false,
     };
-    let result = match finished {
-        Some(result) => result,
-        None => {
-            tracing::info!("grace period over: ending the streams still open");
-            shutdown.advance(Phase::Stopped);
-            match tokio::time::timeout(FINAL_EVENT_MARGIN, &mut server).await {
-                Ok(result) => result,
-                Err(_) => {
-                    tracing::warn!("connections still open after the grace period: closing them");
-                    Ok(())
-                }
-            }
+    if !finished {
+        tracing::info!("grace period over: ending the streams still open");
+        shutdown.advance(Phase::Stopped);
+        if tokio::time::timeout(FINAL_EVENT_MARGIN, &mut server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the grace period: closing them");
         }
-    };
-    if let Err(err) = result {
-        tracing::error!(%err, "the HTTP server failed");
     }
     // WebSocket sessions are not HTTP requests: wait for them too, within the same bounds.
     let sessions = state.ws_tracker().clone();

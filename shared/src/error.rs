@@ -56,6 +56,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// The relay cannot reach the store its limits live in and is set to refuse work then.
     LimitsUnavailable,
+    /// The relay has as many connections open as it takes (`server.max_connections`).
+    OverCapacity,
     /// A bug in the relay.
     Internal,
     /// A code this version of the protocol does not know.
@@ -77,6 +79,7 @@ impl ErrorCode {
                 | ErrorCode::ShuttingDown
                 | ErrorCode::RateLimited
                 | ErrorCode::LimitsUnavailable
+                | ErrorCode::OverCapacity
         )
     }
 }

@@ -62,6 +62,41 @@ pub enum CallError {
     Aborted,
     /// The relay answered with an error, or the network failed.
     Failed(String),
+    /// The relay needs an API key, or refused the one the page sent (401).
+    Unauthorized(String),
+}
+
+/// Where the page keeps the API key it sends (this browser only).
+const API_KEY_STORAGE: &str = "fm-relay.api-key.v1";
+
+/// The API key the page sends, if one was given.
+pub fn api_key() -> Option<String> {
+    crate::store::local_storage()
+        .and_then(|storage| storage.get_item(API_KEY_STORAGE).ok().flatten())
+        .filter(|key| !key.trim().is_empty())
+}
+
+/// Keeps `key` for the page's requests (an empty key forgets it); the open WebSocket is closed,
+/// so the next one carries the new key.
+pub fn set_api_key(key: &str) {
+    if let Some(storage) = crate::store::local_storage() {
+        let _ = match key.trim() {
+            "" => storage.remove_item(API_KEY_STORAGE),
+            key => storage.set_item(API_KEY_STORAGE, key),
+        };
+    }
+    if let Some(socket) = SOCKET.with_borrow_mut(Option::take) {
+        let _ = socket.close_with_code(1000);
+    }
+}
+
+/// Request headers with the API key, when there is one.
+fn headers() -> Result<Headers, CallError> {
+    let headers = Headers::new()?;
+    if let Some(key) = api_key() {
+        headers.set("authorization", &format!("Bearer {key}"))?;
+    }
+    Ok(headers)
 }
 
 impl From<JsValue> for CallError {
@@ -109,15 +144,21 @@ async fn error_of(response: &Response) -> CallError {
             .unwrap_or_default(),
         Err(_) => String::new(),
     };
-    match serde_json::from_str::<ApiErrorBody>(&text) {
-        Ok(body) => CallError::Failed(format!("{} ({status})", body.error.message)),
-        Err(_) => CallError::Failed(format!("the relay answered {status}")),
+    let message = match serde_json::from_str::<ApiErrorBody>(&text) {
+        Ok(body) => format!("{} ({status})", body.error.message),
+        Err(_) => format!("the relay answered {status}"),
+    };
+    match status {
+        401 => CallError::Unauthorized(message),
+        _ => CallError::Failed(message),
     }
 }
 
 /// `GET path` answered with JSON; `what` names it in errors.
 async fn get_json<T: DeserializeOwned>(path: &str, what: &str) -> Result<T, CallError> {
-    let request = Request::new_with_str(path)?;
+    let init = RequestInit::new();
+    init.set_headers(&headers()?.into());
+    let request = Request::new_with_str_and_init(path, &init)?;
     let response = fetch(&request).await?;
     if !response.ok() {
         return Err(error_of(&response).await);
@@ -167,7 +208,7 @@ async fn stream_chat_sse(
     mut on_event: impl FnMut(StreamEvent),
 ) -> Result<(), CallError> {
     let body = encode(request)?;
-    let headers = Headers::new()?;
+    let headers = headers()?;
     headers.set("content-type", "application/json")?;
     let init = RequestInit::new();
     init.set_method("POST");
@@ -244,7 +285,15 @@ fn socket() -> Result<WebSocket, CallError> {
     if let Some(socket) = reusable {
         return Ok(socket);
     }
-    let socket = WebSocket::new(&socket_url()?)?;
+    // A browser cannot set headers on a WebSocket: the key travels as a second subprotocol
+    // beside `fm-relay` (which the relay picks), never in the URL.
+    let socket = match api_key() {
+        Some(key) => {
+            let protocols = js_sys::Array::of2(&"fm-relay".into(), &key.into());
+            WebSocket::new_with_str_sequence(&socket_url()?, &protocols)?
+        }
+        None => WebSocket::new_with_str_sequence(&socket_url()?, &"fm-relay".into())?,
+    };
     SOCKET.with_borrow_mut(|slot| *slot = Some(socket.clone()));
     Ok(socket)
 }

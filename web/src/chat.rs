@@ -37,19 +37,34 @@ pub fn ChatPage(history: History) -> impl IntoView {
         api::warm_up_socket();
     }
     let draft = RwSignal::new(String::new());
+    // The relay answered 401: the key field is shown open, with why.
+    let needs_key = RwSignal::new(None::<String>);
+    let key_draft = RwSignal::new(api::api_key().unwrap_or_default());
     let validation = RwSignal::new(None::<String>);
     // The call in flight, to stop it.
     let current = StoredValue::new_local(None::<AbortController>);
     let streaming = RwSignal::new(false);
 
-    spawn_local(async move {
-        if let Ok(list) = api::models().await {
-            if let Some(default) = list.models.iter().find(|m| m.default) {
-                model.set(default.id.clone());
+    let load_models = move || {
+        spawn_local(async move {
+            match api::models().await {
+                Ok(list) => {
+                    if let Some(default) = list.models.iter().find(|m| m.default) {
+                        model.set(default.id.clone());
+                    }
+                    models.set(list.models);
+                }
+                Err(CallError::Unauthorized(message)) => needs_key.set(Some(message)),
+                Err(_) => {}
             }
-            models.set(list.models);
-        }
-    });
+        });
+    };
+    load_models();
+    let save_key = move || {
+        api::set_api_key(&key_draft.get_untracked());
+        needs_key.set(None);
+        load_models();
+    };
 
     // Sends `prompt` as a new turn (or as `retry` of a failed one).
     let send = move |prompt: String, retry: Option<Turn>| {
@@ -166,6 +181,12 @@ pub fn ChatPage(history: History) -> impl IntoView {
             match outcome {
                 Err(CallError::Aborted) => turn.state.set(TurnState::Stopped),
                 Err(CallError::Failed(message)) => turn.state.set(TurnState::Failed(message)),
+                Err(CallError::Unauthorized(message)) => {
+                    needs_key.set(Some(message.clone()));
+                    turn.state.set(TurnState::Failed(format!(
+                        "{message}: enter an API key above (it is kept in this browser)"
+                    )));
+                }
                 Ok(()) if turn.state.get_untracked() == TurnState::Streaming => turn
                     .state
                     .set(TurnState::Failed("the answer broke off".into())),
@@ -265,8 +286,30 @@ pub fn ChatPage(history: History) -> impl IntoView {
                             .collect_view()}
                     </select>
                 </label>
+                <form
+                    class="api-key"
+                    class:needs-key=move || needs_key.get().is_some()
+                    on:submit=move |ev| { ev.prevent_default(); save_key(); }
+                >
+                    <label>
+                        "API key"
+                        <input
+                            type="password"
+                            autocomplete="off"
+                            placeholder="fmr_… (if the relay needs one)"
+                            prop:value=move || key_draft.get()
+                            on:input=move |ev| key_draft.set(event_target_value(&ev))
+                        />
+                    </label>
+                    <button type="submit">"Use key"</button>
+                </form>
                 <button type="button" on:click=clear>"New conversation"</button>
             </header>
+            {move || needs_key.get().map(|message| view! {
+                <p class="needs-key" role="alert">
+                    {format!("The relay refused the request: {message}. Enter an API key above; it is kept in this browser only.")}
+                </p>
+            })}
             <section class="conversation" aria-label="Conversation">
                 <For each=move || turns.get() key=|turn| turn.id let:turn>
                     <TurnView

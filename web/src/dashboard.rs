@@ -33,7 +33,7 @@ pub fn DashboardPage(history: History, #[prop(into)] shown: Signal<bool>) -> imp
         spawn_local(async move {
             let answer = api::stats(secs).await.map_err(|err| match err {
                 api::CallError::Aborted => "stopped".to_string(),
-                api::CallError::Failed(message) => message,
+                api::CallError::Failed(message) | api::CallError::Unauthorized(message) => message,
             });
             server.set(Some(answer));
         });

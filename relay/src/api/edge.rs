@@ -193,8 +193,19 @@ fn refuse(request: &Request, error: RelayError) -> Response {
     .into_response()
 }
 
-/// The key a request carries: `Authorization: Bearer …` or `x-api-key`.
+/// The key a request carries: `Authorization: Bearer …` or `x-api-key` — or, for a browser's
+/// WebSocket (which cannot set headers), a subprotocol beside `fm-relay` that starts like a key.
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(protocols) = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        && let Some(key) = protocols
+            .split(',')
+            .map(str::trim)
+            .find(|protocol| protocol.starts_with(crate::auth::KEY_PREFIX))
+    {
+        return Some(key);
+    }
     if let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -342,6 +353,12 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", HeaderValue::from_static("fmr_y"));
         assert_eq!(presented_key(&headers), Some("fmr_y"));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static("fm-relay, fmr_z"),
+        );
+        assert_eq!(presented_key(&headers), Some("fmr_z"));
         assert_eq!(presented_key(&HeaderMap::new()), None);
     }
 

@@ -121,6 +121,50 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
         family(&mut out, name, "counter", help);
         sample(&mut out, name, &[], value as f64);
     }
+    let connections = state.connections();
+    family(
+        &mut out,
+        "fm_relay_connections_open",
+        "gauge",
+        "HTTP connections open now.",
+    );
+    let load =
+        |value: &std::sync::atomic::AtomicU64| value.load(std::sync::atomic::Ordering::Relaxed);
+    sample(
+        &mut out,
+        "fm_relay_connections_open",
+        &[],
+        load(&connections.open) as f64,
+    );
+    family(
+        &mut out,
+        "fm_relay_connections_accepted_total",
+        "counter",
+        "HTTP connections accepted since start-up.",
+    );
+    sample(
+        &mut out,
+        "fm_relay_connections_accepted_total",
+        &[],
+        load(&connections.accepted) as f64,
+    );
+    family(
+        &mut out,
+        "fm_relay_connections_closed_total",
+        "counter",
+        "Connections the relay closed on its own: over_capacity (server.max_connections were open: answered 503), header_timeout (no complete request headers within server.header_read_timeout_ms: slow, silent or idle keep-alive clients).",
+    );
+    for (reason, value) in [
+        ("over_capacity", &connections.over_capacity),
+        ("header_timeout", &connections.header_timeouts),
+    ] {
+        sample(
+            &mut out,
+            "fm_relay_connections_closed_total",
+            &[("reason", reason)],
+            load(value) as f64,
+        );
+    }
     let health = state.limits().health();
     for (name, help, value) in [
         (

@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::KeyRing;
 use crate::cache::AnswerCache;
 use crate::config::RelayConfig;
+use crate::connections::ConnectionStats;
 use crate::error::{Refusal, RelayError, RequestError};
 use crate::limits::Limits;
 use crate::resilience::{ChatEventStream, Executor, RequestContext, Restart};
@@ -56,6 +57,7 @@ struct AppInner {
     stream_writes: StreamWrites,
     keys: KeyRing,
     limits: Arc<Limits>,
+    connections: Arc<ConnectionStats>,
 }
 
 /// The most events one write to a streaming client carries.
@@ -89,6 +91,7 @@ impl AppState {
                 stream_writes: StreamWrites::default(),
                 keys,
                 limits,
+                connections: Arc::default(),
             }),
         }
     }
@@ -131,6 +134,11 @@ impl AppState {
     /// Rate limits, quotas and the usage ledger.
     pub fn limits(&self) -> &Arc<Limits> {
         &self.inner.limits
+    }
+
+    /// How the relay's connections fared.
+    pub fn connections(&self) -> &Arc<ConnectionStats> {
+        &self.inner.connections
     }
 
     /// Events sent to streaming clients, and the writes that carried them.

@@ -39,6 +39,8 @@ pub fn routes() -> Router<AppState> {
 async fn upgrade(State(state): State<AppState>, edge: Edge, upgrade: WebSocketUpgrade) -> Response {
     upgrade
         .max_message_size(fm_protocol::limits::MAX_BODY_BYTES)
+        // The chat page offers `fm-relay` (and its API key as a second protocol: `api::edge`).
+        .protocols(["fm-relay"])
         .on_upgrade(move |socket| {
             let tracker = state.ws_tracker().clone();
             tracker.track_future(Session::new(state, edge, socket).run())

@@ -1,6 +1,6 @@
 //! Limits and the ledger in Redis, so that every relay pointed at one Redis enforces one limit.
 //!
-//! An admission is one Lua script ([`ADMIT`]): it reads the clock of Redis (one clock for every
+//! An admission is one Lua script (`ADMIT`): it reads the clock of Redis (one clock for every
 //! replica), checks every charge of the request and commits them all or none — one round trip
 //! per request, however many limits apply. Settled corrections and ledger rows are not on the
 //! request's path: they are merged in memory and written every quarter second in one pipeline

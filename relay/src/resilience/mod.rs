@@ -156,7 +156,7 @@ impl Executor {
             recorder.not_counted();
             return Ok(cached_response(&walk, request_id, hit));
         }
-        let (answer, route) = match walk.call_next(walk::CallKind::OneShot, "").await {
+        let (answer, route, total_ms) = match walk.call_next(walk::CallKind::OneShot, "").await {
             Ok(called) => {
                 let walk::Reply::Answer(answer) = called.reply else {
                     return Err(RelayError::Internal(
@@ -174,8 +174,11 @@ impl Executor {
                 let route = walk.route_info(&called.step);
                 walk.ctx
                     .answered_by(&route.model, called.step.target.region());
-                recorder.record(&route.model, outcome(Ending::Ok, None, &walk.ctx));
-                (answer, route)
+                // One clock reading for the live window and the answer, so they agree.
+                let ended = outcome(Ending::Ok, None, &walk.ctx);
+                let total_ms = ended.total_ms;
+                recorder.record(&route.model, ended);
+                (answer, route, total_ms)
             }
             Err(err) => {
                 let first_model = &walk.decision.first_model().config.id;
@@ -218,7 +221,7 @@ impl Executor {
             route,
             timings: Timings {
                 ttft_ms: None,
-                total_ms: walk.ctx.elapsed_ms(),
+                total_ms,
             },
         })
     }

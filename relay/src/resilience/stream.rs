@@ -670,18 +670,18 @@ impl StreamState {
             .answered_by(&route.model, attempt.step.target.region());
         self.walk
             .remember(&attempt.step, &self.partial, stop_reason, usage);
-        self.walk.executor.window().record(
-            &route.model,
-            outcome(Ending::Ok, self.ttft_ms, &self.walk.ctx),
-        );
+        // One clock reading for the live window and the answer, so they agree.
+        let ended = outcome(Ending::Ok, self.ttft_ms, &self.walk.ctx);
+        let timings = Timings {
+            ttft_ms: self.ttft_ms,
+            total_ms: ended.total_ms,
+        };
+        self.walk.executor.window().record(&route.model, ended);
         self.walk.ctx.settle();
         StreamEvent::Done {
             stop_reason,
             usage,
-            timings: Timings {
-                ttft_ms: self.ttft_ms,
-                total_ms: self.walk.ctx.elapsed_ms(),
-            },
+            timings,
             route,
             degraded: false,
         }

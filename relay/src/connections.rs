@@ -1,0 +1,158 @@
+//! Accepting and serving HTTP connections, with the limits a slow or hostile client meets before
+//! any handler runs: a listen backlog for cold bursts ([`bind`]), TCP_NODELAY on every accepted
+//! socket, a cap on open connections (over it a connection gets a 503 and is closed at once, never
+//! left waiting), a header-read timeout that also closes idle keep-alive connections (hyper
+//! starts it whenever a connection waits for the next request's headers: a client that trickles
+//! its headers a byte a second, or opens a connection and says nothing, is closed when it runs
+//! out), and limits on the number and size of headers (431 over them). Counted in `/metrics`.
+//!
+//! The serving itself is hyper's HTTP/1.1 server with upgrades (WebSocket), as `axum::serve`
+//! uses, driven here so these settings can be applied; graceful shutdown stops accepting and
+//! lets each connection finish its request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::config::ServerConfig;
+use crate::error::RelayError;
+
+/// How connections fared, since start-up.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    pub accepted: AtomicU64,
+    pub open: AtomicU64,
+    /// Refused with a 503 because `server.max_connections` were open.
+    pub over_capacity: AtomicU64,
+    /// Closed because their headers did not arrive within `server.header_read_timeout_ms`
+    /// (slow or silent clients, idle keep-alive connections).
+    pub header_timeouts: AtomicU64,
+}
+
+/// Binds `addr` with a listen backlog of `backlog` connections.
+pub fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, RelayError> {
+    let failed =
+        |err: std::io::Error| RelayError::Startup(format!("cannot listen on {addr}: {err}"));
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(failed)?;
+    socket.set_reuseaddr(true).map_err(failed)?;
+    socket.bind(addr).map_err(failed)?;
+    socket.listen(backlog).map_err(failed)
+}
+
+/// The answer of a connection over the cap: JSON like every error, then the connection closes.
+fn over_capacity_answer(max: usize) -> Vec<u8> {
+    let body = serde_json::to_string(&RelayError::TooManyConnections { max }.to_body(None))
+        .unwrap_or_default();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Serves `app` on `listener` until `stop` completes, then lets open connections finish their
+/// request and returns when all have closed.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    server: &ServerConfig,
+    stats: Arc<ConnectionStats>,
+    stop: impl Future<Output = ()>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(server.header_read_timeout_ms))
+        .max_headers(server.max_headers)
+        .max_header_size(server.max_header_bytes);
+    let max_connections = server.max_connections;
+    let connections = TaskTracker::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait a moment instead of spinning.
+                    tracing::warn!(%err, "could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::warn!(%err, "could not set TCP_NODELAY on an accepted socket");
+        }
+        if stats.open.load(Ordering::Relaxed) >= max_connections as u64 {
+            stats.over_capacity.fetch_add(1, Ordering::Relaxed);
+            connections.spawn(refuse(stream, max_connections));
+            continue;
+        }
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let connection = serve_one(
+            stream,
+            app.clone(),
+            http.clone(),
+            stats.clone(),
+            stop_rx.clone(),
+        );
+        connections.spawn(connection);
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    connections.close();
+    connections.wait().await;
+}
+
+/// Answers a connection over the cap with a 503 and closes it.
+async fn refuse(mut stream: TcpStream, max: usize) {
+    let answer = over_capacity_answer(max);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&answer)).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn serve_one(
+    stream: TcpStream,
+    app: Router,
+    http: hyper::server::conn::http1::Builder,
+    stats: Arc<ConnectionStats>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let service = TowerToHyperService::new(
+        app.map_request(|request: hyper::Request<Incoming>| request.map(Body::new)),
+    );
+    let connection = http
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = async { stop.wait_for(|stop| *stop).await.map(|_| ()) } => {
+            connection.as_mut().graceful_shutdown();
+            connection.as_mut().await
+        }
+    };
+    if let Err(err) = result
+        && err.is_timeout()
+    {
+        stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+    stats.open.fetch_sub(1, Ordering::Relaxed);
+}
