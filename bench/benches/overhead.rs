@@ -877,12 +877,20 @@ fn main() {
             );
         }
     }
+    let edge_alone = load_runtime.block_on(limits_cost(&edge_config(
+        &config,
+        LimitsBackend::Memory,
+        None,
+    )));
+    println!(
+        "\nThe limits alone, in memory, on one thread: {:.2} µs per request to identify the key, admit it against its eight limits, meter one call and settle (200 000 requests).",
+        edge_alone.as_secs_f64() * 1e6
+    );
     if let (Some(redis), Some(edge_redis)) = (&redis, &edge_redis) {
-        let per_request =
-            load_runtime.block_on(redis_commands_per_request(redis, &edge_redis.url()));
+        let (admissions, writes) =
+            load_runtime.block_on(redis_calls_per_request(&edge_redis.url()));
         println!(
-            "\nRedis per request of relay-edge-redis (1 000 sequential /v1/chat): {:.3} admission scripts (EVALSHA), {:.3} commands of the background write-out (corrections and ledger, pipelined every 250 ms).",
-            per_request.0, per_request.1
+            "\nRound trips to Redis per request of relay-edge-redis (1 000 sequential /v1/chat): {admissions:.3} admissions (one script each), {writes:.3} write-outs of settled corrections and ledger rows (every 250 ms, whatever the rate)."
         );
         let rates: Vec<f64> = std::env::var("BENCH_LIMIT_RATES")
             .unwrap_or_else(|_| "50,100,200".into())
@@ -922,6 +930,31 @@ fn main() {
     drop(edge);
     drop(edge_redis);
     drop(sim);
+}
+
+/// CPU time per request of the limits' own work, without HTTP: identify the key, admit a chat
+/// request against every limit of `config`, report one call's usage and settle.
+async fn limits_cost(config: &RelayConfig) -> Duration {
+    use fm_relay::telemetry::{AttemptSpend, SpendMeter};
+    const REQUESTS: u32 = 200_000;
+    let keys = fm_relay::auth::KeyRing::load(config).unwrap();
+    let limits = fm_relay::limits::Limits::open(config).await.unwrap();
+    let usage = fm_protocol::Usage::new(12, 32);
+    let started = Instant::now();
+    for _ in 0..REQUESTS {
+        let caller = keys.identify(Some(BENCH_KEY)).unwrap();
+        let (reservation, _headers) = limits
+            .admit_chat(&caller, BEDROCK_MODEL, 15, 256, false)
+            .await;
+        let reservation = reservation.unwrap();
+        reservation.record(AttemptSpend {
+            model: BEDROCK_MODEL,
+            region: "us-east-1",
+            usage,
+        });
+        reservation.answered_by(BEDROCK_MODEL, "us-east-1");
+    }
+    started.elapsed() / REQUESTS
 }
 
 /// The key the edge paths send.
@@ -1018,26 +1051,6 @@ impl RedisServer {
         }
         None
     }
-
-    /// `INFO commandstats`: calls per command.
-    fn command_calls(&self) -> std::collections::HashMap<String, u64> {
-        let port = self.url.rsplit(':').next().unwrap_or_default();
-        let output = std::process::Command::new("redis-cli")
-            .args(["-p", port, "info", "commandstats"])
-            .output();
-        let text = output
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        text.lines()
-            .filter_map(|line| {
-                let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-                let calls = rest
-                    .split(',')
-                    .find_map(|field| field.strip_prefix("calls="))?;
-                Some((name.to_string(), calls.parse().ok()?))
-            })
-            .collect()
-    }
 }
 
 impl Drop for RedisServer {
@@ -1047,42 +1060,50 @@ impl Drop for RedisServer {
     }
 }
 
-/// Redis commands per request of 1 000 sequential sync requests: admission scripts, and the
-/// rest (the background write-out).
-async fn redis_commands_per_request(redis: &RedisServer, relay_url: &str) -> (f64, f64) {
+/// Round trips to Redis per request of 1 000 sequential sync requests (the relay's own
+/// `fm_relay_limits_redis_calls_total`): admissions, and write-outs of what settled.
+async fn redis_calls_per_request(relay_url: &str) -> (f64, f64) {
     const REQUESTS: usize = 1000;
     let client = reqwest::Client::new();
     let body =
         serde_json::json!({"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 64})
             .to_string();
-    let send = || {
-        client
+    let calls = || async {
+        let text = client
+            .get(format!("{relay_url}/metrics"))
+            .bearer_auth(BENCH_KEY)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let count = |call: &str| -> Option<f64> {
+            let prefix = format!("fm_relay_limits_redis_calls_total{{call=\"{call}\"}} ");
+            text.lines()
+                .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
+        };
+        Some((count("admit")?, count("write")?))
+    };
+    // Let what earlier scenarios left be written out first.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = calls().await.unwrap_or_default();
+    for _ in 0..REQUESTS {
+        let _ = client
             .post(format!("{relay_url}/v1/chat"))
             .bearer_auth(BENCH_KEY)
             .header("content-type", "application/json")
             .body(body.clone())
             .send()
-    };
-    // Settle what earlier scenarios left to write out.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let before = redis.command_calls();
-    for _ in 0..REQUESTS {
-        let _ = send().await;
+            .await;
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let after = redis.command_calls();
-    let delta = |name: &str| {
-        after.get(name).copied().unwrap_or(0) as f64 - before.get(name).copied().unwrap_or(0) as f64
-    };
-    let total: f64 = after
-        .keys()
-        .filter(|name| name.as_str() != "info")
-        .map(|name| delta(name))
-        .sum();
-    let admissions = delta("evalsha");
+    let after = calls().await.unwrap_or_default();
+    // The two /metrics reads are admitted too: one admission each.
+    let admissions = after.0 - before.0 - 1.0;
     (
         admissions / REQUESTS as f64,
-        (total - admissions) / REQUESTS as f64,
+        (after.1 - before.1) / REQUESTS as f64,
     )
 }
 

@@ -43,6 +43,38 @@ fn bad_configuration_is_a_clear_error() {
     assert!(stderr.contains("idle_ms"), "{stderr}");
 }
 
+#[test]
+fn keys_add_prints_a_key_once_and_stores_only_its_digest() {
+    let file = common::temp_dir("keys").join("keys.toml");
+    let add = |name: &str| {
+        Command::new(BIN)
+            .args(["keys", "add", name, "--file"])
+            .arg(&file)
+            .args(["--model", "claude-3-5-haiku", "--requests-per-minute", "60"])
+            .output()
+            .unwrap()
+    };
+    let output = add("team-a");
+    assert!(output.status.success(), "{output:?}");
+    let key = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    assert!(key.starts_with("fmr_") && key.len() == 68, "{key}");
+    let stored = std::fs::read_to_string(&file).unwrap();
+    assert!(!stored.contains(&key), "the key itself is never stored");
+    let digest = hex::encode(fm_relay::auth::key_digest(&key));
+    assert!(stored.contains(&digest), "{stored}");
+    assert!(stored.contains("requests_per_minute = 60"), "{stored}");
+    // A relay with the file knows the key.
+    let mut config = RelayConfig::embedded_default();
+    config.auth.keys_file = file.clone();
+    let keys = fm_relay::auth::KeyRing::load(&config).unwrap();
+    assert_eq!(keys.identify(Some(&key)).unwrap().name(), "team-a");
+    // A second key of the same name is refused, and the file keeps one.
+    let again = add("team-a");
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), stored);
+}
+
 #[tokio::test]
 async fn serve_streams_tokens_on_the_embedded_simulator_and_stops_on_sigterm() {
     let mut child = Command::new(BIN)

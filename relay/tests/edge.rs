@@ -615,6 +615,42 @@ async fn websockets_from_other_origins_are_refused_and_oversized_messages_closed
 }
 
 #[tokio::test]
+async fn a_broken_websocket_frame_is_answered_with_close_code_1002() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let harness = common::start().await;
+    let mut socket = tokio::net::TcpStream::connect(harness.relay.addr())
+        .await
+        .unwrap();
+    socket
+        .write_all(
+            b"GET /v1/ws HTTP/1.1\r\nhost: relay\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+              sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        socket.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // A masked frame with the reserved opcode 3: a protocol error.
+    socket.write_all(&[0x83, 0x80, 1, 2, 3, 4]).await.unwrap();
+    let mut frame = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(2), socket.read_exact(&mut frame))
+        .await
+        .expect("a close frame, not silence")
+        .unwrap();
+    assert_eq!(frame[0], 0x88, "a close frame: {frame:?}");
+    assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), 1002);
+}
+
+#[tokio::test]
 async fn open_mode_serves_without_a_key_and_files_usage_under_anonymous() {
     let harness = common::start().await;
     let answer = harness.chat(None, "no key").await;

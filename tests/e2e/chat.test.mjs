@@ -4,18 +4,9 @@
 // Run by scripts/test.sh after `trunk build`; env FM_RELAY_BIN and FM_SIM_BIN name the binaries,
 // FM_WEB_DIR the built UI. Screenshots go to tests/artifacts/. Exits non-zero on any failure.
 
-import { mkdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import assert from 'node:assert/strict';
-import { launchBrowser, run, simStats, start, until } from './harness.mjs';
-
-const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const artifacts = join(root, 'tests', 'artifacts');
-mkdirSync(artifacts, { recursive: true });
-const relayBin = process.env.FM_RELAY_BIN ?? join(root, 'target', 'debug', 'fm-relay');
-const simBin = process.env.FM_SIM_BIN ?? join(root, 'target', 'debug', 'fm-sim');
-const webDir = process.env.FM_WEB_DIR ?? join(root, 'web', 'dist');
+import { artifacts, launchBrowser, relayBin, run, simBin, simStats, start, until, webDir } from './harness.mjs';
 
 async function main() {
   // 15 tokens per second: an answer takes seconds, so its growth and a Stop can be seen.

@@ -3,7 +3,19 @@
 // simulator's counters, and launching Debian's Chromium through playwright-core.
 
 import { spawn } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+
+/// Where the tests find the built binaries and UI (env FM_RELAY_BIN, FM_SIM_BIN, FM_WEB_DIR, as
+/// scripts/test.sh sets them) and put their screenshots.
+export const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const artifacts = join(root, 'tests', 'artifacts');
+mkdirSync(artifacts, { recursive: true });
+export const relayBin = process.env.FM_RELAY_BIN ?? join(root, 'target', 'debug', 'fm-relay');
+export const simBin = process.env.FM_SIM_BIN ?? join(root, 'target', 'debug', 'fm-sim');
+export const webDir = process.env.FM_WEB_DIR ?? join(root, 'web', 'dist');
 
 const children = [];
 

@@ -6,19 +6,11 @@
 // `trunk build`, with the same environment as chat.test.mjs.
 
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import assert from 'node:assert/strict';
-import { launchBrowser, run, start, until } from './harness.mjs';
-
-const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const artifacts = join(root, 'tests', 'artifacts');
-mkdirSync(artifacts, { recursive: true });
-const relayBin = process.env.FM_RELAY_BIN ?? join(root, 'target', 'debug', 'fm-relay');
-const simBin = process.env.FM_SIM_BIN ?? join(root, 'target', 'debug', 'fm-sim');
-const webDir = process.env.FM_WEB_DIR ?? join(root, 'web', 'dist');
+import { artifacts, launchBrowser, relayBin, run, simBin, start, until, webDir } from './harness.mjs';
 
 async function main() {
   const dir = mkdtempSync(join(tmpdir(), 'fm-relay-keys-'));

@@ -122,51 +122,38 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
         sample(&mut out, name, &[], value as f64);
     }
     let connections = state.connections();
-    family(
-        &mut out,
-        "fm_relay_connections_open",
-        "gauge",
-        "HTTP connections open now.",
-    );
-    let load =
-        |value: &std::sync::atomic::AtomicU64| value.load(std::sync::atomic::Ordering::Relaxed);
-    sample(
-        &mut out,
-        "fm_relay_connections_open",
-        &[],
-        load(&connections.open) as f64,
-    );
-    family(
-        &mut out,
-        "fm_relay_connections_accepted_total",
-        "counter",
-        "HTTP connections accepted since start-up.",
-    );
-    sample(
-        &mut out,
-        "fm_relay_connections_accepted_total",
-        &[],
-        load(&connections.accepted) as f64,
-    );
-    family(
+    let health = state.limits().health();
+    labelled_counts(
         &mut out,
         "fm_relay_connections_closed_total",
-        "counter",
         "Connections the relay closed on its own: over_capacity (server.max_connections were open: answered 503), header_timeout (no complete request headers within server.header_read_timeout_ms: slow, silent or idle keep-alive clients).",
+        "reason",
+        &[
+            ("over_capacity", &connections.over_capacity),
+            ("header_timeout", &connections.header_timeouts),
+        ],
     );
-    for (reason, value) in [
-        ("over_capacity", &connections.over_capacity),
-        ("header_timeout", &connections.header_timeouts),
-    ] {
-        sample(
-            &mut out,
-            "fm_relay_connections_closed_total",
-            &[("reason", reason)],
-            load(value) as f64,
-        );
-    }
-    let health = state.limits().health();
+    labelled_counts(
+        &mut out,
+        "fm_relay_limits_redis_calls_total",
+        "Round trips to the limits' Redis: admit (one script per request) and write (settled corrections and ledger rows, written a few times a second whatever the request rate).",
+        "call",
+        &[
+            ("admit", &health.redis_admissions),
+            ("write", &health.redis_writes),
+        ],
+    );
     for (name, help, value) in [
+        (
+            "fm_relay_connections_open",
+            "HTTP connections open now.",
+            &connections.open,
+        ),
+        (
+            "fm_relay_connections_accepted_total",
+            "HTTP connections accepted since start-up.",
+            &connections.accepted,
+        ),
         (
             "fm_relay_limits_redis_errors_total",
             "Admissions for which the limits' Redis failed or did not answer within limits.redis_timeout_ms.",
@@ -183,7 +170,11 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
             &health.refused_unavailable,
         ),
     ] {
-        family(&mut out, name, "counter", help);
+        let kind = match name.ends_with("_total") {
+            true => "counter",
+            false => "gauge",
+        };
+        family(&mut out, name, kind, help);
         let value = value.load(std::sync::atomic::Ordering::Relaxed);
         sample(&mut out, name, &[], value as f64);
     }
@@ -329,6 +320,21 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
         )],
         out,
     )
+}
+
+/// A counter family with one label, from counts the relay keeps.
+fn labelled_counts(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    counts: &[(&str, &std::sync::atomic::AtomicU64)],
+) {
+    family(out, name, "counter", help);
+    for (value_label, count) in counts {
+        let value = count.load(std::sync::atomic::Ordering::Relaxed);
+        sample(out, name, &[(label, value_label)], value as f64);
+    }
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

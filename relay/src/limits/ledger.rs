@@ -124,32 +124,32 @@ impl Ledger {
         pending.entry(row).or_default().add(spend);
     }
 
-    /// Writes the pending spend out. On failure it stays pending for the next try.
-    pub async fn flush(&self) -> Result<(), RelayError> {
+    /// Writes the pending spend out; how many rows. On failure it stays pending for the next try.
+    pub async fn flush(&self) -> Result<usize, RelayError> {
         let _writing = self.writing.lock().await;
         let rows: Vec<(RowKey, Spend)> = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             pending.drain().collect()
         };
         if rows.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let written = match &self.store {
             Store::Sqlite { path, connection } => {
                 let (path, connection) = (path.clone(), connection.clone());
-                let rows = rows.clone();
-                tokio::task::spawn_blocking(move || write_sqlite(&path, &connection, &rows))
+                let batch = rows.clone();
+                tokio::task::spawn_blocking(move || write_sqlite(&path, &connection, &batch))
                     .await
                     .map_err(|err| RelayError::Internal(format!("the ledger's writer: {err}")))?
             }
             Store::Redis(redis) => redis.write(&rows).await,
         };
         if written.is_err() {
-            for (row, spend) in rows {
+            for (row, spend) in rows.iter().cloned() {
                 self.add(row, spend);
             }
         }
-        written
+        written.map(|()| rows.len())
     }
 
     /// Every row of the days starting with `prefix` (a month `YYYY-MM` or a day), of `key`

@@ -124,6 +124,11 @@ enum CountedIn {
 /// Failures of the limits' store, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct LimitsHealth {
+    /// Round trips to Redis: admissions (one per admitted or refused request) ...
+    pub redis_admissions: AtomicU64,
+    /// ... and write-outs of settled corrections and ledger rows (a few a second, whatever the
+    /// rate of requests).
+    pub redis_writes: AtomicU64,
     pub redis_errors: AtomicU64,
     pub served_locally: AtomicU64,
     pub refused_unavailable: AtomicU64,
@@ -561,6 +566,7 @@ impl Limits {
                 let failure = if now_ms() < skip_until_ms.load(Ordering::Relaxed) {
                     None
                 } else {
+                    self.health.redis_admissions.fetch_add(1, Ordering::Relaxed);
                     match tokio::time::timeout(*timeout, redis.admit(&charges)).await {
                         Ok(Ok(verdict)) => return Ok((verdict, CountedIn::Shared)),
                         Ok(Err(err)) => Some(err),
@@ -657,6 +663,9 @@ impl Limits {
                     .map(|(counter, (delta, keep))| (Correction { counter, delta }, keep))
                     .collect()
             };
+            if !corrections.is_empty() {
+                self.health.redis_writes.fetch_add(1, Ordering::Relaxed);
+            }
             if let Err(err) = redis.write_corrections(&corrections).await {
                 let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
                 for (correction, keep) in corrections {
@@ -669,7 +678,11 @@ impl Limits {
             let period = Period::now();
             counters.keep_periods(&[period.day, period.month]);
         }
-        self.ledger.flush().await
+        let rows = self.ledger.flush().await?;
+        if rows > 0 && matches!(self.counters, Counters::Redis { .. }) {
+            self.health.redis_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// The spend of `key` (today and this month), from the ledger.
