@@ -364,6 +364,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub listen_backlog: u32,
+    /// A WebSocket with nothing to answer that sent nothing for this long is closed (1008).
+    pub ws_idle_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -381,6 +383,7 @@ impl Default for ServerConfig {
             max_header_bytes: 16 * 1024,
             max_connections: 10_000,
             listen_backlog: 1024,
+            ws_idle_timeout_secs: 300,
         }
     }
 }

@@ -615,6 +615,45 @@ async fn websockets_from_other_origins_are_refused_and_oversized_messages_closed
 }
 
 #[tokio::test]
+async fn an_idle_websocket_is_closed_with_1008_and_a_busy_one_is_not() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let harness = start_with(sim_config(), |config| {
+        config.server.ws_idle_timeout_secs = 1;
+    })
+    .await;
+    let url = format!("ws://{}/v1/ws", harness.relay.addr());
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    // An answer that takes longer than the idle timeout (100 tokens at 20/s) keeps it open.
+    socket
+        .send(Message::text(chat_body(Some("paced"), "a long answer")))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let close = loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let event: StreamEvent = serde_json::from_str(&text).unwrap();
+                if event.is_terminal() {
+                    assert!(matches!(event, StreamEvent::Done { .. }), "{event:?}");
+                    assert!(started.elapsed() > Duration::from_secs(1));
+                }
+            }
+            Some(Ok(Message::Close(frame))) => break frame.unwrap(),
+            Some(Ok(_)) => {}
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close.code, CloseCode::Policy);
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "closed a second after the answer"
+    );
+}
+
+#[tokio::test]
 async fn a_broken_websocket_frame_is_answered_with_close_code_1002() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let harness = common::start().await;

@@ -12,10 +12,14 @@
 //! Closing the socket cancels the answer in progress (and its upstream call). While the relay
 //! drains for shutdown, new requests get a `shutting_down` error and an idle socket is closed
 //! with code 1001 (going away). A message over the size limit is answered with close code 1009
-//! (too big), a broken frame with 1002 (protocol error). The upgrade passed the edge like any
+//! (too big), a broken frame with 1002 (protocol error), and a socket with nothing to answer that
+//! sent nothing for `server.ws_idle_timeout_secs` is closed with 1008 (policy): an idle
+//! WebSocket holds a connection as an idle keep-alive would, and the header-read timeout no longer
+//! applies once a connection is upgraded. The upgrade passed the edge like any
 //! request (origin, API key); each request frame is admitted to the limits on its own.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -24,6 +28,7 @@ use axum::response::Response;
 use axum::routing::get;
 use fm_protocol::{ChatRequest, StreamEvent};
 use futures_util::{SinkExt, StreamExt};
+use tokio::time::Instant;
 
 use super::edge::Edge;
 use super::extract::{RequestId, parse_json};
@@ -63,6 +68,7 @@ enum Input {
     Frame(Option<Result<Message, axum::Error>>),
     Event(Option<StreamEvent>),
     Draining,
+    Idle,
 }
 
 impl Session {
@@ -77,6 +83,8 @@ impl Session {
     }
 
     async fn run(mut self) {
+        let idle_timeout = Duration::from_secs(self.state.config().server.ws_idle_timeout_secs);
+        let mut last_frame = Instant::now();
         loop {
             if self.current.is_none()
                 && let Some(next) = self.queue.pop_front()
@@ -104,13 +112,27 @@ impl Session {
             }
             let shutdown = self.state.shutdown().clone();
             let room = self.queue.len() < self.state.config().server.ws_max_queued_requests;
+            let idle = self.current.is_none() && self.queue.is_empty();
             let input = tokio::select! {
                 frame = self.socket.recv(), if room => Input::Frame(frame),
                 event = next_event(&mut self.current) => Input::Event(event),
                 () = shutdown.reached(Phase::Draining), if self.current.is_none() => Input::Draining,
+                () = tokio::time::sleep_until(last_frame + idle_timeout), if idle => Input::Idle,
             };
             let keep_going = match input {
-                Input::Frame(Some(Ok(message))) => self.on_message(message),
+                Input::Frame(Some(Ok(message))) => {
+                    last_frame = Instant::now();
+                    self.on_message(message)
+                }
+                Input::Idle => {
+                    let reason = format!("idle for {} s", idle_timeout.as_secs());
+                    let frame = CloseFrame {
+                        code: close_code::POLICY,
+                        reason: Utf8Bytes::from(reason),
+                    };
+                    let _ = self.socket.send(Message::Close(Some(frame))).await;
+                    false
+                }
                 // A frame the socket could not take: say why in the close frame.
                 Input::Frame(Some(Err(err))) => {
                     self.close_after(err).await;
