@@ -1,28 +1,39 @@
 //! # fm-relay — a resilient relay in front of foundation-model APIs
 //!
-//! A request's path through the crate (see the project's DESIGN.md for the whole map):
+//! A request's path through the crate (the project's DESIGN.md draws the whole map):
 //!
-//! 1. [`api`] — the HTTP surfaces (`/v1/chat`, `/v1/chat/stream` as SSE, `/v1/ws`,
-//!    `/v1/chat/completions`, `/v1/usage`, `/v1/models`, `/v1/stats`, `/metrics`, `/healthz`)
-//!    behind the edge's tower layers (`api::edge`: request id, span, origin, CORS, API key,
-//!    limits, JSON content type, body limit). Parses and validates the body with `fm_protocol`'s
-//!    shared validation, admits the request to the limits, and maps every [`RelayError`] to one
-//!    JSON error shape.
-//!    - [`auth`] — API keys: who is calling and what they may use.
-//!    - [`limits`] — request and token rate limits, quotas, dollar budgets and the usage ledger
-//!      (in memory and SQLite, or in Redis for several replicas); a request's reservation is its
-//!      [`telemetry::SpendMeter`], settled to the real usage when it ends.
-//! 2. [`routing`] — picks the configured model for the request and says why.
-//! 3. [`resilience`] — runs the call under deadlines (total, first token, idle between chunks) and
-//!    turns the provider's stream into the client-facing `StreamEvent`s; a truncated answer is
-//!    never reported as complete.
-//! 4. [`provider`] — speaks to the upstream: Bedrock through `aws-sdk-bedrockruntime`.
+//! 1. [`connections`] accepts the connection (listen backlog, connection cap, header-read
+//!    timeout, header limits) and hands it to the app.
+//! 2. [`api`] — the only module that knows HTTP. Its edge (`api::edge`, tower layers composed in
+//!    one place) gives the request an id and a span, checks its origin, answers CORS, identifies
+//!    the caller ([`auth`]: API keys and what each may use), admits it to the request rates
+//!    ([`limits`]) and refuses POST bodies that are not JSON or too large. The surfaces — `/v1/chat`,
+//!    `/v1/chat/stream` (SSE), `/v1/ws`, `/v1/chat/completions` (OpenAI), `/v1/usage`,
+//!    `/v1/admin/usage`, `/v1/models`, `/v1/stats`, `/metrics`, `/healthz` — parse and validate
+//!    the body with `fm_protocol`'s shared validation; `api::admit` routes a model request and
+//!    reserves its tokens against the key's and the model's limits, quotas and budgets.
+//! 3. [`routing`] turns the request into a plan of [`upstream`] targets (the model's regions, then
+//!    its fallback models) and says why.
+//! 4. [`cache`] answers a repeated or similar request without a model call.
+//! 5. [`resilience`] walks the plan: deadlines, retries, each target's breaker and adaptive rate
+//!    limiter (kept in [`upstream`], driven here), failover mid-stream; a truncated answer is never
+//!    reported as complete. Each call's spend goes to the request's meter
+//!    ([`telemetry::SpendMeter`], which [`limits`] implements: the reservation settles to the real
+//!    usage and the usage ledger records it).
+//! 6. [`provider`] speaks to the upstream — Bedrock through `aws-sdk-bedrockruntime`, or any
+//!    OpenAI-compatible server — and turns its answer into `StreamEvent`s.
 //!
-//! Around them: [`config`] (TOML + env + flags), [`server`] (start-up, the embedded simulator
-//! when there is no AWS configuration, graceful shutdown), [`connections`] (the accept loop: the
-//! listen backlog, the connection cap, the header-read timeout and header limits), [`shutdown`] (the drain phases),
-//! [`telemetry`] (logging, the live window of outcomes behind `/v1/stats`, the spend hook through
-//! which `resilience` reports tokens without knowing `limits`), [`error`] (the one error type).
+//! Around them: [`config`] (TOML + env + flags), [`server`] (assembly, the embedded simulator when
+//! there is no AWS configuration, graceful shutdown), [`shutdown`] (the drain phases),
+//! [`telemetry`] (logging, the live window of outcomes behind `/v1/stats` and `/metrics`, replay
+//! and write counters, the spend hook), [`error`] (the one error type, mapped to HTTP in one
+//! place).
+//!
+//! Who may use whom: `api` calls `auth`, `limits`, `routing`, `cache` and `resilience`;
+//! `routing` reads `upstream` (targets and their health) and never drives calls; `resilience`
+//! walks `routing`'s plans over `upstream` targets and calls `provider`, knowing no surface and no
+//! limit; `provider` knows neither surfaces nor routing; everyone writes `telemetry`. No module
+//! imports one that imports it back (`module-cycles` checks).
 
 pub mod api;
 pub mod auth;
@@ -37,6 +48,7 @@ pub mod routing;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod upstream;
 
 pub use config::RelayConfig;
 pub use error::RelayError;

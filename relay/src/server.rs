@@ -19,8 +19,9 @@ use crate::error::RelayError;
 use crate::limits::Limits;
 use crate::provider::bedrock::{self, BedrockEndpoint};
 use crate::provider::{BedrockProvider, OpenAiProvider, Provider, openai};
-use crate::routing::{ModelCatalog, ModelEntry, Target};
+use crate::routing::{ModelCatalog, ModelEntry};
 use crate::shutdown::{Phase, Shutdown};
+use crate::upstream::Target;
 
 /// How long after the grace period the relay waits for streams to send their final event.
 const FINAL_EVENT_MARGIN: Duration = Duration::from_secs(2);

@@ -4,9 +4,9 @@
 //! Every request has a total deadline from its arrival; each call to a target has a first-token
 //! deadline, and every read of a stream an idle timeout (the Bedrock SDK detects no stall on
 //! event streams). Calls the upstream refused for now (throttled, unavailable) are retried on the
-//! same target ([`retry`]); each target has a circuit breaker ([`breaker`]) that fails calls fast
-//! while it is unhealthy, and an adaptive rate limiter ([`rate_limit`]) that slows calls down once
-//! the target throttles. A target that still fails, or never answered, hands the request to the
+//! same target ([`retry`]); each target has a circuit breaker (`upstream::breaker`) that fails
+//! calls fast while it is unhealthy, and an adaptive rate limiter (`upstream::rate_limit`) that
+//! slows calls down once the target throttles: this module drives both. A target that still fails, or never answered, hands the request to the
 //! next target of the plan: the same model in another region, then the fallback models.
 //!
 //! Sync and streaming chat walk the plan the same way ([`walk::Walk`]). [`Executor::complete`]
@@ -19,8 +19,6 @@
 //! it has reproduced what the client has ([`replay`])) or ends with a typed error. When every
 //! target failed before any text, the configured degraded answer stands in, clearly marked.
 
-pub mod breaker;
-pub mod rate_limit;
 pub mod replay;
 pub mod retry;
 pub mod stream;
@@ -34,10 +32,11 @@ use fm_protocol::{ChatRequest, ChatResponse, StopReason, Timings, Usage};
 use crate::cache::{AnswerCache, Hit};
 use crate::config::{DegradationConfig, RelayConfig, TimeoutConfig};
 use crate::error::{RelayError, UpstreamFailure};
-use crate::routing::{ModelEntry, PlanStep, RouteDecision, Target};
+use crate::routing::{ModelEntry, PlanStep, RouteDecision};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{AttemptSpend, Ending, LiveWindow, Outcome, SpendMeter, StreamReplays};
-use breaker::Permit;
+use crate::upstream::Target;
+use crate::upstream::breaker::Permit;
 
 pub use retry::{Attempted, Retrier};
 pub use stream::{ChatEventStream, Restart};

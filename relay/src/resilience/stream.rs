@@ -45,7 +45,6 @@ use fm_protocol::{ChatRequest, StopReason, StreamEvent, Timings, Usage};
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::watch;
 
-use super::breaker::Permit;
 use super::replay::{Progress, Replay};
 use super::walk::{CallKind, Called, Reply, Walk};
 use super::{DeadlineKind, Executor, RequestContext, earliest, outcome};
@@ -55,6 +54,7 @@ use crate::provider::{ProviderEvent, ProviderStream};
 use crate::routing::{PlanStep, RouteDecision};
 use crate::shutdown::Phase;
 use crate::telemetry::{Ending, ReplayOutcome};
+use crate::upstream::breaker::Permit;
 
 /// How a surface takes an answer that must start again from scratch after its client got text
 /// (the next target takes no prefill).

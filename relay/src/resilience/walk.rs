@@ -15,13 +15,13 @@ use std::time::Instant;
 
 use fm_protocol::{ChatRequest, Message, ResponseSource, RouteInfo, StopReason, Usage};
 
-use super::breaker::Permit;
 use super::retry::{NextTarget, RetryAfter};
 use super::{DeadlineKind, Executor, RequestContext, earliest, guarded_call};
 use crate::cache::{CacheKeys, Hit};
 use crate::error::{RelayError, UpstreamFailure};
 use crate::provider::{ChatProvider, ProviderAnswer, ProviderStream};
 use crate::routing::{PlanStep, RouteDecision};
+use crate::upstream::breaker::Permit;
 
 /// Which call to make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,80 +1,22 @@
 //! Model routing: from a request to a [`RouteDecision`] — an ordered plan of targets and the
 //! reason for it.
 //!
-//! The catalog holds the configured models; each model has one or more [`Target`]s (its region,
-//! then its failover regions or inference profiles), each with its own provider client, circuit
-//! breaker and adaptive rate limiter (keyed by account, region and model). A request's plan is its
-//! model's targets, then the targets of the model's fallback models; the executor walks it in
-//! order. Today the first model is static: the one the request names, or the default. The
+//! The catalog holds the configured models; each model has one or more
+//! [`Target`](crate::upstream::Target)s (its region, then its failover regions or inference
+//! profiles), each with its own provider client, circuit breaker and adaptive rate limiter (in
+//! `upstream`, which routing reads and `resilience` drives). A request's plan is its model's
+//! targets, then the targets of the model's fallback models; the executor walks it in order. Today the first model is static: the one the request names, or the default. The
 //! decision always carries a sentence that explains it, which reaches the client in
 //! `RouteInfo::reason`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fm_protocol::{ChatRequest, ModelInfo, ModelList, ResponseSource, TargetStats};
+use fm_protocol::{ChatRequest, ModelInfo, ModelList, ResponseSource};
 
-use crate::config::{BreakerConfig, ModelConfig};
-use crate::error::{RelayError, UpstreamFailure};
-use crate::provider::{ChatProvider, Provider};
-use crate::resilience::breaker::CircuitBreaker;
-use crate::resilience::rate_limit::AdaptiveRateLimiter;
-
-/// One place a model is served: a provider client for a region (or endpoint), the upstream model
-/// or inference-profile id there, and the target's own breaker and rate limiter.
-#[derive(Debug)]
-pub struct Target {
-    /// As logs and errors name it: `upstream-id in region`.
-    pub name: String,
-    pub upstream_id: String,
-    pub provider: Provider,
-    pub breaker: Arc<CircuitBreaker>,
-    pub limiter: AdaptiveRateLimiter,
-}
-
-impl Target {
-    pub fn new(
-        upstream_id: &str,
-        provider: Provider,
-        breaker: BreakerConfig,
-        adaptive_rate_limit: bool,
-    ) -> Self {
-        let name = format!("{upstream_id} in {}", provider.location());
-        Target {
-            breaker: CircuitBreaker::new(name.clone(), breaker),
-            limiter: AdaptiveRateLimiter::new(name.clone(), adaptive_rate_limit),
-            name,
-            upstream_id: upstream_id.to_string(),
-            provider,
-        }
-    }
-
-    /// The region or endpoint calls go to.
-    pub fn region(&self) -> &str {
-        self.provider.location()
-    }
-
-    /// An upstream failure of a call to this target.
-    pub fn upstream_error(&self, failure: UpstreamFailure, message: String) -> RelayError {
-        RelayError::Upstream {
-            failure,
-            provider: self.provider.kind(),
-            target: self.name.clone(),
-            message,
-            retry_after: None,
-        }
-    }
-
-    /// The target's health, as `GET /v1/stats` shows it.
-    pub fn stats(&self) -> TargetStats {
-        TargetStats {
-            target: self.name.clone(),
-            region: self.region().to_string(),
-            circuit: self.breaker.status(),
-            client_rate_limit: self.limiter.allowed_rate(),
-        }
-    }
-}
+use crate::config::ModelConfig;
+use crate::provider::ChatProvider;
+use crate::upstream::Target;
 
 /// A configured model and its targets, in failover order (the configured region first).
 #[derive(Debug)]
@@ -232,8 +174,8 @@ impl ModelCatalog {
 mod tests {
     use super::*;
     use crate::config::RelayConfig;
-    use crate::provider::BedrockProvider;
     use crate::provider::bedrock::{BedrockEndpoint, http_client};
+    use crate::provider::{BedrockProvider, Provider};
 
     async fn catalog() -> ModelCatalog {
         let config = RelayConfig::embedded_default();

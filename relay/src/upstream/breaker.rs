@@ -581,19 +581,29 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn old_outcomes_leave_the_window() {
-        let breaker = breaker();
-        for _ in 0..4 {
-            succeed(&breaker);
-        }
-        for _ in 0..2 {
-            fail(&breaker);
-            succeed(&breaker);
-        }
+        // Nine calls, four failed: below `min_requests` (10), so closed. One more failure makes
+        // ten with five failed — 50%, which opens the breaker — unless the nine have left the
+        // window (10 s) first: then one call is below `min_requests`.
+        let history = |breaker: &Arc<CircuitBreaker>| {
+            for _ in 0..4 {
+                fail(breaker);
+                succeed(breaker);
+            }
+            succeed(breaker);
+            assert_eq!(breaker.status().state, CircuitState::Closed);
+        };
+        let kept = breaker();
+        history(&kept);
+        fail(&kept);
+        assert_eq!(
+            kept.status().state,
+            CircuitState::Open,
+            "within the window they count"
+        );
+        let aged = breaker();
+        history(&aged);
         tokio::time::advance(Duration::from_secs(11)).await;
-        // 2 fresh failures of 2 calls would be 100%, but below min_requests: still closed.
-        fail(&breaker);
-        succeed(&breaker);
-        fail(&breaker);
-        assert_eq!(breaker.status().state, CircuitState::Closed);
+        fail(&aged);
+        assert_eq!(aged.status().state, CircuitState::Closed);
     }
 }
