@@ -142,14 +142,9 @@ pub fn layers(state: AppState, router: Router<AppState>) -> Router<AppState> {
 
 /// Runs the request in its span.
 async fn span(request: Request, next: Next) -> Response {
-    let id = request
-        .extensions()
-        .get::<RequestId>()
-        .map(|id| id.0.clone())
-        .unwrap_or_default();
     let span = tracing::info_span!(
         "request",
-        id = %id,
+        id = RequestId::of(&request).unwrap_or_default(),
         method = %request.method(),
         path = %request.uri().path(),
     );
@@ -185,10 +180,7 @@ async fn check_origin(State(state): State<AppState>, request: Request, next: Nex
 fn refuse(request: &Request, error: RelayError) -> Response {
     RequestError {
         error,
-        request_id: request
-            .extensions()
-            .get::<RequestId>()
-            .map(|id| id.0.clone()),
+        request_id: RequestId::of(request).map(str::to_string),
     }
     .into_response()
 }
@@ -257,11 +249,7 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
             return response;
         }
     }
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .map(|id| id.0.clone())
-        .unwrap_or_default();
+    let request_id = RequestId::of(&request).unwrap_or_default().to_string();
     request.extensions_mut().insert(Edge {
         request_id,
         caller,

@@ -21,6 +21,14 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub struct RequestId(pub String);
 
 impl RequestId {
+    /// The id the request was given on arrival (by [`assign_request_id`]), if it was.
+    pub(crate) fn of(request: &Request) -> Option<&str> {
+        request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.0.as_str())
+    }
+
     pub(crate) fn generate() -> Self {
         // A random (version 4) UUID from the thread's fast generator: a request id needs to be
         // unique, not secret, and asking the kernel for randomness cost a syscall per request.
@@ -70,10 +78,7 @@ where
     type Rejection = RequestError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let request_id = request
-            .extensions()
-            .get::<RequestId>()
-            .map(|id| id.0.clone());
+        let request_id = RequestId::of(&request).map(str::to_string);
         let reject = |error: RelayError| RequestError {
             error,
             request_id: request_id.clone(),

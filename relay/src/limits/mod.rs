@@ -159,10 +159,23 @@ fn now_ms() -> u64 {
         .map_or(0, |since| since.as_millis() as u64)
 }
 
-/// One charge of an admission and the limit it stands for.
-struct Planned {
-    charge: Charge,
-    refusal: Refusal,
+/// The charges of an admission, and beside each the limit it stands for.
+#[derive(Default)]
+struct Plan {
+    charges: Vec<Charge>,
+    refusals: Vec<Refusal>,
+}
+
+impl Plan {
+    fn push(&mut self, charge: Charge, refusal: Refusal) {
+        self.charges.push(charge);
+        self.refusals.push(refusal);
+    }
+
+    /// The index the next charge gets.
+    fn next_index(&self) -> usize {
+        self.charges.len()
+    }
 }
 
 /// What a refused charge means for the caller.
@@ -173,7 +186,7 @@ enum Refusal {
 
 /// The charges of one chat request, and which of them are token counters to settle.
 struct ChatCharges {
-    planned: Vec<Planned>,
+    planned: Plan,
     /// The token and dollar quota counters charged (with their expiry): settled to the real
     /// spend.
     token_quotas: Vec<(String, u64)>,
@@ -293,16 +306,16 @@ impl Limits {
 
     /// Admits a request of a route without a model call: the request rates only.
     pub async fn admit_request(&self, caller: &Caller) -> (Result<(), RelayError>, RateHeaders) {
-        let mut planned = Vec::with_capacity(2);
+        let mut planned = Plan::default();
         let requests_at = self.request_charges(caller, &mut planned);
-        match self.run(&planned).await {
+        match self.run(&planned.charges).await {
             Ok((verdict, _)) => {
                 let headers = RateHeaders {
                     requests: headroom_at(&verdict, requests_at),
                     tokens: None,
                 };
                 (
-                    refusal_error(&planned, &verdict).map_or(Ok(()), Err),
+                    refusal_error(&planned.refusals, &verdict).map_or(Ok(()), Err),
                     headers,
                 )
             }
@@ -337,7 +350,7 @@ impl Limits {
             },
             false => None,
         };
-        let (verdict, counted_in) = match self.run(&charges.planned).await {
+        let (verdict, counted_in) = match self.run(&charges.planned.charges).await {
             Ok(result) => result,
             Err(err) => return (Err(err), RateHeaders::default()),
         };
@@ -345,7 +358,7 @@ impl Limits {
             requests: headroom_at(&verdict, charges.requests_at),
             tokens: headroom_at(&verdict, charges.tokens_at),
         };
-        if let Some(err) = refusal_error(&charges.planned, &verdict) {
+        if let Some(err) = refusal_error(&charges.planned.refusals, &verdict) {
             return (Err(err), headers);
         }
         let reservation = Reservation {
@@ -367,37 +380,37 @@ impl Limits {
 
     /// The request-rate charges of `caller` (the key's, then the global one); the index of the
     /// one the headers report.
-    fn request_charges(&self, caller: &Caller, planned: &mut Vec<Planned>) -> Option<usize> {
+    fn request_charges(&self, caller: &Caller, planned: &mut Plan) -> Option<usize> {
         let limits = &caller.key().limits;
         let mut shown = None;
         if let Some(per_minute) = limits.requests_per_minute {
             let burst = limits.burst.unwrap_or_else(|| default_burst(per_minute));
-            shown = Some(planned.len());
-            planned.push(Planned {
-                charge: Charge {
+            shown = Some(planned.next_index());
+            planned.push(
+                Charge {
                     counter: format!("rate:requests:key:{}", caller.name()),
                     kind: ChargeKind::Rate {
                         rate: Rate::per_minute(u64::from(per_minute), u64::from(burst)),
                         cost: 1.0,
                     },
                 },
-                refusal: Refusal::Rate(Limit::KeyRequests {
+                Refusal::Rate(Limit::KeyRequests {
                     key: caller.name().to_string(),
                     per_minute,
                 }),
-            });
+            );
         }
         if let Some(rate) = self.global {
-            shown.get_or_insert(planned.len());
-            planned.push(Planned {
-                charge: Charge {
+            shown.get_or_insert(planned.next_index());
+            planned.push(
+                Charge {
                     counter: "rate:requests:global".into(),
                     kind: ChargeKind::Rate { rate, cost: 1.0 },
                 },
-                refusal: Refusal::Rate(Limit::GlobalRequests {
+                Refusal::Rate(Limit::GlobalRequests {
                     per_minute: self.global_per_minute,
                 }),
-            });
+            );
         }
         shown
     }
@@ -412,7 +425,7 @@ impl Limits {
     ) -> Result<ChatCharges, RelayError> {
         let key = caller.name();
         let limits = &caller.key().limits;
-        let mut planned = Vec::with_capacity(8);
+        let mut planned = Plan::default();
         let requests_at = self.request_charges(caller, &mut planned);
         let mut tokens_at = None;
         let token_limits = [
@@ -447,17 +460,17 @@ impl Limits {
                     limit,
                 });
             }
-            tokens_at.get_or_insert(planned.len());
-            planned.push(Planned {
-                charge: Charge {
+            tokens_at.get_or_insert(planned.next_index());
+            planned.push(
+                Charge {
                     counter,
                     kind: ChargeKind::Rate {
                         rate: token_rate(per_minute),
                         cost: reserved_tokens as f64,
                     },
                 },
-                refusal: Refusal::Rate(limit),
-            });
+                Refusal::Rate(limit),
+            );
         }
         let quota = |figure: &str, period: &str, limit: i64, cost: i64, whole: bool, keep| Charge {
             counter: quota_counter(key, figure, period),
@@ -470,8 +483,8 @@ impl Limits {
         };
         let key_name = || key.to_string();
         if let Some(limit) = limits.monthly_requests {
-            planned.push(Planned {
-                charge: quota(
+            planned.push(
+                quota(
                     "requests",
                     &period.month,
                     limit as i64,
@@ -479,30 +492,31 @@ impl Limits {
                     true,
                     MONTH_KEEP_SECS,
                 ),
-                refusal: Refusal::Quota(Quota::MonthlyRequests {
+                Refusal::Quota(Quota::MonthlyRequests {
                     key: key_name(),
                     limit,
                 }),
-            });
+            );
         }
         let mut token_quotas = Vec::new();
         let mut usd_quotas = Vec::new();
         if let Some(limit) = limits.monthly_tokens {
-            token_quotas.push((quota_counter(key, "tokens", &period.month), MONTH_KEEP_SECS));
-            planned.push(Planned {
-                charge: quota(
-                    "tokens",
-                    &period.month,
-                    limit as i64,
-                    reserved_tokens as i64,
-                    false,
-                    MONTH_KEEP_SECS,
-                ),
-                refusal: Refusal::Quota(Quota::MonthlyTokens {
+            let charge = quota(
+                "tokens",
+                &period.month,
+                limit as i64,
+                reserved_tokens as i64,
+                false,
+                MONTH_KEEP_SECS,
+            );
+            token_quotas.push((charge.counter.clone(), MONTH_KEEP_SECS));
+            planned.push(
+                charge,
+                Refusal::Quota(Quota::MonthlyTokens {
                     key: key_name(),
                     limit,
                 }),
-            });
+            );
         }
         for (usd, period, keep, refusal) in [
             (
@@ -519,18 +533,16 @@ impl Limits {
             ),
         ] {
             if let Some(usd) = usd {
-                usd_quotas.push((quota_counter(key, "usd", period), keep));
-                planned.push(Planned {
-                    charge: quota(
-                        "usd",
-                        period,
-                        (usd * 1e6).round() as i64,
-                        reserved_micros,
-                        false,
-                        keep,
-                    ),
-                    refusal: Refusal::Quota(refusal(key_name(), usd)),
-                });
+                let charge = quota(
+                    "usd",
+                    period,
+                    (usd * 1e6).round() as i64,
+                    reserved_micros,
+                    false,
+                    keep,
+                );
+                usd_quotas.push((charge.counter.clone(), keep));
+                planned.push(charge, Refusal::Quota(refusal(key_name(), usd)));
             }
         }
         Ok(ChatCharges {
@@ -543,8 +555,7 @@ impl Limits {
     }
 
     /// Runs an admission in the configured counters.
-    async fn run(&self, planned: &[Planned]) -> Result<(Verdict, CountedIn), RelayError> {
-        let charges: Vec<Charge> = planned.iter().map(|p| p.charge.clone()).collect();
+    async fn run(&self, charges: &[Charge]) -> Result<(Verdict, CountedIn), RelayError> {
         if charges.is_empty() {
             let verdict = Verdict::Admitted {
                 headroom: Vec::new(),
@@ -553,7 +564,7 @@ impl Limits {
         }
         match &self.counters {
             Counters::Memory(counters) => {
-                Ok((counters.admit(&charges, now_us()), CountedIn::Shared))
+                Ok((counters.admit(charges, now_us()), CountedIn::Shared))
             }
             Counters::Redis {
                 redis,
@@ -567,7 +578,7 @@ impl Limits {
                     None
                 } else {
                     self.health.redis_admissions.fetch_add(1, Ordering::Relaxed);
-                    match tokio::time::timeout(*timeout, redis.admit(&charges)).await {
+                    match tokio::time::timeout(*timeout, redis.admit(charges)).await {
                         Ok(Ok(verdict)) => return Ok((verdict, CountedIn::Shared)),
                         Ok(Err(err)) => Some(err),
                         Err(_) => Some(::redis::RedisError::from((
@@ -590,7 +601,7 @@ impl Limits {
                 match on_error {
                     BackendFailure::FailOpen => {
                         self.health.served_locally.fetch_add(1, Ordering::Relaxed);
-                        Ok((local.admit(&charges, now_us()), CountedIn::Local))
+                        Ok((local.admit(charges, now_us()), CountedIn::Local))
                     }
                     BackendFailure::FailClosed => {
                         self.health
@@ -767,7 +778,7 @@ fn headroom_at(verdict: &Verdict, index: Option<usize>) -> Option<Headroom> {
     index.and_then(|index| headroom.get(index).copied().flatten())
 }
 
-fn refusal_error(planned: &[Planned], verdict: &Verdict) -> Option<RelayError> {
+fn refusal_error(refusals: &[Refusal], verdict: &Verdict) -> Option<RelayError> {
     let Verdict::Refused {
         index,
         retry_after_us,
@@ -776,7 +787,7 @@ fn refusal_error(planned: &[Planned], verdict: &Verdict) -> Option<RelayError> {
     else {
         return None;
     };
-    Some(match &planned.get(*index)?.refusal {
+    Some(match refusals.get(*index)? {
         Refusal::Rate(limit) => RelayError::RateLimited {
             limit: limit.clone(),
             retry_after: Duration::from_micros(retry_after_us.max(0.0).ceil() as u64),
