@@ -98,6 +98,9 @@ async fn main() {
     config.bedrock.mode = BedrockMode::Endpoint;
     config.bedrock.endpoint = Some(sim.endpoint_url());
     config.default_model = "chat".into();
+    // The default policy names the default config's models.
+    config.routing.rules.clear();
+    config.routes.clear();
     config.models = vec![ModelConfig {
         id: "chat".into(),
         provider: ProviderKind::Bedrock,
@@ -108,6 +111,8 @@ async fn main() {
         input_price_per_1k: 0.001,
         output_price_per_1k: 0.002,
         context_window: 200_000,
+        tier: Default::default(),
+        capabilities: Vec::new(),
         accepts_prefill: true,
         failover: vec![FailoverTarget {
             region: SECONDARY.into(),

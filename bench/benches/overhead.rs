@@ -753,6 +753,8 @@ fn main() {
         input_price_per_1k: 0.0,
         output_price_per_1k: 0.0,
         context_window: 100_000,
+        tier: Default::default(),
+        capabilities: Vec::new(),
         accepts_prefill: false,
         failover: Vec::new(),
         fallback_models: Vec::new(),
@@ -766,6 +768,9 @@ fn main() {
         ..bedrock_model.clone()
     };
     config.models = vec![bedrock_model, openai_model];
+    // The default policy names the default config's models.
+    config.routing.rules.clear();
+    config.routes.clear();
     let relay = relay_runtime
         .block_on(fm_relay::start(config.clone()))
         .unwrap();

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::RelayError;
 
+pub mod routing;
+pub use routing::{RouteConfig, RoutingConfig};
+
 /// The embedded default configuration, with comments.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");
 
@@ -51,6 +54,11 @@ pub struct RelayConfig {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub edge: EdgeConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// Purpose-built endpoints (`POST /v1/summarize`, ...).
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
     pub models: Vec<ModelConfig>,
 }
 
@@ -656,6 +664,12 @@ pub struct ModelConfig {
     pub input_price_per_1k: f64,
     pub output_price_per_1k: f64,
     pub context_window: u32,
+    /// Its quality tier: what routes and hints ask for.
+    #[serde(default)]
+    pub tier: fm_protocol::Tier,
+    /// What it can do beyond chat (`prefill` is implied by `accepts_prefill`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<fm_protocol::Capability>,
     /// Whether the model continues an answer from an assistant prefill (the partial answer as
     /// the conversation's last message); a stream broken off mid-answer is then continued here
     /// instead of restarted.
@@ -948,6 +962,7 @@ impl RelayConfig {
             }
         }
         self.breaker.validate()?;
+        self.routing.validate(&seen, &self.routes)?;
         if self.server.sse_keep_alive_secs == 0 {
             return Err("`server.sse_keep_alive_secs` must be greater than 0".into());
         }

@@ -31,6 +31,7 @@ const FINAL_EVENT_MARGIN: Duration = Duration::from_secs(2);
 pub struct RunningRelay {
     addr: SocketAddr,
     shutdown: Shutdown,
+    state: AppState,
     task: JoinHandle<()>,
     /// Where Bedrock calls go, for the start-up log and tests.
     pub bedrock_endpoint: BedrockEndpoint,
@@ -41,6 +42,11 @@ pub struct RunningRelay {
 impl RunningRelay {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// What the handlers share (its limits' clock, its routing board), for tests and embedders.
+    pub fn state(&self) -> &AppState {
+        &self.state
     }
 
     /// The base URL of the API.
@@ -155,10 +161,11 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         ),
         None => {}
     }
-    let task = tokio::spawn(serve(listener, assembled.app, state, grace));
+    let task = tokio::spawn(serve(listener, assembled.app, state.clone(), grace));
     tracing::info!(url = %format!("http://{addr}"), "fm-relay listening");
     Ok(RunningRelay {
         addr,
+        state,
         shutdown: assembled.shutdown,
         task,
         bedrock_endpoint: assembled.bedrock_endpoint,
@@ -272,6 +279,7 @@ pub async fn assemble(config: RelayConfig) -> Result<Assembled, RelayError> {
 
     let shutdown = Shutdown::default();
     let state = AppState::new(config, catalog, cache, shutdown.clone(), keys, limits);
+    api::spawn_routing_refresh(&state);
     let app = api::app(state.clone());
     Ok(Assembled {
         app,

@@ -64,9 +64,19 @@ pub struct ChatRequest {
     /// [`limits::DEFAULT_MAX_TOKENS`](crate::limits::DEFAULT_MAX_TOKENS)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
-    /// A free-form hint for the router (for example `"fast"`, `"cheap"`, `"code"`).
+    /// One of the relay's routing hints (`GET /v1/models` lists them; by default `fast`,
+    /// `balanced` and `quality`); also taken from the `x-fm-route-hint` header. An explicit
+    /// `model` wins over it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing_hint: Option<String>,
+    /// The latency the caller needs, in milliseconds (a stream's time to first token, a one-shot
+    /// answer's total time): a model whose recent p99 is above it is passed over for the next
+    /// candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency_ms: Option<u32>,
+    /// `"highest"` asks for the premium tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality_requirement: Option<crate::route::QualityRequirement>,
     /// Sampling temperature, 0.0 to 1.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
@@ -201,6 +211,9 @@ pub struct RouteInfo {
     pub attempts: u32,
     /// A human-readable explanation of the routing decision.
     pub reason: String,
+    /// The decision: which rule fired, the content class, the candidates.
+    #[serde(flatten)]
+    pub choice: crate::route::RouteChoice,
 }
 
 /// Server-side timings, in milliseconds since the relay received the request.
@@ -248,12 +261,19 @@ pub struct ModelInfo {
     pub context_window: u32,
     /// Whether requests without a `model` go here.
     pub default: bool,
+    #[serde(default)]
+    pub tier: crate::route::Tier,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<crate::route::Capability>,
 }
 
 /// The answer of `GET /v1/models`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelList {
     pub models: Vec<ModelInfo>,
+    /// The routing hints a request may give (`routing_hint`, `x-fm-route-hint`).
+    #[serde(default)]
+    pub hints: Vec<String>,
 }
 
 #[cfg(test)]

@@ -17,7 +17,13 @@ use crate::error::ErrorCode;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StreamEvent {
     /// The relay accepted the request and chose a model.
-    Start { request_id: String, model: String },
+    Start {
+        request_id: String,
+        model: String,
+        /// Why this model: the rule that fired and the candidates considered.
+        #[serde(default)]
+        route: crate::route::RouteChoice,
+    },
     /// The next piece of the answer's text.
     TextDelta { text: String },
     /// Token counts, as soon as the upstream reports them.

@@ -11,6 +11,8 @@
 //! - [`error`]: the JSON error body of every non-2xx answer and its stable [`ErrorCode`]s.
 //! - [`validate`]: the request limits, as one function that clients run before sending and the
 //!   relay runs on arrival, so both reject the same requests with the same words.
+//! - [`route`]: how the relay chose a model ([`RouteChoice`], [`RouteExplanation`]) and the
+//!   catalog's and classifier's words ([`Tier`], [`Capability`], [`Domain`], [`Complexity`]).
 //! - [`stats`]: the relay's latency figures per model (`GET /v1/stats`).
 //! - [`usage`]: what callers spent, from the relay's usage ledger (`GET /v1/usage`).
 //! - [`sse`]: an incremental Server-Sent-Events decoder that accepts any split of the byte stream,
@@ -19,6 +21,7 @@
 pub mod chat;
 pub mod error;
 pub mod event;
+pub mod route;
 pub mod sse;
 pub mod stats;
 pub mod usage;
@@ -30,6 +33,10 @@ pub use chat::{
 };
 pub use error::{ApiError, ApiErrorBody, ErrorCode};
 pub use event::StreamEvent;
+pub use route::{
+    Capability, Complexity, ContentClass, Domain, PlannedTarget, QualityRequirement,
+    RouteCandidate, RouteChoice, RouteExplanation, Tier,
+};
 pub use sse::{SseDecoder, SseFrame, encode_sse_frame};
 pub use stats::{
     CacheStats, CircuitState, CircuitStatus, ModelStats, Percentiles, StatsResponse, TargetStats,

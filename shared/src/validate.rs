@@ -47,7 +47,8 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    /// An [`ErrorCode::InvalidRequest`] for `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         ValidationError {
             field: field.into(),
             message: message.into(),
@@ -166,6 +167,12 @@ pub fn validate_chat_request(
                 format!("at most {MAX_ROUTING_HINT_CHARS} characters, got {chars}"),
             ));
         }
+    }
+    if request.max_latency_ms == Some(0) {
+        return Err(ValidationError::new(
+            "max_latency_ms",
+            "must be greater than 0 (leave it out for no latency target)",
+        ));
     }
     Ok(())
 }

@@ -67,22 +67,53 @@ fn route() -> impl Strategy<Value = RouteInfo> {
         ],
         any::<u32>(),
         text(),
+        route_choice(),
     )
         .prop_map(
-            |(model, provider, region, source, attempts, reason)| RouteInfo {
+            |(model, provider, region, source, attempts, reason, choice)| RouteInfo {
                 model,
                 provider,
                 region,
                 source,
                 attempts,
                 reason,
+                choice,
             },
         )
 }
 
+fn route_choice() -> impl Strategy<Value = RouteChoice> {
+    let domain = prop_oneof![
+        Just(Domain::Code),
+        Just(Domain::Legal),
+        Just(Domain::Math),
+        Just(Domain::General)
+    ];
+    let complexity = prop_oneof![Just(Complexity::Simple), Just(Complexity::High)];
+    (
+        text(),
+        prop::option::of((domain, complexity)),
+        prop::collection::vec((text(), prop::option::of(text())), 0..4),
+    )
+        .prop_map(|(rule, class, candidates)| RouteChoice {
+            rule,
+            class: class.map(|(domain, complexity)| ContentClass { domain, complexity }),
+            candidates: candidates
+                .into_iter()
+                .map(|(model, passed_over)| RouteCandidate { model, passed_over })
+                .collect(),
+        })
+}
+
 fn stream_event() -> impl Strategy<Value = StreamEvent> {
     prop_oneof![
-        (text(), text()).prop_map(|(request_id, model)| StreamEvent::Start { request_id, model }),
+        (text(), text(), route_choice()).prop_map(|(request_id, model, route)| {
+            StreamEvent::Start {
+                request_id,
+                model,
+                route,
+            }
+        }),
         text().prop_map(|text| StreamEvent::TextDelta { text }),
         usage().prop_map(|usage| StreamEvent::Usage { usage }),
         (
@@ -157,6 +188,7 @@ fn chat_request() -> impl Strategy<Value = ChatRequest> {
                     temperature,
                     stop_sequences,
                     no_cache,
+                    ..ChatRequest::default()
                 }
             },
         )
@@ -268,8 +300,8 @@ proptest! {
     ) {
         round_trips(&ModelList { models: vec![ModelInfo {
             id, provider, region, input_price_per_1k: prices.0, output_price_per_1k: prices.1,
-            context_window, default,
-        }] })?;
+            context_window, default, tier: Tier::Premium, capabilities: vec![Capability::Code],
+        }], hints: vec!["fast".into()] })?;
     }
 }
 

@@ -58,6 +58,18 @@ async function main() {
     assert.match(facts, /via SSE/, `transport shown: ${facts}`);
     assert.match(facts, /route: \S+/, `route reason shown: ${facts}`);
 
+    // The routing hints are a picker of the relay's configured hints; "fast" routes to the fast model.
+    const hintOptions = await page.locator('select[aria-label="Routing hint"] option').allTextContents();
+    assert.deepEqual(hintOptions, ['None', 'balanced', 'fast', 'quality'], `hint picker: ${hintOptions}`);
+    assert.equal(await page.locator('select[aria-label=Model]').inputValue(), '', 'no model named: the relay routes');
+    await page.selectOption('select[aria-label="Routing hint"]', 'fast');
+    const hinted = await send('hello');
+    await finished(hinted, 'the hinted answer to finish');
+    const hintedFacts = (await hinted.locator('.facts').first().textContent()) ?? '';
+    assert.match(hintedFacts, /model nova-lite/, `the fast hint's model: ${hintedFacts}`);
+    assert.match(hintedFacts, /hint-fast/, `the rule named: ${hintedFacts}`);
+    await page.selectOption('select[aria-label="Routing hint"]', '');
+
     // An answer about code: Markdown with a fenced block, its language, and a working copy button.
     const coded = await send('Show me code that reads the first token');
     await finished(coded, 'the code answer to finish');

@@ -1,4 +1,5 @@
-//! The chat page: model, routing-hint and transport pickers (the models from `/v1/models`), the
+//! The chat page: model, routing-hint and transport pickers (the models and hints from
+//! `/v1/models`; "Automatic" names no model, so the relay's routing policy picks one), the
 //! conversation with each answer growing token by token as Markdown (announced to screen readers
 //! through `aria-live`), the facts under each answer (model, time to first token in the browser
 //! and at the relay, tokens per second, total time, usage, source and route reason), inline
@@ -30,7 +31,9 @@ pub fn ChatPage(history: History) -> impl IntoView {
             + 1,
     );
     let models = RwSignal::new(Vec::<ModelInfo>::new());
+    // Empty: no model named, so the relay's routing policy picks one.
     let model = RwSignal::new(String::new());
+    let hints = RwSignal::new(Vec::<String>::new());
     let hint = RwSignal::new(String::new());
     let transport = RwSignal::new(store::load_transport());
     if transport.get_untracked() == Transport::WebSocket {
@@ -49,9 +52,7 @@ pub fn ChatPage(history: History) -> impl IntoView {
         spawn_local(async move {
             match api::models().await {
                 Ok(list) => {
-                    if let Some(default) = list.models.iter().find(|m| m.default) {
-                        model.set(default.id.clone());
-                    }
+                    hints.set(list.hints);
                     models.set(list.models);
                 }
                 Err(CallError::Unauthorized(message)) => needs_key.set(Some(message)),
@@ -250,21 +251,38 @@ pub fn ChatPage(history: History) -> impl IntoView {
                         prop:value=move || model.get()
                         on:change=move |ev| model.set(event_target_value(&ev))
                     >
+                        <Show when=move || models.with(|m| !m.is_empty())>
+                            <option value="" selected=move || model.get().is_empty()>
+                                "Automatic (the relay's routing)"
+                            </option>
+                        </Show>
                         <For each=move || models.get() key=|m| m.id.clone() let:info>
                             <option value=info.id.clone() selected=move || model.get() == info.id>
-                                {format!("{} ({})", info.id, info.region)}
+                                {format!(
+                                    "{} ({}, {}{})",
+                                    info.id,
+                                    info.tier.as_str(),
+                                    info.region,
+                                    if info.default { ", default" } else { "" },
+                                )}
                             </option>
                         </For>
                     </select>
                 </label>
                 <label>
                     "Routing hint"
-                    <input
-                        type="text"
-                        placeholder="e.g. fast"
+                    <select
+                        aria-label="Routing hint"
                         prop:value=move || hint.get()
-                        on:input=move |ev| hint.set(event_target_value(&ev))
-                    />
+                        on:change=move |ev| hint.set(event_target_value(&ev))
+                    >
+                        <option value="" selected=move || hint.get().is_empty()>"None"</option>
+                        <For each=move || hints.get() key=|h| h.clone() let:name>
+                            <option value=name.clone() selected=move || hint.get() == name>
+                                {name.clone()}
+                            </option>
+                        </For>
+                    </select>
                 </label>
                 <label>
                     "Transport"

@@ -11,8 +11,10 @@
 //! 5. **auth and limits** — under `/v1/` and `/metrics`: the API key from `Authorization:
 //!    Bearer …` or `x-api-key` identifies the [`Caller`] (401 when missing or not valid, in keys
 //!    mode), whose routes are checked (403; `/v1/admin/` needs an admin key). Routes that call a
-//!    model are admitted by [`super::admit`] with the request's tokens; every other route here by
-//!    its request rates. Every answer carries the `x-ratelimit-*` headers of what was admitted;
+//!    model (the chat surfaces and the purpose-built `[[routes]]`) are admitted by
+//!    [`super::admit`] with the request's tokens; every other route here by its request rates.
+//!    Every answer carries the `x-ratelimit-*` headers of what was admitted, and a model
+//!    route's the `x-fm-route` header of its routing decision;
 //! 6. **JSON only** — a POST whose body is not `application/json` is refused with 415, so a
 //!    cross-site "simple" form or `text/plain` POST never reaches a model;
 //! 7. **body limit** — 413 over [`MAX_BODY_BYTES`].
@@ -34,17 +36,10 @@ use tracing::Instrument;
 use super::AppState;
 use super::extract::{self, RequestId};
 use crate::auth::Caller;
+use crate::config::routing::CHAT_PATHS;
 use crate::error::{Refusal, RelayError, RequestError};
 use crate::limits::RateHeaders;
 use crate::limits::gcra::Headroom;
-
-/// Routes whose handlers call a model: admitted per request by [`super::admit`], with tokens.
-const MODEL_ROUTES: &[&str] = &[
-    "/v1/chat",
-    "/v1/chat/stream",
-    "/v1/chat/completions",
-    "/v1/ws",
-];
 
 /// Headers a page from an allowed origin may send and read.
 const ALLOWED_HEADERS: &[&str] = &[
@@ -62,6 +57,7 @@ const EXPOSED_HEADERS: &[&str] = &[
     "x-ratelimit-limit-tokens",
     "x-ratelimit-remaining-tokens",
     "x-ratelimit-reset-tokens",
+    "x-fm-route",
 ];
 
 /// What the edge established about a request, for the handlers that admit model calls.
@@ -69,24 +65,49 @@ const EXPOSED_HEADERS: &[&str] = &[
 pub struct Edge {
     pub request_id: String,
     pub caller: Caller,
-    /// What the admission leaves for the `x-ratelimit-*` headers.
-    rate_headers: Arc<Mutex<RateHeaders>>,
+    /// The request's path: the surface routing rules see.
+    pub path: Arc<str>,
+    /// The `x-fm-route-hint` header.
+    pub route_hint: Option<Arc<str>>,
+    /// What the admission leaves for the answer's headers.
+    answer_headers: Arc<Mutex<AnswerHeaders>>,
+}
+
+/// Headers the admission decides and the edge writes on the answer.
+#[derive(Debug, Clone, Default)]
+struct AnswerHeaders {
+    rate: RateHeaders,
+    /// `x-fm-route`.
+    route: Option<String>,
 }
 
 impl Edge {
     /// The edge of a request that did not pass the layers (a WebSocket's later frames reuse
-    /// their connection's caller with a fresh id).
+    /// their connection's caller, path and hint with a fresh id).
     pub fn with_request_id(&self, request_id: String) -> Edge {
         Edge {
             request_id,
             caller: self.caller.clone(),
-            rate_headers: Arc::default(),
+            path: self.path.clone(),
+            route_hint: self.route_hint.clone(),
+            answer_headers: Arc::default(),
         }
     }
 
     /// Notes what the admission left, for the answer's headers.
     pub fn set_rate_headers(&self, headers: RateHeaders) {
-        *self.rate_headers.lock().unwrap_or_else(|e| e.into_inner()) = headers;
+        self.answer_headers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rate = headers;
+    }
+
+    /// Notes the routing decision, for the `x-fm-route` header.
+    pub fn set_route_header(&self, value: String) {
+        self.answer_headers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .route = Some(value);
     }
 }
 
@@ -218,10 +239,11 @@ fn is_guarded(path: &str) -> bool {
 }
 
 async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_string();
-    if !is_guarded(&path) || request.method() == Method::OPTIONS {
+    let path = request.uri().path();
+    if !is_guarded(path) || request.method() == Method::OPTIONS {
         return next.run(request).await;
     }
+    let path: Arc<str> = Arc::from(path);
     let caller = match state.keys().identify(presented_key(request.headers())) {
         Ok(caller) => caller,
         Err(err) => return refuse(&request, err),
@@ -229,7 +251,7 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
     if !caller.key().may_call(&path) {
         let refusal = Refusal::Route {
             key: caller.name().to_string(),
-            path,
+            path: path.to_string(),
         };
         return refuse(&request, RelayError::Forbidden(refusal));
     }
@@ -239,10 +261,15 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         };
         return refuse(&request, RelayError::Forbidden(refusal));
     }
-    let rate_headers = Arc::new(Mutex::new(RateHeaders::default()));
-    if !MODEL_ROUTES.contains(&path.as_str()) {
+    let answer_headers = Arc::new(Mutex::new(AnswerHeaders::default()));
+    let calls_a_model =
+        CHAT_PATHS.contains(&&*path) || state.routing().policy().route(&path).is_some();
+    if !calls_a_model {
         let (admitted, headers) = state.limits().admit_request(&caller).await;
-        *rate_headers.lock().unwrap_or_else(|e| e.into_inner()) = headers;
+        answer_headers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rate = headers;
         if let Err(err) = admitted {
             let mut response = refuse(&request, err);
             add_rate_headers(&mut response, headers);
@@ -250,14 +277,24 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         }
     }
     let request_id = RequestId::of(&request).unwrap_or_default().to_string();
+    let route_hint = request
+        .headers()
+        .get("x-fm-route-hint")
+        .and_then(|v| v.to_str().ok())
+        .map(|hint| Arc::from(hint.trim()));
     request.extensions_mut().insert(Edge {
         request_id,
         caller,
-        rate_headers: rate_headers.clone(),
+        path,
+        route_hint,
+        answer_headers: answer_headers.clone(),
     });
     let mut response = next.run(request).await;
-    let headers = *rate_headers.lock().unwrap_or_else(|e| e.into_inner());
-    add_rate_headers(&mut response, headers);
+    let answer = std::mem::take(&mut *answer_headers.lock().unwrap_or_else(|e| e.into_inner()));
+    add_rate_headers(&mut response, answer.rate);
+    if let Some(route) = answer.route.and_then(|v| HeaderValue::try_from(v).ok()) {
+        response.headers_mut().insert("x-fm-route", route);
+    }
     response
 }
 

@@ -41,7 +41,7 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 }
 
 async fn models(State(state): State<AppState>) -> Json<ModelList> {
-    Json(state.catalog().list())
+    Json(state.routing().list())
 }
 
 /// The window `GET /v1/stats` reports when none is asked for.

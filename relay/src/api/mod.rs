@@ -1,5 +1,7 @@
 //! The HTTP surfaces, one file each: [`chat`] (`POST /v1/chat`), [`sse`]
 //! (`POST /v1/chat/stream`), [`ws`] (`GET /v1/ws`), [`openai`] (`POST /v1/chat/completions`),
+//! [`routes`] (the purpose-built `[[routes]]`: `/v1/moderate`, `/v1/summarize`, ...),
+//! [`explain`] (`POST /v1/route/explain`),
 //! [`usage`] (`GET /v1/usage`, `GET /v1/admin/usage`) and [`meta`] (`/healthz`, `/v1/models`,
 //! `/v1/stats`, `/metrics`), behind the [`edge`]'s layers (request id, span, origin, CORS, API
 //! key, limits, JSON content type, body limit).
@@ -9,9 +11,11 @@
 
 pub mod chat;
 pub mod edge;
+pub mod explain;
 pub mod extract;
 pub mod meta;
 pub mod openai;
+pub mod routes;
 pub mod sse;
 pub mod usage;
 pub mod ws;
@@ -28,10 +32,10 @@ use crate::auth::KeyRing;
 use crate::cache::AnswerCache;
 use crate::config::RelayConfig;
 use crate::connections::ConnectionStats;
-use crate::error::{Refusal, RelayError, RequestError};
+use crate::error::{RelayError, RequestError};
 use crate::limits::Limits;
 use crate::resilience::{ChatEventStream, Executor, RequestContext, Restart};
-use crate::routing::{ModelCatalog, RouteDecision};
+use crate::routing::{ModelCatalog, RouteDecision, RouteInput, Routing};
 use crate::shutdown::{Phase, Shutdown};
 use crate::telemetry::{LiveWindow, StreamWrites};
 use edge::Edge;
@@ -46,7 +50,7 @@ pub struct AppState {
 #[derive(Debug)]
 struct AppInner {
     config: RelayConfig,
-    catalog: ModelCatalog,
+    routing: Routing,
     executor: Executor,
     cache: Option<Arc<AnswerCache>>,
     /// Recent outcomes per model, recorded by the executor.
@@ -79,10 +83,11 @@ impl AppState {
             catalog.list().models.into_iter().map(|model| model.id),
         ));
         let executor = Executor::new(&config, cache.clone(), window.clone(), shutdown.clone());
+        let routing = Routing::new(&config, catalog);
         AppState {
             inner: Arc::new(AppInner {
                 config,
-                catalog,
+                routing,
                 executor,
                 cache,
                 window,
@@ -101,7 +106,12 @@ impl AppState {
     }
 
     pub fn catalog(&self) -> &ModelCatalog {
-        &self.inner.catalog
+        self.inner.routing.catalog()
+    }
+
+    /// The catalog, the routing policy and the live figures it reads.
+    pub fn routing(&self) -> &Routing {
+        &self.inner.routing
     }
 
     pub fn executor(&self) -> &Executor {
@@ -148,9 +158,9 @@ impl AppState {
 }
 
 /// Lets a model request in: refuses new work while shutting down, validates it with the same
-/// function the clients run, checks the caller may use the model, routes it (to the caller's
-/// models only) and admits it to the limits, whose reservation becomes the request's meter. A
-/// `stream` also takes one of the caller's concurrent streams.
+/// function the clients run, routes it ([`decide`]: to models the caller may use) and admits it
+/// to the limits, whose reservation becomes the request's meter. A `stream` also takes one of
+/// the caller's concurrent streams. The decision goes on the answer as `x-fm-route`.
 pub async fn admit(
     state: &AppState,
     edge: &Edge,
@@ -161,31 +171,9 @@ pub async fn admit(
     if state.shutdown().phase() != Phase::Running {
         return Err(RelayError::ShuttingDown);
     }
-    validate_chat_request(request, |model| state.catalog().contains(model))
-        .map_err(RelayError::Invalid)?;
-    let key = edge.caller.key();
-    let mut decision = state.catalog().route(request);
-    let model = decision.first_model().config.id.clone();
-    if !key.may_use_model(&model) {
-        return Err(RelayError::Forbidden(Refusal::Model {
-            key: key.name.clone(),
-            model,
-        }));
-    }
-    if key.restricts_models() {
-        let allowed: Vec<_> = decision
-            .plan
-            .iter()
-            .filter(|step| key.may_use_model(&step.model.config.id))
-            .cloned()
-            .collect();
-        if allowed.len() < decision.plan.len() {
-            decision
-                .reason
-                .push_str("; fallback models the API key may not use are left out");
-            decision.plan = allowed.into();
-        }
-    }
+    let decision = decide(state, edge, &edge.path, request)?;
+    edge.set_route_header(decision.header_value());
+    let model = &decision.first_model().config.id;
     let estimated_input = request
         .prompt_chars()
         .div_ceil(fm_protocol::chat::CHARS_PER_TOKEN);
@@ -194,7 +182,7 @@ pub async fn admit(
         .limits()
         .admit_chat(
             &edge.caller,
-            &model,
+            model,
             estimated_input as u64,
             u64::from(max_tokens),
             stream,
@@ -203,6 +191,77 @@ pub async fn admit(
     edge.set_rate_headers(headers);
     ctx.meter = Some(Arc::new(reservation?));
     Ok((ctx, decision))
+}
+
+/// Validates a request and decides its route, as a real request from `edge`'s caller on `path`
+/// gets it: what [`admit`] and `POST /v1/route/explain` share.
+pub fn decide(
+    state: &AppState,
+    edge: &Edge,
+    path: &str,
+    request: &ChatRequest,
+) -> Result<RouteDecision, RelayError> {
+    validate_chat_request(request, |model| state.catalog().contains(model))
+        .map_err(RelayError::Invalid)?;
+    state.routing().decide(&RouteInput {
+        request,
+        path,
+        hint_header: edge.route_hint.as_deref(),
+        key: edge.caller.key(),
+    })
+}
+
+/// Keeps routing's live figures current while the state lives: the models' health from the
+/// live window every `routing.refresh_ms`, and — when a rule budgets spend — today's spend from
+/// the usage ledger every `routing.spend_refresh_ms`.
+pub fn spawn_routing_refresh(state: &AppState) {
+    let routing = &state.config().routing;
+    let mut health = tokio::time::interval(Duration::from_millis(routing.refresh_ms));
+    let mut spend = tokio::time::interval(Duration::from_millis(routing.spend_refresh_ms));
+    for timer in [&mut health, &mut spend] {
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    }
+    let reads_spend = state.routing().policy().reads_spend();
+    let weak = Arc::downgrade(&state.inner);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = health.tick() => {
+                    let Some(inner) = weak.upgrade() else { break };
+                    inner.routing.board().refresh(&inner.window);
+                }
+                _ = spend.tick(), if reads_spend => {
+                    let Some(inner) = weak.upgrade() else { break };
+                    match inner.limits.report().await {
+                        Ok(report) => inner.routing.board().set_spend(spend_today(&report)),
+                        Err(err) => tracing::warn!(
+                            error = %err,
+                            "routing could not read today's spend; budget rules use the last figures"
+                        ),
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Today's spend in a usage report, as the budget rules read it.
+fn spend_today(report: &fm_protocol::UsageReport) -> crate::routing::health::Spend {
+    let by_model_usd: std::collections::HashMap<String, f64> = report
+        .models_today
+        .iter()
+        .map(|model| (model.model.clone(), model.totals.cost_usd))
+        .collect();
+    crate::routing::health::Spend {
+        day: report.day.clone(),
+        global_usd: by_model_usd.values().sum(),
+        by_key_usd: report
+            .keys
+            .iter()
+            .map(|key| (key.key.clone(), key.today.cost_usd))
+            .collect(),
+        by_model_usd,
+    }
 }
 
 /// Admits a request and opens its stream: what the streaming surfaces share. `restart` says how
@@ -245,6 +304,8 @@ pub fn app(state: AppState) -> Router {
         .merge(ws::routes())
         .merge(openai::routes())
         .merge(usage::routes())
+        .merge(routes::routes(&state))
+        .merge(explain::routes())
         .merge(meta::routes());
     // The chat UI's files at `/`, when built; anything else is the API's JSON 404.
     let api = match state

@@ -63,7 +63,7 @@ pub(super) trait SseEncoder: Send + 'static {
 }
 
 /// The native surface: one SSE event per stream event, named after it.
-struct NativeEvents;
+pub(super) struct NativeEvents;
 
 impl SseEncoder for NativeEvents {
     fn encode(&mut self, event: &StreamEvent, chunk: &mut Vec<u8>) -> bool {
@@ -159,6 +159,10 @@ mod tests {
             StreamEvent::Start {
                 request_id: "r1".into(),
                 model: "m".into(),
+                route: fm_protocol::RouteChoice {
+                    rule: "default".into(),
+                    ..Default::default()
+                },
             },
             StreamEvent::TextDelta {
                 text: "two\nlines\r\nand \"quotes\" é".into(),
@@ -177,6 +181,7 @@ mod tests {
                     source: ResponseSource::Primary,
                     attempts: 1,
                     reason: "asked".into(),
+                    choice: Default::default(),
                 },
                 degraded: false,
             },

@@ -70,7 +70,8 @@ impl ApiKey {
         })
     }
 
-    fn anonymous(limits: KeyLimits) -> ApiKey {
+    /// The caller of open mode: every model, every route.
+    pub(crate) fn anonymous(limits: KeyLimits) -> ApiKey {
         ApiKey {
             name: ANONYMOUS.into(),
             // Open mode is for one person's machine: its admin routes are open too.

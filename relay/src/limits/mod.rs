@@ -62,13 +62,33 @@ pub struct Period {
 }
 
 impl Period {
-    pub fn now() -> Period {
-        let date = time::OffsetDateTime::now_utc().date();
+    /// The period `clock` says it is.
+    pub fn now(clock: &Clock) -> Period {
+        let date = (time::OffsetDateTime::now_utc() + clock.offset()).date();
         let month = format!("{:04}-{:02}", date.year(), u8::from(date.month()));
         Period {
             day: format!("{month}-{:02}", date.day()),
             month,
         }
+    }
+}
+
+/// The calendar quotas, budgets and ledger rows are counted by: UTC now, moved on by an offset
+/// a test may advance (`Limits::clock`) to see a day or a month end.
+#[derive(Debug, Default)]
+pub struct Clock {
+    offset_secs: std::sync::atomic::AtomicI64,
+}
+
+impl Clock {
+    /// Moves the clock on by `by`.
+    pub fn advance(&self, by: Duration) {
+        let secs = i64::try_from(by.as_secs()).unwrap_or(i64::MAX);
+        self.offset_secs.fetch_add(secs, Ordering::Relaxed);
+    }
+
+    fn offset(&self) -> time::Duration {
+        time::Duration::seconds(self.offset_secs.load(Ordering::Relaxed))
     }
 }
 
@@ -145,6 +165,7 @@ pub struct Limits {
     /// Open streams per key, in this process.
     streams: Mutex<HashMap<String, u32>>,
     health: LimitsHealth,
+    clock: Clock,
 }
 
 fn now_us() -> f64 {
@@ -250,6 +271,7 @@ impl Limits {
             ledger,
             streams: Mutex::default(),
             health: LimitsHealth::default(),
+            clock: Clock::default(),
         });
         limits.seed_quotas().await?;
         let writer = Arc::downgrade(&limits);
@@ -275,7 +297,7 @@ impl Limits {
         let Counters::Memory(counters) = &self.counters else {
             return Ok(());
         };
-        let period = Period::now();
+        let period = Period::now(&self.clock);
         counters.keep_periods(&[period.day.clone(), period.month.clone()]);
         let mut month: HashMap<String, Spend> = HashMap::new();
         let mut today: HashMap<String, Spend> = HashMap::new();
@@ -297,6 +319,11 @@ impl Limits {
             counters.seed(quota_counter(&key, "usd", &period.day), spend.cost_micros);
         }
         Ok(())
+    }
+
+    /// The calendar quotas and the ledger count by.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The store's failures so far.
@@ -337,7 +364,7 @@ impl Limits {
         let terms = self.models.get(model).copied();
         let reserved_micros =
             terms.map_or(0, |terms| terms.cost_micros(estimated_input, max_tokens));
-        let period = Period::now();
+        let period = Period::now(&self.clock);
         let charges =
             match self.chat_charges(caller, model, reserved_tokens, reserved_micros, &period) {
                 Ok(charges) => charges,
@@ -686,7 +713,7 @@ impl Limits {
             }
         }
         if let Counters::Memory(counters) = &self.counters {
-            let period = Period::now();
+            let period = Period::now(&self.clock);
             counters.keep_periods(&[period.day, period.month]);
         }
         let rows = self.ledger.flush().await?;
@@ -698,14 +725,14 @@ impl Limits {
 
     /// The spend of `key` (today and this month), from the ledger.
     pub async fn key_usage(&self, key: &str) -> Result<KeyUsage, RelayError> {
-        let period = Period::now();
+        let period = Period::now(&self.clock);
         let rows = self.ledger.rows(&period.month, Some(key)).await?;
         Ok(key_usage(key, &period, &rows))
     }
 
     /// Every key's spend, and every model's today.
     pub async fn report(&self) -> Result<UsageReport, RelayError> {
-        let period = Period::now();
+        let period = Period::now(&self.clock);
         let rows = self.ledger.rows(&period.month, None).await?;
         let mut by_key: BTreeMap<&str, Vec<(RowKey, Spend)>> = BTreeMap::new();
         let mut models_today: BTreeMap<&str, Spend> = BTreeMap::new();

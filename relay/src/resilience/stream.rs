@@ -194,6 +194,7 @@ impl ChatEventStream {
         restart: Restart,
     ) -> Result<ChatEventStream, RelayError> {
         let request_id = ctx.request_id.clone();
+        let choice = decision.choice.clone();
         let shutdown = executor.shutdown().subscribe();
         let walk = Walk::new(executor, ctx, decision, request);
         let mut state = StreamState {
@@ -212,6 +213,7 @@ impl ChatEventStream {
             Ok(StreamEvent::Start {
                 request_id: request_id.clone(),
                 model: model.to_string(),
+                route: choice.clone(),
             })
         };
         if let Some(hit) = state.walk.cached(false).await {

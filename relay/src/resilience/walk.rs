@@ -232,9 +232,16 @@ impl Walk {
         if !err.next_target_may_help() {
             return Err(err.after_attempts(self.attempts));
         }
+        let throttled = matches!(
+            err,
+            RelayError::Upstream {
+                failure: UpstreamFailure::Throttled | UpstreamFailure::RateLimited,
+                ..
+            }
+        );
         self.executor
             .window()
-            .record_failed_attempt(&step.model.config.id);
+            .record_failed_attempt(&step.model.config.id, throttled);
         if is_context_too_long(&err) {
             self.too_long_for = self.too_long_for.max(step.model.config.context_window);
         }
@@ -275,6 +282,7 @@ impl Walk {
             source: step.source,
             attempts: self.attempts,
             reason,
+            choice: self.decision.choice.clone(),
         }
     }
 
@@ -290,6 +298,7 @@ impl Walk {
                 "{}; every target failed (last: {err}), so the relay answered with its degraded answer",
                 self.reason()
             ),
+            choice: self.decision.choice.clone(),
         }
     }
 
@@ -358,6 +367,7 @@ impl Walk {
             source: ResponseSource::Cache,
             attempts: self.attempts,
             reason: format!("{}; {}", self.decision.reason, hit.describe()),
+            choice: self.decision.choice.clone(),
         }
     }
 

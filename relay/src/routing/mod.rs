@@ -1,22 +1,35 @@
-//! Model routing: from a request to a [`RouteDecision`] — an ordered plan of targets and the
-//! reason for it.
+//! Model routing: from a request to a [`RouteDecision`] — an ordered plan of targets, the
+//! decision as clients see it ([`RouteChoice`]) and the reason in words.
 //!
-//! The catalog holds the configured models; each model has one or more
-//! [`Target`](crate::upstream::Target)s (its region, then its failover regions or inference
-//! profiles), each with its own provider client, circuit breaker and adaptive rate limiter (in
-//! `upstream`, which routing reads and `resilience` drives). A request's plan is its model's
-//! targets, then the targets of the model's fallback models; the executor walks it in order. Today the first model is static: the one the request names, or the default. The
-//! decision always carries a sentence that explains it, which reaches the client in
-//! `RouteInfo::reason`.
+//! The [`ModelCatalog`] holds the configured models (tier, capabilities, prices, context
+//! window); each model has one or more [`Target`](crate::upstream::Target)s (its region, then
+//! its failover regions or inference profiles) in `upstream`, which routing reads and
+//! `resilience` drives. [`Routing::decide`] picks the candidates — the model the request names
+//! when the caller may use it, else the first [`policy`] rule whose conditions hold (path, hint,
+//! the [`classify`]er's content class, key, quality, live figures, today's spend), else the
+//! purpose-built route's models, else the default — then puts first those the [`health`] board
+//! finds fit (p99 within the latency target, error rate within bounds, with hysteresis) and
+//! after them their fallback models and, as a last resort, the passed-over ones. Every step of
+//! that is said in the decision.
+
+pub mod classify;
+pub mod health;
+pub mod policy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fm_protocol::{ChatRequest, ModelInfo, ModelList, ResponseSource};
+use fm_protocol::{
+    ChatRequest, ModelInfo, ModelList, ResponseSource, RouteCandidate, RouteChoice, ValidationError,
+};
 
-use crate::config::ModelConfig;
+use crate::auth::ApiKey;
+use crate::config::{ModelConfig, RelayConfig};
+use crate::error::{Refusal, RelayError};
 use crate::provider::ChatProvider;
 use crate::upstream::Target;
+use health::{Fitness, HealthBoard};
+use policy::{Chooser, Facts, Policy};
 
 /// A configured model and its targets, in failover order (the configured region first).
 #[derive(Debug)]
@@ -38,12 +51,18 @@ pub struct PlanStep {
 pub struct RouteDecision {
     pub plan: Arc<[PlanStep]>,
     pub reason: String,
+    pub choice: RouteChoice,
 }
 
 impl RouteDecision {
     /// The model the plan starts with.
     pub fn first_model(&self) -> &Arc<ModelEntry> {
         &self.plan[0].model
+    }
+
+    /// The `x-fm-route` header.
+    pub fn header_value(&self) -> String {
+        self.choice.header_value(&self.first_model().config.id)
     }
 }
 
@@ -53,7 +72,7 @@ pub struct ModelCatalog {
     models: Vec<Arc<ModelEntry>>,
     by_id: HashMap<String, usize>,
     default_index: usize,
-    /// Each model's plan, built once: routing a request only picks one.
+    /// Each model's plan, built once: a request routed to one healthy model only picks one.
     plans: Vec<Arc<[PlanStep]>>,
 }
 
@@ -68,50 +87,65 @@ impl ModelCatalog {
             .map(|(index, entry)| (entry.config.id.clone(), index))
             .collect();
         let default_index = by_id.get(default_model).copied().unwrap_or(0);
-        let plans = models
-            .iter()
-            .map(|model| Self::plan_for(model, &models, &by_id))
-            .collect();
-        ModelCatalog {
+        let mut catalog = ModelCatalog {
             models,
             by_id,
             default_index,
-            plans,
-        }
+            plans: Vec::new(),
+        };
+        catalog.plans = (0..catalog.models.len())
+            .map(|index| catalog.plan_of(&catalog.with_fallbacks(&[index], |_| true)))
+            .collect();
+        catalog
     }
 
-    /// `model`'s targets, then those of its fallback models.
-    fn plan_for(
-        model: &Arc<ModelEntry>,
-        models: &[Arc<ModelEntry>],
-        by_id: &HashMap<String, usize>,
-    ) -> Arc<[PlanStep]> {
-        let own = model
-            .targets
+    /// `order`'s models, each followed by those of its fallback models not yet listed (and
+    /// `allowed`), depth first.
+    fn with_fallbacks(&self, order: &[usize], allowed: impl Fn(usize) -> bool) -> Vec<usize> {
+        let mut listed: Vec<usize> = Vec::with_capacity(order.len() + 2);
+        for &index in order {
+            if !listed.contains(&index) {
+                listed.push(index);
+            }
+        }
+        let mut next = 0;
+        while next < listed.len() {
+            let fallbacks = &self.models[listed[next]].config.fallback_models;
+            for id in fallbacks {
+                if let Some(&index) = self.by_id.get(id)
+                    && !listed.contains(&index)
+                    && allowed(index)
+                {
+                    listed.push(index);
+                }
+            }
+            next += 1;
+        }
+        listed
+    }
+
+    /// The plan that tries `order`'s models in turn, each in every region.
+    fn plan_of(&self, order: &[usize]) -> Arc<[PlanStep]> {
+        order
             .iter()
             .enumerate()
-            .map(|(index, target)| PlanStep {
-                model: model.clone(),
-                target: target.clone(),
-                source: if index == 0 {
-                    ResponseSource::Primary
-                } else {
-                    ResponseSource::FallbackRegion
-                },
-            });
-        let fallbacks = model
-            .config
-            .fallback_models
-            .iter()
-            .filter_map(|id| by_id.get(id).map(|&index| &models[index]))
-            .flat_map(|fallback| {
-                fallback.targets.iter().map(|target| PlanStep {
-                    model: fallback.clone(),
-                    target: target.clone(),
-                    source: ResponseSource::FallbackModel,
-                })
-            });
-        own.chain(fallbacks).collect()
+            .flat_map(|(position, &index)| {
+                let model = &self.models[index];
+                model
+                    .targets
+                    .iter()
+                    .enumerate()
+                    .map(move |(region, target)| PlanStep {
+                        model: model.clone(),
+                        target: target.clone(),
+                        source: match (position, region) {
+                            (0, 0) => ResponseSource::Primary,
+                            (0, _) => ResponseSource::FallbackRegion,
+                            _ => ResponseSource::FallbackModel,
+                        },
+                    })
+            })
+            .collect()
     }
 
     pub fn contains(&self, id: &str) -> bool {
@@ -122,63 +156,276 @@ impl ModelCatalog {
         self.by_id.get(id).map(|&index| &self.models[index])
     }
 
-    /// The listing of `GET /v1/models`.
+    /// The catalog index of a model.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.by_id.get(id).copied()
+    }
+
+    /// The models, in configuration order.
+    pub fn models(&self) -> &[Arc<ModelEntry>] {
+        &self.models
+    }
+
+    /// The default model.
+    pub fn default_model(&self) -> &Arc<ModelEntry> {
+        &self.models[self.default_index]
+    }
+
+    /// The listing of `GET /v1/models` (without the hints, which the policy knows).
     pub fn list(&self) -> ModelList {
         ModelList {
             models: self
                 .models
                 .iter()
                 .enumerate()
-                .map(|(index, entry)| ModelInfo {
-                    id: entry.config.id.clone(),
-                    provider: entry.targets[0].provider.kind().to_string(),
-                    region: entry.config.region.clone(),
-                    input_price_per_1k: entry.config.input_price_per_1k,
-                    output_price_per_1k: entry.config.output_price_per_1k,
-                    context_window: entry.config.context_window,
-                    default: index == self.default_index,
+                .map(|(index, entry)| {
+                    let config = &entry.config;
+                    let mut capabilities = config.capabilities.clone();
+                    if config.accepts_prefill
+                        && !capabilities.contains(&fm_protocol::Capability::Prefill)
+                    {
+                        capabilities.push(fm_protocol::Capability::Prefill);
+                    }
+                    ModelInfo {
+                        id: config.id.clone(),
+                        provider: entry.targets[0].provider.kind().to_string(),
+                        region: config.region.clone(),
+                        input_price_per_1k: config.input_price_per_1k,
+                        output_price_per_1k: config.output_price_per_1k,
+                        context_window: config.context_window,
+                        default: index == self.default_index,
+                        tier: config.tier,
+                        capabilities,
+                    }
                 })
                 .collect(),
+            hints: Vec::new(),
+        }
+    }
+}
+
+/// What a decision is made from.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteInput<'a> {
+    pub request: &'a ChatRequest,
+    /// The surface: `/v1/chat`, `/v1/chat/stream`, `/v1/ws`, `/v1/chat/completions` or a
+    /// purpose-built route's path.
+    pub path: &'a str,
+    /// The `x-fm-route-hint` header (the body's `routing_hint` wins).
+    pub hint_header: Option<&'a str>,
+    pub key: &'a ApiKey,
+}
+
+/// The catalog, the policy over it, and the live figures the policy reads.
+#[derive(Debug)]
+pub struct Routing {
+    catalog: ModelCatalog,
+    policy: Policy,
+    board: HealthBoard,
+}
+
+impl Routing {
+    pub fn new(config: &RelayConfig, catalog: ModelCatalog) -> Routing {
+        let policy = Policy::new(config, |id| catalog.index_of(id));
+        if policy.reads_class() {
+            // Train the classifier's model now, not on the first request that needs it.
+            classify::warm_up();
+        }
+        let board = HealthBoard::new(
+            catalog.models().iter().map(|m| m.config.id.clone()),
+            &config.routing,
+        );
+        Routing {
+            catalog,
+            policy,
+            board,
         }
     }
 
-    /// Chooses the plan for a validated request.
-    pub fn route(&self, request: &ChatRequest) -> RouteDecision {
-        let (index, mut reason) = match request
-            .model
-            .as_deref()
-            .and_then(|id| self.by_id.get(id).map(|&index| (id, index)))
-        {
-            Some((id, index)) => (index, format!("the request named model `{id}`")),
-            None => {
-                let id = &self.models[self.default_index].config.id;
-                (
-                    self.default_index,
-                    format!("the request named no model; `{id}` is the default"),
-                )
-            }
+    pub fn catalog(&self) -> &ModelCatalog {
+        &self.catalog
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn board(&self) -> &HealthBoard {
+        &self.board
+    }
+
+    /// `GET /v1/models`: the catalog and the hints.
+    pub fn list(&self) -> ModelList {
+        ModelList {
+            hints: self.policy.hints().iter().cloned().collect(),
+            ..self.catalog.list()
+        }
+    }
+
+    /// Decides where a validated request goes. A 400 for a hint no rule names, a 403 for a
+    /// named model the key may not use or when the key may use none of the candidates.
+    pub fn decide(&self, input: &RouteInput<'_>) -> Result<RouteDecision, RelayError> {
+        let request = input.request;
+        let (hint, hint_field) = match (&request.routing_hint, input.hint_header) {
+            (Some(hint), _) => (Some(hint.as_str()), "routing_hint"),
+            (None, header) => (header, "x-fm-route-hint"),
         };
-        if let Some(hint) = &request.routing_hint {
+        if let Some(hint) = hint
+            && !self.policy.hints().contains(hint)
+        {
+            let known: Vec<&str> = self.policy.hints().iter().map(String::as_str).collect();
+            return Err(RelayError::Invalid(ValidationError::new(
+                hint_field,
+                match known.is_empty() {
+                    true => format!("`{hint}` is not a routing hint: no rule takes hints"),
+                    false => format!("`{hint}` is not one of the hints: {}", known.join(", ")),
+                },
+            )));
+        }
+        let key = input.key;
+        let facts = Facts {
+            request,
+            path: input.path,
+            hint,
+            key: &key.name,
+        };
+        let catalog = &self.catalog;
+        let explicit = request.model.is_some();
+        let (rule, mut reason, candidates, class): (String, String, &[usize], _) =
+            match request.model.as_deref() {
+                Some(id) => {
+                    let index = catalog.by_id.get_key_value(id).ok_or_else(|| {
+                        RelayError::Invalid(ValidationError::new(
+                            "model",
+                            format!("`{id}` is not one of the models"),
+                        ))
+                    })?;
+                    if !key.may_use_model(id) {
+                        return Err(RelayError::Forbidden(Refusal::Model {
+                            key: key.name.clone(),
+                            model: id.to_string(),
+                        }));
+                    }
+                    (
+                        "explicit-model".into(),
+                        format!("the request named model `{id}`"),
+                        std::slice::from_ref(index.1),
+                        None,
+                    )
+                }
+                None => match self.policy.choose(&facts, &self.board) {
+                    (Chooser::Rule(rule), class) => (
+                        rule.name.clone(),
+                        format!("rule `{}` fired ({})", rule.name, rule.summary),
+                        &rule.models,
+                        class,
+                    ),
+                    (Chooser::Route(route), class) => (
+                        format!("route:{}", route.config.path),
+                        format!("no rule fired; the route {}'s models", route.config.path),
+                        &route.models,
+                        class,
+                    ),
+                    (Chooser::Default, class) => (
+                        "default".into(),
+                        format!(
+                            "no rule fired; `{}` is the default",
+                            catalog.default_model().config.id
+                        ),
+                        std::slice::from_ref(&catalog.default_index),
+                        class,
+                    ),
+                },
+            };
+        if let Some(class) = class {
             reason.push_str(&format!(
-                "; routing hint `{hint}` noted, but no hint rules are configured"
+                "; content read as {} / {}",
+                class.domain.as_str(),
+                class.complexity.as_str()
             ));
         }
-        RouteDecision {
-            plan: self.plans[index].clone(),
-            reason,
+        let latency_target = request.max_latency_ms.or_else(|| {
+            self.policy
+                .route(input.path)
+                .and_then(|route| route.config.max_latency_ms)
+        });
+        let allowed = |index: usize| key.may_use_model(&catalog.models[index].config.id);
+        let listed = catalog.with_fallbacks(candidates, allowed);
+        let mut fit = Vec::with_capacity(listed.len());
+        let mut passed = Vec::new();
+        let mut considered = Vec::with_capacity(listed.len());
+        for &index in &listed {
+            let id = &catalog.models[index].config.id;
+            if !allowed(index) {
+                reason.push_str(&format!("; `{id}` left out: the API key may not use it"));
+                considered.push(RouteCandidate {
+                    model: id.clone(),
+                    passed_over: Some("the API key may not use it".into()),
+                });
+                continue;
+            }
+            let fitness = match explicit {
+                true => Fitness::Fit,
+                false => self.board.fitness(id, latency_target),
+            };
+            let passed_over = match fitness {
+                Fitness::Fit => {
+                    fit.push(index);
+                    None
+                }
+                Fitness::Probe(why) => {
+                    reason.push_str(&format!("; `{id}` tried as a probe although {why}"));
+                    fit.push(index);
+                    None
+                }
+                Fitness::PassOver(why) => {
+                    reason.push_str(&format!("; `{id}` passed over: {why}"));
+                    passed.push(index);
+                    Some(why)
+                }
+            };
+            considered.push(RouteCandidate {
+                model: id.clone(),
+                passed_over,
+            });
         }
+        if fit.is_empty() && passed.is_empty() {
+            let first = candidates
+                .first()
+                .map_or(catalog.default_index, |&index| index);
+            return Err(RelayError::Forbidden(Refusal::Model {
+                key: key.name.clone(),
+                model: catalog.models[first].config.id.clone(),
+            }));
+        }
+        let plan = if candidates.len() == 1 && passed.is_empty() && fit.len() == listed.len() {
+            // The one model's own plan, built at start-up.
+            catalog.plans[fit[0]].clone()
+        } else {
+            fit.extend_from_slice(&passed);
+            catalog.plan_of(&fit)
+        };
+        Ok(RouteDecision {
+            plan,
+            reason,
+            choice: RouteChoice {
+                rule,
+                class,
+                candidates: considered,
+            },
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RelayConfig;
+    use crate::auth::ApiKey;
+    use crate::config::KeyLimits;
     use crate::provider::bedrock::{BedrockEndpoint, http_client};
     use crate::provider::{BedrockProvider, Provider};
 
-    async fn catalog() -> ModelCatalog {
-        let config = RelayConfig::embedded_default();
+    async fn routing(config: &RelayConfig) -> Routing {
         let http = http_client();
         let mut entries = Vec::new();
         for model in &config.models {
@@ -203,16 +450,35 @@ mod tests {
                 targets,
             });
         }
-        ModelCatalog::new(entries, &config.default_model)
+        Routing::new(config, ModelCatalog::new(entries, &config.default_model))
+    }
+
+    fn anonymous() -> ApiKey {
+        ApiKey::anonymous(KeyLimits::default())
+    }
+
+    fn decide(routing: &Routing, request: &ChatRequest, path: &str) -> RouteDecision {
+        routing
+            .decide(&RouteInput {
+                request,
+                path,
+                hint_header: None,
+                key: &anonymous(),
+            })
+            .unwrap()
     }
 
     #[tokio::test]
     async fn a_plan_is_the_model_in_each_region_then_its_fallbacks() {
-        let catalog = catalog().await;
-        let decision = catalog.route(&ChatRequest {
-            model: Some("claude-sonnet-4".into()),
-            ..ChatRequest::from_prompt("hi")
-        });
+        let routing = routing(&RelayConfig::embedded_default()).await;
+        let decision = decide(
+            &routing,
+            &ChatRequest {
+                model: Some("claude-sonnet-4".into()),
+                ..ChatRequest::from_prompt("hi")
+            },
+            "/v1/chat",
+        );
         let steps: Vec<_> = decision
             .plan
             .iter()
@@ -243,10 +509,11 @@ mod tests {
                     "us-west-2",
                     ResponseSource::FallbackModel
                 ),
+                ("nova-lite", "us-east-1", ResponseSource::FallbackModel),
+                ("nova-lite", "us-west-2", ResponseSource::FallbackModel),
             ]
         );
+        assert_eq!(decision.choice.rule, "explicit-model");
         assert!(decision.reason.contains("claude-sonnet-4"));
-        let default = catalog.route(&ChatRequest::from_prompt("hi"));
-        assert_eq!(default.first_model().config.id, "claude-3-5-haiku");
     }
 }

@@ -12,5 +12,5 @@ pub mod writes;
 pub use logging::init_logging;
 pub use replays::{ReplayOutcome, StreamReplays};
 pub use spend::{AttemptSpend, SpendMeter};
-pub use window::{Ending, LiveWindow, Outcome};
+pub use window::{Ending, HealthFigures, LiveWindow, Outcome};
 pub use writes::StreamWrites;

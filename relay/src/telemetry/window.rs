@@ -56,6 +56,23 @@ struct Sample {
     at: Instant,
     /// `None` for a failed upstream call whose request went on to another target.
     outcome: Option<Outcome>,
+    /// A failed call that was throttled.
+    throttled: bool,
+}
+
+/// A model's health over a window, as routing reads it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HealthFigures {
+    /// Requests that ended, and upstream calls that failed before another target answered.
+    pub samples: u32,
+    /// p99 (nearest rank) of the successful requests' latency: a stream's time to first token,
+    /// a one-shot answer's total time.
+    pub p99_latency_ms: Option<f64>,
+    /// Failed requests and failed upstream calls, over `samples` (cancelled requests count in
+    /// neither).
+    pub error_rate: f64,
+    /// Throttled upstream calls, over `samples`.
+    pub throttle_rate: f64,
 }
 
 /// Recent outcomes per model, and counters since start-up.
@@ -120,15 +137,16 @@ impl LiveWindow {
 
     /// Records the outcome of a request to `model` (ignored for a model not configured).
     pub fn record(&self, model: &str, outcome: Outcome) {
-        self.push(model, Some(outcome));
+        self.push(model, Some(outcome), false);
     }
 
-    /// Records a failed upstream call to `model` after which the request moved on.
-    pub fn record_failed_attempt(&self, model: &str) {
-        self.push(model, None);
+    /// Records a failed upstream call to `model` (`throttled` or not) after which the request
+    /// moved on.
+    pub fn record_failed_attempt(&self, model: &str, throttled: bool) {
+        self.push(model, None, throttled);
     }
 
-    fn push(&self, model: &str, outcome: Option<Outcome>) {
+    fn push(&self, model: &str, outcome: Option<Outcome>, throttled: bool) {
         let Some(buffer) = self.samples.get(model) else {
             return;
         };
@@ -145,7 +163,64 @@ impl LiveWindow {
         {
             buffer.pop_front();
         }
-        buffer.push_back(Sample { at: now, outcome });
+        buffer.push_back(Sample {
+            at: now,
+            outcome,
+            throttled,
+        });
+    }
+
+    /// `model`'s health over the last `window`: one pass over its samples, the p99 by selection.
+    pub fn health(&self, model: &str, window: Duration) -> HealthFigures {
+        let Some(buffer) = self.samples.get(model) else {
+            return HealthFigures::default();
+        };
+        let now = Instant::now();
+        let (mut samples, mut failed, mut throttled) = (0u32, 0u32, 0u32);
+        let mut latencies = Vec::new();
+        for sample in buffer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .rev()
+            .take_while(|s| now - s.at <= window)
+        {
+            match sample.outcome {
+                None => {
+                    samples += 1;
+                    failed += 1;
+                    throttled += u32::from(sample.throttled);
+                }
+                Some(outcome) => match outcome.ending {
+                    Ending::Cancelled => {}
+                    Ending::Error => {
+                        samples += 1;
+                        failed += 1;
+                    }
+                    Ending::Ok => {
+                        samples += 1;
+                        latencies.push(outcome.ttft_ms.unwrap_or(outcome.total_ms));
+                    }
+                },
+            }
+        }
+        let p99_latency_ms = (!latencies.is_empty()).then(|| {
+            let rank = (latencies.len() * 99).div_ceil(100).max(1) - 1;
+            *latencies.select_nth_unstable_by(rank, f64::total_cmp).1
+        });
+        let share = |n: u32| {
+            if samples == 0 {
+                0.0
+            } else {
+                f64::from(n) / f64::from(samples)
+            }
+        };
+        HealthFigures {
+            samples,
+            p99_latency_ms,
+            error_rate: share(failed),
+            throttle_rate: share(throttled),
+        }
     }
 
     /// Every model's figures over the last `window` (the targets' health left for the caller to
@@ -221,6 +296,44 @@ mod tests {
         assert_eq!(a.total_ms.unwrap().p99, 200.0);
         assert_eq!((stats[1].requests, stats[1].total_ms), (0, None));
         assert_eq!(window.stats(Duration::ZERO)[0].requests, 0);
+    }
+
+    #[test]
+    fn health_counts_failures_and_throttles_and_takes_the_p99() {
+        let window = LiveWindow::new(["a".to_string()]);
+        for i in 1..=100 {
+            window.record("a", ok(Some(f64::from(i)), 1000.0));
+        }
+        window.record("a", ok(None, 500.0));
+        window.record_failed_attempt("a", true);
+        window.record_failed_attempt("a", false);
+        window.record(
+            "a",
+            Outcome {
+                ending: Ending::Error,
+                ttft_ms: None,
+                total_ms: 1.0,
+            },
+        );
+        window.record(
+            "a",
+            Outcome {
+                ending: Ending::Cancelled,
+                ttft_ms: None,
+                total_ms: 1.0,
+            },
+        );
+        let health = window.health("a", Duration::from_secs(60));
+        assert_eq!(health.samples, 104);
+        // 101 latencies: 1..=100 and 500 (a one-shot answer's total); nearest-rank p99 is the 100th.
+        assert_eq!(health.p99_latency_ms, Some(100.0));
+        assert!((health.error_rate - 3.0 / 104.0).abs() < 1e-9);
+        assert!((health.throttle_rate - 1.0 / 104.0).abs() < 1e-9);
+        assert_eq!(window.health("a", Duration::ZERO).samples, 0);
+        assert_eq!(
+            window.health("b", Duration::from_secs(1)),
+            HealthFigures::default()
+        );
     }
 
     #[test]

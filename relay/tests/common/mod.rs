@@ -51,6 +51,8 @@ pub fn model(id: &str, upstream_id: String) -> ModelConfig {
         input_price_per_1k: 0.001,
         output_price_per_1k: 0.002,
         context_window: 100_000,
+        tier: Default::default(),
+        capabilities: Vec::new(),
         accepts_prefill: false,
         failover: Vec::new(),
         fallback_models: Vec::new(),
@@ -109,6 +111,9 @@ pub fn relay_config(sim: &SimHandle) -> RelayConfig {
     for (id, fault) in FAULT_MODELS {
         config.models.push(model(id, format!("{UPSTREAM}~{fault}")));
     }
+    // The default policy names the default config's models: each routing test sets its own.
+    config.routing.rules.clear();
+    config.routes.clear();
     config.validate().unwrap();
     config
 }
