@@ -114,7 +114,7 @@ async function main() {
     // Shift+Enter adds a line instead of sending.
     await page.fill('#prompt', 'first line');
     await page.press('#prompt', 'Shift+Enter');
-    assert.equal(await turns.count(), 5, 'Shift+Enter does not send');
+    assert.equal(await turns.count(), 6, 'Shift+Enter does not send');
     await page.fill('#prompt', '');
 
     // The dashboard: the requests are there with browser and relay TTFT, and the charts are drawn.
@@ -136,7 +136,7 @@ async function main() {
     await page.reload();
     await until('the dashboard after reload', async () => (await row.count()) === 1);
     await page.click('nav a[href="#/"]');
-    await until('the restored conversation', async () => (await turns.count()) === 5);
+    await until('the restored conversation', async () => (await turns.count()) === 6);
     assert.equal(await turns.first().locator('.answer').textContent(), finalText);
     assert.equal(await turns.last().getAttribute('data-state'), 'stopped');
     assert.equal(await page.locator('select[aria-label=Transport]').inputValue(), 'websocket');
