@@ -40,6 +40,8 @@ command -v redis-server >/dev/null 2>&1 || missing_packages+=(redis-server)
 command -v chromium >/dev/null 2>&1 || missing_packages+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing_packages+=(chromium-driver)
 command -v npm >/dev/null 2>&1 || missing_packages+=(nodejs npm)
+# python3-venv: the tests' Python tools (the reference OpenMetrics parser) live in .venv.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing_packages+=(python3-venv)
 if [ ${#missing_packages[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then
         log "missing ${missing_packages[*]} and no apt-get to install them: install them and run this again"
@@ -81,3 +83,14 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
     npm ci --no-audit --no-fund --loglevel=error
 fi
 log "web tools ready: $(trunk --version), $(wasm-bindgen --version), $(node_modules/.bin/wasm-opt --version)"
+# The tests' Python tools, in a virtualenv made once and reused (pip skips what is installed).
+if [ ! -x .venv/bin/python ]; then
+    log "making the Python virtualenv .venv"
+    python3 -m venv .venv
+fi
+if [ ! -f .venv/.requirements-installed ] || [ scripts/requirements-test.txt -nt .venv/.requirements-installed ]; then
+    log "installing the tests' Python packages"
+    .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+    touch .venv/.requirements-installed
+fi
+log "python tools ready: $(.venv/bin/python --version)"

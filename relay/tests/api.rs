@@ -788,11 +788,11 @@ async fn metrics_are_served_in_the_prometheus_text_format() {
         response.headers()["content-type"]
             .to_str()
             .unwrap()
-            .starts_with("text/plain; version=0.0.4")
+            .starts_with("application/openmetrics-text; version=1.0.0")
     );
     let text = response.text().await.unwrap();
     for line in [
-        "# TYPE fm_relay_requests_total counter",
+        "# TYPE fm_relay_requests counter",
         r#"fm_relay_requests_total{model="plain",outcome="ok"} 1"#,
         r#"fm_relay_requests_total{model="throttle",outcome="error"} 1"#,
         r#"fm_relay_circuit_state{model="plain",target="anthropic.test-v1:0 in us-east-1",region="us-east-1",state="closed"} 1"#,
@@ -805,8 +805,9 @@ async fn metrics_are_served_in_the_prometheus_text_format() {
         );
     }
     assert!(
-        text.lines()
-            .any(|l| l.starts_with(r#"fm_relay_total_seconds{model="plain",quantile="0.99"} "#)),
+        text.lines().any(|l| l.starts_with(
+            r#"fm_relay_request_duration_seconds_bucket{le="+Inf",model="plain",outcome="ok"} "#
+        )),
         "{text}"
     );
     // Every sample line is `name{labels} value` or `name value`, with a number.

@@ -1,9 +1,9 @@
 //! `GET /healthz` (liveness and drain state), `GET /v1/models` (the configured models),
 //! `GET /v1/stats?window_secs=N` (server-side latency per model over the last N seconds, default
-//! 300, at most 3600) and `GET /metrics` (the same figures for Prometheus, in its text format:
-//! counters since start-up, latency quantiles over the last five minutes, each target's circuit,
-//! its cool-down and rate limit, the cache's counters). The text format is a few lines of code
-//! over figures the relay keeps anyway, so no metrics crate is pulled in for it.
+//! 300, at most 3600) and `GET /metrics` (for Prometheus, in the OpenMetrics text format through
+//! `prometheus-client`: histograms of time to first token, total time, tokens and attempts;
+//! counters of requests, routing decisions by rule, fallbacks by reason and cost; each target's
+//! circuit, its cool-down and rate limit; connections, limits and cache counters).
 
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use super::AppState;
 use super::extract::RequestId;
 use crate::error::{RelayError, RequestError};
 use crate::shutdown::Phase;
+use crate::telemetry::metrics::{self, Families, Kind};
 use crate::telemetry::window::MAX_WINDOW;
 use crate::telemetry::{Ending, ReplayOutcome};
 
@@ -66,40 +67,34 @@ async fn stats(
     }))
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: the OpenMetrics text format (which Prometheus reads): the histograms and
+/// per-request counters of [`RelayMetrics`](crate::telemetry::RelayMetrics), and the figures
+/// the other modules keep, gathered now.
 async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
-    let mut out = String::with_capacity(4096);
-    let window = state
-        .window()
-        .stats(Duration::from_secs(DEFAULT_STATS_WINDOW_SECS));
-    family(
-        &mut out,
-        "fm_relay_requests_total",
-        "counter",
+    let mut out = Families::default();
+    out.family("fm_relay_requests_total",
+        Kind::Counter,
         "Requests that ended, per model they were routed to and outcome: ok, error (degraded answers are errors) or cancelled (the client went away first).",
     );
     for (model, totals) in state.window().totals() {
         for ending in [Ending::Ok, Ending::Error, Ending::Cancelled] {
-            sample(
-                &mut out,
+            out.sample(
                 "fm_relay_requests_total",
                 &[("model", model), ("outcome", ending.as_str())],
                 totals.ended(ending) as f64,
             );
         }
     }
-    family(
-        &mut out,
+    out.family(
         "fm_relay_failed_attempts_total",
-        "counter",
+        Kind::Counter,
         "Upstream calls that failed and were answered elsewhere (not completions).",
     );
     for (model, totals) in state.window().totals() {
         let value = totals
             .failed_attempts
             .load(std::sync::atomic::Ordering::Relaxed);
-        sample(
-            &mut out,
+        out.sample(
             "fm_relay_failed_attempts_total",
             &[("model", model)],
             value as f64,
@@ -118,8 +113,8 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
             writes.writes(),
         ),
     ] {
-        family(&mut out, name, "counter", help);
-        sample(&mut out, name, &[], value as f64);
+        out.family(name, Kind::Counter, help);
+        out.sample(name, &[], value as f64);
     }
     let connections = state.connections();
     let health = state.limits().health();
@@ -171,70 +166,46 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
         ),
     ] {
         let kind = match name.ends_with("_total") {
-            true => "counter",
-            false => "gauge",
+            true => Kind::Counter,
+            false => Kind::Gauge,
         };
-        family(&mut out, name, kind, help);
+        out.family(name, kind, help);
         let value = value.load(std::sync::atomic::Ordering::Relaxed);
-        sample(&mut out, name, &[], value as f64);
+        out.sample(name, &[], value as f64);
     }
-    family(
-        &mut out,
-        "fm_relay_stream_replays_total",
-        "counter",
+    out.family("fm_relay_stream_replays_total",
+        Kind::Counter,
         "Answers restarted on the OpenAI surface and held back until they reproduced the text already sent: resumed (it matched), diverged (it did not; the stream ended with an error), failed (the target failed during the replay).",
     );
     for outcome in ReplayOutcome::ALL {
         let value = state.executor().replays().count(outcome);
-        sample(
-            &mut out,
+        out.sample(
             "fm_relay_stream_replays_total",
             &[("outcome", outcome.as_str())],
             value as f64,
         );
     }
-    for (name, help, pick) in [
-        (
-            "fm_relay_ttft_seconds",
-            "Server-side time to first token over the last five minutes.",
-            (|m: &fm_protocol::ModelStats| m.ttft_ms)
-                as fn(&fm_protocol::ModelStats) -> Option<fm_protocol::Percentiles>,
-        ),
-        (
-            "fm_relay_total_seconds",
-            "Server-side total time of successful answers over the last five minutes.",
-            |m: &fm_protocol::ModelStats| m.total_ms,
-        ),
-    ] {
-        family(&mut out, name, "gauge", help);
-        for model in &window {
-            let Some(p) = pick(model) else { continue };
-            for (quantile, ms) in [("0.5", p.p50), ("0.95", p.p95), ("0.99", p.p99)] {
-                sample(
-                    &mut out,
-                    name,
-                    &[("model", &model.model), ("quantile", quantile)],
-                    ms / 1000.0,
-                );
-            }
-        }
-    }
-    family(
-        &mut out,
+    out.family(
         "fm_relay_circuit_state",
-        "gauge",
+        Kind::Gauge,
         "Each target's circuit breaker: 1 for the state it is in.",
     );
-    let mut limits = String::new();
-    let mut cool_downs = String::new();
-    for model in &window {
-        let Some(entry) = state.catalog().get(&model.model) else {
-            continue;
-        };
+    out.family(
+        "fm_relay_circuit_open_seconds",
+        Kind::Gauge,
+        "How long each target's breaker stays open this time (it grows with the outage; 0 while closed).",
+    );
+    out.family(
+        "fm_relay_client_rate_limit",
+        Kind::Gauge,
+        "Calls per second the relay allows itself to a target that throttled (absent when not limiting).",
+    );
+    for entry in state.catalog().models() {
+        let model = &entry.config.id;
         for target in &entry.targets {
             let health = target.stats();
             let labels = [
-                ("model", model.model.as_str()),
+                ("model", model.as_str()),
                 ("target", &health.target),
                 ("region", &health.region),
             ];
@@ -250,40 +221,24 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
                 } else {
                     0.0
                 };
-                sample(&mut out, "fm_relay_circuit_state", &with_state, value);
+                out.sample("fm_relay_circuit_state", &with_state, value);
             }
             let open_ms = health.circuit.open_ms.unwrap_or(0);
-            sample(
-                &mut cool_downs,
+            out.sample(
                 "fm_relay_circuit_open_seconds",
                 &labels,
                 open_ms as f64 / 1000.0,
             );
             if let Some(rate) = health.client_rate_limit {
-                sample(&mut limits, "fm_relay_client_rate_limit", &labels, rate);
+                out.sample("fm_relay_client_rate_limit", &labels, rate);
             }
         }
     }
-    family(
-        &mut out,
-        "fm_relay_circuit_open_seconds",
-        "gauge",
-        "How long each target's breaker stays open this time (it grows with the outage; 0 while closed).",
-    );
-    out.push_str(&cool_downs);
-    family(
-        &mut out,
-        "fm_relay_client_rate_limit",
-        "gauge",
-        "Calls per second the relay allows itself to a target that throttled (absent when not limiting).",
-    );
-    out.push_str(&limits);
     if let Some(cache) = state.cache() {
         let stats = cache.stats();
-        family(
-            &mut out,
+        out.family(
             "fm_relay_cache_lookups_total",
-            "counter",
+            Kind::Counter,
             "Answer-cache lookups by result.",
         );
         for (result, value) in [
@@ -293,70 +248,38 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
             ("miss", stats.misses),
             ("error", stats.errors),
         ] {
-            sample(
-                &mut out,
+            out.sample(
                 "fm_relay_cache_lookups_total",
                 &[("result", result)],
                 value as f64,
             );
         }
-        family(
-            &mut out,
+        out.family(
             "fm_relay_cache_stored_total",
-            "counter",
+            Kind::Counter,
             "Answers stored in the cache.",
         );
-        sample(
-            &mut out,
-            "fm_relay_cache_stored_total",
-            &[],
-            stats.stored as f64,
-        );
+        out.sample("fm_relay_cache_stored_total", &[], stats.stored as f64);
     }
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
+        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::encode(state.window().metrics(), out),
     )
 }
 
 /// A counter family with one label, from counts the relay keeps.
 fn labelled_counts(
-    out: &mut String,
+    out: &mut Families,
     name: &str,
     help: &str,
     label: &str,
     counts: &[(&str, &std::sync::atomic::AtomicU64)],
 ) {
-    family(out, name, "counter", help);
+    out.family(name, Kind::Counter, help);
     for (value_label, count) in counts {
         let value = count.load(std::sync::atomic::Ordering::Relaxed);
-        sample(out, name, &[(label, value_label)], value as f64);
+        out.sample(name, &[(label, value_label)], value as f64);
     }
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-}
-
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        let labels: Vec<String> = labels
-            .iter()
-            .map(|(key, value)| {
-                let escaped = value
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
-                format!("{key}=\"{escaped}\"")
-            })
-            .collect();
-        out.push_str(&format!("{{{}}}", labels.join(",")));
-    }
-    out.push_str(&format!(" {value}\n"));
 }
 
 /// The `window_secs` query parameter: 1 to the longest window kept, default 300.
@@ -385,14 +308,6 @@ fn stats_window(query: Option<&str>) -> Result<u64, RelayError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        let mut out = String::new();
-        sample(&mut out, "m", &[("a", "x\"y\\z\nw")], 1.5);
-        sample(&mut out, "n", &[], 2.0);
-        assert_eq!(out, "m{a=\"x\\\"y\\\\z\\nw\"} 1.5\nn 2\n");
-    }
 
     #[test]
     fn the_stats_window_is_checked() {

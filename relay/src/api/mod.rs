@@ -172,6 +172,7 @@ pub async fn admit(
         return Err(RelayError::ShuttingDown);
     }
     let decision = decide(state, edge, &edge.path, request)?;
+    state.window().metrics().decided(&decision.choice);
     edge.set_route_header(decision.header_value());
     let model = &decision.first_model().config.id;
     let estimated_input = request

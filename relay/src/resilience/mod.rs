@@ -163,7 +163,7 @@ impl Executor {
                     ));
                 };
                 called.permit.success();
-                walk.ctx.spent(
+                walk.spent(
                     &called.step,
                     answer
                         .usage
@@ -171,6 +171,7 @@ impl Executor {
                 );
                 walk.remember(&called.step, &answer.text, answer.stop_reason, answer.usage);
                 let route = walk.route_info(&called.step);
+                self.window.metrics().answered(&route);
                 walk.ctx
                     .answered_by(&route.model, called.step.target.region());
                 // One clock reading for the live window and the answer, so they agree.
@@ -195,6 +196,8 @@ impl Executor {
                     request_id = %request_id, error = %err,
                     "every target failed; answering with the degraded answer"
                 );
+                let route = walk.degraded_route(&err);
+                self.window.metrics().answered(&route);
                 return Ok(ChatResponse {
                     request_id,
                     degraded: true,
@@ -202,7 +205,7 @@ impl Executor {
                     text: walk.degraded_text(),
                     stop_reason: StopReason::EndTurn,
                     usage: Some(Usage::default()),
-                    route: walk.degraded_route(&err),
+                    route,
                     timings: Timings {
                         ttft_ms: None,
                         total_ms: walk.ctx.elapsed_ms(),

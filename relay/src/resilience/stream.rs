@@ -598,6 +598,7 @@ impl StreamState {
                 "every target failed; answering with the degraded answer"
             );
             let route = self.walk.degraded_route(&err);
+            self.walk.executor.window().metrics().answered(&route);
             self.pending.push_back(Ok(StreamEvent::TextDelta {
                 text: self.walk.degraded_text(),
             }));
@@ -665,6 +666,7 @@ impl StreamState {
             permit.success();
         }
         let route = self.walk.route_info(&attempt.step);
+        self.walk.executor.window().metrics().answered(&route);
         let usage = attempt.usage;
         self.meter(&attempt);
         self.walk
@@ -695,7 +697,7 @@ impl StreamState {
         let usage = attempt
             .usage
             .unwrap_or_else(|| self.walk.estimate_usage(attempt.received_chars));
-        self.walk.ctx.spent(&attempt.step, usage);
+        self.walk.spent(&attempt.step, usage);
     }
 
     /// Records the request's end against the model it was routed to (see also the `Drop` impl).

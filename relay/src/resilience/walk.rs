@@ -353,12 +353,26 @@ impl Walk {
         }
     }
 
-    /// How a cached answer was reached.
     /// The usage of an answer of `answer_chars` characters to this request, estimated.
     pub fn estimate_usage(&self, answer_chars: usize) -> Usage {
         Usage::estimate_from_chars(self.request.prompt_chars(), answer_chars)
     }
 
+    /// Reports what a call to `step` spent: to the request's meter, and to the token and cost
+    /// metrics.
+    pub fn spent(&self, step: &PlanStep, usage: Usage) {
+        let model = &step.model.config;
+        let cost_usd = (f64::from(usage.input_tokens) * model.input_price_per_1k
+            + f64::from(usage.output_tokens) * model.output_price_per_1k)
+            / 1000.0;
+        self.executor
+            .window()
+            .metrics()
+            .spent(&model.id, usage, cost_usd);
+        self.ctx.spent(step, usage);
+    }
+
+    /// How a cached answer was reached.
     pub fn cache_route(&self, hit: &Hit) -> RouteInfo {
         RouteInfo {
             model: hit.answer.model.clone(),

@@ -80,6 +80,8 @@ pub struct HealthFigures {
 pub struct LiveWindow {
     /// Fixed at start-up: the configured models, in configuration order.
     models: Vec<String>,
+    /// The same outcomes as histograms, and the other per-request metrics.
+    metrics: super::RelayMetrics,
     samples: HashMap<String, Mutex<VecDeque<Sample>>>,
     totals: HashMap<String, Totals>,
 }
@@ -123,9 +125,15 @@ impl LiveWindow {
             .collect();
         LiveWindow {
             models,
+            metrics: super::RelayMetrics::default(),
             samples,
             totals,
         }
+    }
+
+    /// The per-request histograms and counters.
+    pub fn metrics(&self) -> &super::RelayMetrics {
+        &self.metrics
     }
 
     /// Each model's counters since start-up, in configuration order.
@@ -137,6 +145,9 @@ impl LiveWindow {
 
     /// Records the outcome of a request to `model` (ignored for a model not configured).
     pub fn record(&self, model: &str, outcome: Outcome) {
+        if self.samples.contains_key(model) {
+            self.metrics.ended(model, &outcome);
+        }
         self.push(model, Some(outcome), false);
     }
 
