@@ -56,10 +56,34 @@ pub struct RelayConfig {
     pub edge: EdgeConfig,
     #[serde(default)]
     pub routing: RoutingConfig,
+    #[serde(default)]
+    pub tracing: TracingConfig,
     /// Purpose-built endpoints (`POST /v1/summarize`, ...).
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
     pub models: Vec<ModelConfig>,
+}
+
+/// Traces over OTLP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP traces URL (`http://127.0.0.1:4318/v1/traces`); empty: no
+    /// export. `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` overrides it.
+    pub otlp_endpoint: String,
+    /// The share of new traces exported, 0 to 1 (a client's sampled `traceparent` is honoured).
+    pub sample_ratio: f64,
+    pub service_name: String,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            otlp_endpoint: String::new(),
+            sample_ratio: 0.1,
+            service_name: "fm-relay".into(),
+        }
+    }
 }
 
 /// Who may call the relay.
@@ -963,6 +987,16 @@ impl RelayConfig {
         }
         self.breaker.validate()?;
         self.routing.validate(&seen, &self.routes)?;
+        if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
+            return Err("`tracing.sample_ratio` must be between 0 and 1".into());
+        }
+        let endpoint = self.tracing.otlp_endpoint.trim();
+        let http = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !(endpoint.is_empty() || http) {
+            return Err(format!(
+                "`tracing.otlp_endpoint` is `{endpoint}`, which is not an http:// or https:// URL"
+            ));
+        }
         if self.server.sse_keep_alive_secs == 0 {
             return Err("`server.sse_keep_alive_secs` must be greater than 0".into());
         }

@@ -198,9 +198,9 @@ fn main() -> ExitCode {
         }
         None => return ExitCode::SUCCESS,
     };
-    telemetry::init_logging();
     let config = match RelayConfig::load(args.config.as_deref())
         .and_then(|config| config.apply(&args.overrides()))
+        .and_then(|config| telemetry::traces::init(&config.tracing).map(|()| config))
     {
         Ok(config) => config,
         Err(err) => {
@@ -218,7 +218,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(server::run_until_signal(config)) {
+    let served = runtime.block_on(server::run_until_signal(config));
+    // The spans of the last requests go out before the process ends.
+    telemetry::traces::shutdown();
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("fm-relay: {err}");

@@ -2,7 +2,8 @@
 //! ([`layers`]), outermost first:
 //!
 //! 1. **request id** — `x-request-id` on every answer ([`extract::assign_request_id`]);
-//! 2. **trace span** — every request runs in a `request` span with its id, method and path;
+//! 2. **trace span** — every request runs in a `request` span with its id, method and path (a
+//!    child of the client's trace when it sent a W3C `traceparent`);
 //! 3. **origin** — a request whose `Origin` is neither the relay's own (its `Host`) nor in
 //!    `edge.allowed_origins` is refused with 403: so no other web page can drive a relay on the
 //!    developer's machine, over fetch or WebSocket (browsers apply no CORS to WebSockets);
@@ -169,6 +170,7 @@ async fn span(request: Request, next: Next) -> Response {
         method = %request.method(),
         path = %request.uri().path(),
     );
+    crate::telemetry::traces::adopt_parent(&span, request.headers());
     next.run(request).instrument(span).await
 }
 

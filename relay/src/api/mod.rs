@@ -204,12 +204,22 @@ pub fn decide(
 ) -> Result<RouteDecision, RelayError> {
     validate_chat_request(request, |model| state.catalog().contains(model))
         .map_err(RelayError::Invalid)?;
-    state.routing().decide(&RouteInput {
-        request,
-        path,
-        hint_header: edge.route_hint.as_deref(),
-        key: edge.caller.key(),
-    })
+    let span = tracing::info_span!(
+        "route_decision",
+        rule = tracing::field::Empty,
+        model = tracing::field::Empty
+    );
+    let decision = span.in_scope(|| {
+        state.routing().decide(&RouteInput {
+            request,
+            path,
+            hint_header: edge.route_hint.as_deref(),
+            key: edge.caller.key(),
+        })
+    })?;
+    span.record("rule", decision.choice.rule.as_str());
+    span.record("model", decision.first_model().config.id.as_str());
+    Ok(decision)
 }
 
 /// Keeps routing's live figures current while the state lives: the models' health from the

@@ -92,6 +92,12 @@ impl OpenAiProvider {
         if let Some(key) = &self.api_key {
             call = call.bearer_auth(key);
         }
+        // The attempt's trace context goes on to the upstream (when traces are exported).
+        let mut trace_headers = axum::http::HeaderMap::new();
+        crate::telemetry::traces::inject(&mut trace_headers);
+        if !trace_headers.is_empty() {
+            call = call.headers(trace_headers);
+        }
         let response = call.send().await.map_err(|err| {
             let failure = if err.is_timeout() {
                 UpstreamFailure::Timeout

@@ -22,6 +22,7 @@ use crate::error::{RelayError, UpstreamFailure};
 use crate::provider::{ChatProvider, ProviderAnswer, ProviderStream};
 use crate::routing::{PlanStep, RouteDecision};
 use crate::upstream::breaker::Permit;
+use tracing::Instrument;
 
 /// Which call to make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,20 +165,28 @@ impl Walk {
                     NextTarget::None => deadline,
                     _ => deadline.min(tokio::time::Instant::now() + max_limiter_wait),
                 };
-                guarded_call(target, retrier, limiter_wait, || async {
-                    let upstream_id = &target.upstream_id;
-                    match kind {
-                        CallKind::Stream => target
-                            .provider
-                            .open_stream(upstream_id, request)
-                            .await
-                            .map(Reply::Stream),
-                        CallKind::OneShot => target
-                            .provider
-                            .complete(upstream_id, request)
-                            .await
-                            .map(Reply::Answer),
+                guarded_call(target, retrier, limiter_wait, || {
+                    let span = tracing::info_span!(
+                        "upstream_attempt",
+                        model = %step.model.config.id,
+                        target = %target.name,
+                    );
+                    async {
+                        let upstream_id = &target.upstream_id;
+                        match kind {
+                            CallKind::Stream => target
+                                .provider
+                                .open_stream(upstream_id, request)
+                                .await
+                                .map(Reply::Stream),
+                            CallKind::OneShot => target
+                                .provider
+                                .complete(upstream_id, request)
+                                .await
+                                .map(Reply::Answer),
+                        }
                     }
+                    .instrument(span)
                 })
             });
             let (result, mut attempts) = match tokio::time::timeout_at(deadline, calls).await {
@@ -324,6 +333,12 @@ impl Walk {
 
     /// The cached answer to this request, if any; a stale one only when `allow_stale`.
     pub async fn cached(&self, allow_stale: bool) -> Option<Hit> {
+        self.cache_lookup(allow_stale)
+            .instrument(tracing::info_span!("cache_lookup", stale = allow_stale))
+            .await
+    }
+
+    async fn cache_lookup(&self, allow_stale: bool) -> Option<Hit> {
         let (cache, keys) = (self.executor.cache.as_ref()?, self.cache_keys.as_ref()?);
         cache.lookup(keys, &self.request, allow_stale).await
     }

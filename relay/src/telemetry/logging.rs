@@ -1,17 +1,12 @@
-//! Logging: `tracing` to standard error in a compact human format (colours only on a terminal),
-//! filtered by `RUST_LOG` (default `info`).
-
-use std::io::IsTerminal;
-
-use tracing_subscriber::EnvFilter;
+//! Logging without the relay's configuration (tests, tools): [`init_logging`] installs the same
+//! subscriber as [`traces::init`](super::traces::init) with the default `[tracing]` section —
+//! `tracing` to standard error in a compact human format (colours only on a terminal), filtered
+//! by `RUST_LOG` (default `info`), and OTLP export only when `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+//! is set.
 
 /// Installs the global subscriber; a second call (as in tests) is a no-op.
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    if let Err(err) = super::traces::init(&crate::config::TracingConfig::default()) {
+        eprintln!("fm-relay: {err}");
+    }
 }

@@ -8,6 +8,7 @@ pub mod logging;
 pub mod metrics;
 pub mod replays;
 pub mod spend;
+pub mod traces;
 pub mod window;
 pub mod writes;
 
