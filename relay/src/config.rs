@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::RelayError;
+use crate::error::{RelayError, ReloadRefusal};
 
 pub mod routing;
 pub use routing::{RouteConfig, RoutingConfig};
@@ -62,6 +62,17 @@ pub struct RelayConfig {
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
     pub models: Vec<ModelConfig>,
+    /// Where this configuration came from, for a reload: the file and the overrides applied.
+    #[serde(skip)]
+    pub source: ConfigSource,
+}
+
+/// A configuration's file (none for the embedded default) and the environment and flag
+/// overrides applied to it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigSource {
+    pub path: Option<std::path::PathBuf>,
+    pub overrides: Overrides,
 }
 
 /// Traces over OTLP.
@@ -827,13 +838,69 @@ impl RelayConfig {
                     origin: origin.clone(),
                     message: format!("cannot read the file: {err}"),
                 })?;
-                Self::from_toml(&text, &origin)
+                let mut config = Self::from_toml(&text, &origin)?;
+                config.source.path = Some(path.to_path_buf());
+                Ok(config)
             }
         }
     }
 
+    /// Reads this configuration's file again and applies the same overrides: what a reload
+    /// would run with. An error when there is no file or the new one is invalid.
+    pub fn reread(&self) -> Result<RelayConfig, RelayError> {
+        let Some(path) = &self.source.path else {
+            return Err(RelayError::ReloadRefused(ReloadRefusal::NoFile));
+        };
+        RelayConfig::load(Some(path))
+            .and_then(|config| config.apply(&self.source.overrides))
+            .map_err(|err| RelayError::ReloadRefused(ReloadRefusal::Invalid(Box::new(err))))
+    }
+
+    /// The sections `new` changes that a reload cannot apply (everything but the routing rules
+    /// and the prompts, bounds and models of the routes already served).
+    pub fn changes_needing_restart(&self, new: &RelayConfig) -> Vec<String> {
+        let mut changed: Vec<String> = [
+            ("default_model", self.default_model != new.default_model),
+            ("[server]", self.server != new.server),
+            ("[timeouts]", self.timeouts != new.timeouts),
+            ("[retry]", self.retry != new.retry),
+            ("[rate_limit]", self.rate_limit != new.rate_limit),
+            ("[breaker]", self.breaker != new.breaker),
+            ("[bedrock]", self.bedrock != new.bedrock),
+            ("[simulator]", self.simulator != new.simulator),
+            ("[degradation]", self.degradation != new.degradation),
+            ("[cache]", self.cache != new.cache),
+            ("[auth]", self.auth != new.auth),
+            ("[limits]", self.limits != new.limits),
+            ("[edge]", self.edge != new.edge),
+            ("[tracing]", self.tracing != new.tracing),
+            ("[[models]]", self.models != new.models),
+        ]
+        .into_iter()
+        .filter(|(_, differs)| *differs)
+        .map(|(section, _)| section.to_string())
+        .collect();
+        let settings = |routing: &RoutingConfig| RoutingConfig {
+            rules: Vec::new(),
+            ..routing.clone()
+        };
+        if settings(&self.routing) != settings(&new.routing) {
+            changed.push("the [routing] settings (window, thresholds, refresh)".into());
+        }
+        let paths = |config: &RelayConfig| {
+            let mut paths: Vec<String> = config.routes.iter().map(|r| r.path.clone()).collect();
+            paths.sort();
+            paths
+        };
+        if paths(self) != paths(new) {
+            changed.push("which [[routes]] paths are served".into());
+        }
+        changed
+    }
+
     /// Applies environment and flag overrides, then validates again.
     pub fn apply(mut self, overrides: &Overrides) -> Result<RelayConfig, RelayError> {
+        self.source.overrides = overrides.clone();
         let server = &mut self.server;
         set(&mut server.host, overrides.host);
         set(&mut server.port, overrides.port);

@@ -252,9 +252,12 @@ pub enum RelayError {
     DeadlineExceeded(Duration),
     #[error("the relay is shutting down and accepts no new work; retry on another instance")]
     ShuttingDown,
-    /// The configuration is invalid (only at start-up).
+    /// The configuration is invalid (at start-up, or in a file a reload read).
     #[error("invalid configuration ({origin}): {message}")]
     Config { origin: String, message: String },
+    /// A configuration reload was refused; the running configuration is kept.
+    #[error("configuration reload refused: {0}")]
+    ReloadRefused(ReloadRefusal),
     /// The relay could not start (bind, TLS, simulator).
     #[error("cannot start: {0}")]
     Startup(String),
@@ -264,6 +267,22 @@ pub enum RelayError {
     /// A bug: something that should not happen did.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Why a configuration reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadRefusal {
+    #[error(
+        "the relay was started without a config file (`fm-relay serve --config FILE`): there is nothing to reload"
+    )]
+    NoFile,
+    #[error("the new file is invalid, so the running configuration is kept: {0}")]
+    Invalid(#[source] Box<RelayError>),
+    #[error(
+        "the new file changes {}, which only a restart applies; the running configuration is kept (a reload applies the `[[routing.rules]]` and the `[[routes]]` of the paths already served)",
+        .0.join(", ")
+    )]
+    NeedsRestart(Vec<String>),
 }
 
 impl RelayError {
@@ -299,6 +318,7 @@ impl RelayError {
                 UpstreamFailure::Protocol => ErrorCode::UpstreamError,
             },
             RelayError::DeadlineExceeded(_) => ErrorCode::DeadlineExceeded,
+            RelayError::ReloadRefused(_) => ErrorCode::ReloadRefused,
             RelayError::ShuttingDown => ErrorCode::ShuttingDown,
             RelayError::Config { .. }
             | RelayError::Startup(_)
@@ -323,6 +343,7 @@ impl RelayError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::ReloadRefused => StatusCode::CONFLICT,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::UpstreamThrottled => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::UpstreamUnavailable | ErrorCode::ShuttingDown => {

@@ -280,6 +280,7 @@ pub async fn assemble(config: RelayConfig) -> Result<Assembled, RelayError> {
     let shutdown = Shutdown::default();
     let state = AppState::new(config, catalog, cache, shutdown.clone(), keys, limits);
     api::spawn_routing_refresh(&state);
+    api::reload::reload_on_hangup(&state);
     let app = api::app(state.clone());
     Ok(Assembled {
         app,

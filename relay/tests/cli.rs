@@ -152,3 +152,78 @@ async fn serve_streams_tokens_on_the_embedded_simulator_and_stops_on_sigterm() {
         "{tail:?}"
     );
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_routing_rules_of_the_config_file() {
+    let dir = common::temp_dir("sighup");
+    let file = dir.join("relay.toml");
+    let data_dir = dir.join("data");
+    let with_hint_to = |model: &str| {
+        fm_relay::config::DEFAULT_CONFIG_TOML
+            .replace(
+                "when = { hints = [\"fast\"] }\nmodels = [\"nova-lite\", \"claude-3-5-haiku\"]",
+                &format!("when = {{ hints = [\"fast\"] }}\nmodels = [\"{model}\"]"),
+            )
+            .replace(
+                "data_dir = \"data\"",
+                &format!("data_dir = {:?}", data_dir.display().to_string()),
+            )
+    };
+    let first = with_hint_to("nova-lite");
+    assert_ne!(first, fm_relay::config::DEFAULT_CONFIG_TOML);
+    std::fs::write(&file, &first).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--port", "0", "--bedrock-mode", "sim", "--config"])
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = log
+            .next()
+            .expect("fm-relay exited before listening")
+            .unwrap();
+        if let Some(at) = line.find("url=") {
+            break line[at + 4..].trim().to_string();
+        }
+    };
+    let drain = std::thread::spawn(move || log.map_while(Result::ok).collect::<Vec<_>>());
+    let explain = || async {
+        let response = common::http_client()
+            .post(format!("{url}/v1/route/explain"))
+            .header("content-type", "application/json")
+            .body(r#"{"messages":[{"role":"user","content":"hi"}],"routing_hint":"fast"}"#)
+            .send()
+            .await
+            .unwrap();
+        let explained: fm_protocol::RouteExplanation = response.json().await.unwrap();
+        explained.model
+    };
+    assert_eq!(explain().await, "nova-lite");
+    std::fs::write(&file, with_hint_to("claude-sonnet-4")).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let mut model = String::new();
+    for _ in 0..100 {
+        model = explain().await;
+        if model == "claude-sonnet-4" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(model, "claude-sonnet-4", "the rule after SIGHUP");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let tail = drain.join().unwrap();
+    assert!(
+        tail.iter().any(|l| l.contains("configuration reloaded")),
+        "{tail:?}"
+    );
+}

@@ -58,6 +58,9 @@ pub enum ErrorCode {
     LimitsUnavailable,
     /// The relay has as many connections open as it takes (`server.max_connections`).
     OverCapacity,
+    /// A configuration reload was refused (the file is invalid, or changes what only a restart
+    /// applies); the running configuration is kept.
+    ReloadRefused,
     /// A bug in the relay.
     Internal,
     /// A code this version of the protocol does not know.

@@ -27,7 +27,8 @@ async fn explain(
 ) -> Result<Json<RouteExplanation>, RequestError> {
     let result = (|| {
         let path = explained_path(query.as_deref());
-        let route = state.routing().policy().route(&path);
+        let policy = state.routing().policy();
+        let route = policy.route(&path);
         if !CHAT_PATHS.contains(&path.as_str()) && route.is_none() {
             return Err(RelayError::InvalidQuery {
                 field: "path".into(),

@@ -1,7 +1,7 @@
 //! The HTTP surfaces, one file each: [`chat`] (`POST /v1/chat`), [`sse`]
 //! (`POST /v1/chat/stream`), [`ws`] (`GET /v1/ws`), [`openai`] (`POST /v1/chat/completions`),
 //! [`routes`] (the purpose-built `[[routes]]`: `/v1/moderate`, `/v1/summarize`, ...),
-//! [`explain`] (`POST /v1/route/explain`),
+//! [`explain`] (`POST /v1/route/explain`), [`reload`] (`POST /v1/admin/reload`, and `SIGHUP`),
 //! [`usage`] (`GET /v1/usage`, `GET /v1/admin/usage`) and [`meta`] (`/healthz`, `/v1/models`,
 //! `/v1/stats`, `/metrics`), behind the [`edge`]'s layers (request id, span, origin, CORS, API
 //! key, limits, JSON content type, body limit).
@@ -15,6 +15,7 @@ pub mod explain;
 pub mod extract;
 pub mod meta;
 pub mod openai;
+pub mod reload;
 pub mod routes;
 pub mod sse;
 pub mod usage;
@@ -64,6 +65,17 @@ struct AppInner {
     connections: Arc<ConnectionStats>,
 }
 
+/// An [`AppState`] that does not keep it alive.
+#[derive(Debug, Clone)]
+pub struct WeakAppState(std::sync::Weak<AppInner>);
+
+impl WeakAppState {
+    /// The state, while the relay that owns it lives.
+    pub fn upgrade(&self) -> Option<AppState> {
+        self.0.upgrade().map(|inner| AppState { inner })
+    }
+}
+
 /// The most events one write to a streaming client carries.
 const MAX_EVENTS_PER_WRITE: usize = 64;
 
@@ -101,8 +113,15 @@ impl AppState {
         }
     }
 
+    /// The configuration the relay started with (a reload puts a new file's routing rules and
+    /// routes in force in [`AppState::routing`]; every other section is this one).
     pub fn config(&self) -> &RelayConfig {
         &self.inner.config
+    }
+
+    /// A handle that does not keep the state alive (for background tasks).
+    pub fn downgrade(&self) -> WeakAppState {
+        WeakAppState(Arc::downgrade(&self.inner))
     }
 
     pub fn catalog(&self) -> &ModelCatalog {
@@ -232,7 +251,6 @@ pub fn spawn_routing_refresh(state: &AppState) {
     for timer in [&mut health, &mut spend] {
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     }
-    let reads_spend = state.routing().policy().reads_spend();
     let weak = Arc::downgrade(&state.inner);
     tokio::spawn(async move {
         loop {
@@ -241,8 +259,11 @@ pub fn spawn_routing_refresh(state: &AppState) {
                     let Some(inner) = weak.upgrade() else { break };
                     inner.routing.board().refresh(&inner.window);
                 }
-                _ = spend.tick(), if reads_spend => {
+                _ = spend.tick() => {
                     let Some(inner) = weak.upgrade() else { break };
+                    if !inner.routing.policy().reads_spend() {
+                        continue;
+                    }
                     match inner.limits.report().await {
                         Ok(report) => inner.routing.board().set_spend(spend_today(&report)),
                         Err(err) => tracing::warn!(
@@ -317,6 +338,7 @@ pub fn app(state: AppState) -> Router {
         .merge(usage::routes())
         .merge(routes::routes(&state))
         .merge(explain::routes())
+        .merge(reload::routes())
         .merge(meta::routes());
     // The chat UI's files at `/`, when built; anything else is the API's JSON 404.
     let api = match state

@@ -38,10 +38,10 @@ async fn purpose_route(
     ApiJson(mut request): ApiJson<ChatRequest>,
 ) -> Result<Response, RequestError> {
     let result = async {
-        let route =
-            state.routing().policy().route(&edge.path).ok_or_else(|| {
-                RelayError::Internal(format!("no configured route at {}", edge.path))
-            })?;
+        let policy = state.routing().policy();
+        let route = policy
+            .route(&edge.path)
+            .ok_or_else(|| RelayError::Internal(format!("no configured route at {}", edge.path)))?;
         frame(&mut request, &route.config)?;
         if wants_stream(query.as_deref(), &headers)? {
             let events = open_stream(&state, &edge, request, Restart::Announce).await?;

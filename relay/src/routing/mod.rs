@@ -220,7 +220,8 @@ pub struct RouteInput<'a> {
 #[derive(Debug)]
 pub struct Routing {
     catalog: ModelCatalog,
-    policy: Policy,
+    /// Swapped whole by a configuration reload; a request decides with the one it read.
+    policy: std::sync::RwLock<Arc<Policy>>,
     board: HealthBoard,
 }
 
@@ -237,17 +238,31 @@ impl Routing {
         );
         Routing {
             catalog,
-            policy,
+            policy: std::sync::RwLock::new(Arc::new(policy)),
             board,
         }
+    }
+
+    /// Compiles `config`'s rules and routes against the catalog (which a reload keeps, with
+    /// every target's breaker, limiter and live window) and puts them in force.
+    pub fn replace_policy(&self, config: &RelayConfig) {
+        let policy = Policy::new(config, |id| self.catalog.index_of(id));
+        if policy.reads_class() {
+            classify::warm_up();
+        }
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
     }
 
     pub fn catalog(&self) -> &ModelCatalog {
         &self.catalog
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn board(&self) -> &HealthBoard {
@@ -257,7 +272,7 @@ impl Routing {
     /// `GET /v1/models`: the catalog and the hints.
     pub fn list(&self) -> ModelList {
         ModelList {
-            hints: self.policy.hints().iter().cloned().collect(),
+            hints: self.policy().hints().iter().cloned().collect(),
             ..self.catalog.list()
         }
     }
@@ -265,15 +280,16 @@ impl Routing {
     /// Decides where a validated request goes. A 400 for a hint no rule names, a 403 for a
     /// named model the key may not use or when the key may use none of the candidates.
     pub fn decide(&self, input: &RouteInput<'_>) -> Result<RouteDecision, RelayError> {
+        let policy = self.policy();
         let request = input.request;
         let (hint, hint_field) = match (&request.routing_hint, input.hint_header) {
             (Some(hint), _) => (Some(hint.as_str()), "routing_hint"),
             (None, header) => (header, "x-fm-route-hint"),
         };
         if let Some(hint) = hint
-            && !self.policy.hints().contains(hint)
+            && !policy.hints().contains(hint)
         {
-            let known: Vec<&str> = self.policy.hints().iter().map(String::as_str).collect();
+            let known: Vec<&str> = policy.hints().iter().map(String::as_str).collect();
             return Err(RelayError::Invalid(ValidationError::new(
                 hint_field,
                 match known.is_empty() {
@@ -313,7 +329,7 @@ impl Routing {
                         None,
                     )
                 }
-                None => match self.policy.choose(&facts, &self.board) {
+                None => match policy.choose(&facts, &self.board) {
                     (Chooser::Rule(rule), class) => (
                         rule.name.clone(),
                         format!("rule `{}` fired ({})", rule.name, rule.summary),
@@ -345,7 +361,7 @@ impl Routing {
             ));
         }
         let latency_target = request.max_latency_ms.or_else(|| {
-            self.policy
+            policy
                 .route(input.path)
                 .and_then(|route| route.config.max_latency_ms)
         });

@@ -1,0 +1,148 @@
+//! Configuration reload: a changed file is validated and its routing rules put in force at once
+//! while an open stream finishes under the rules it started with; an invalid file, or one that
+//! changes what only a restart applies, is refused (409 `reload_refused`, saying why) and the
+//! running rules stay.
+
+mod common;
+
+use common::*;
+use fm_protocol::{ChatResponse, StreamEvent};
+use fm_relay::RelayConfig;
+use fm_relay::config::routing::{Conditions, RuleConfig};
+use serde_json::{Value, json};
+
+fn rule_to(model: &str) -> RuleConfig {
+    RuleConfig {
+        name: "hinted".into(),
+        when: Conditions {
+            hints: vec!["x".into()],
+            ..Conditions::default()
+        },
+        models: vec![model.into()],
+    }
+}
+
+fn write(path: &std::path::Path, config: &RelayConfig) {
+    std::fs::write(path, toml::to_string(config).unwrap()).unwrap();
+}
+
+async fn reload(harness: &Harness) -> (u16, Value) {
+    let response = harness.post("/v1/admin/reload", "{}").await;
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+fn hinted() -> String {
+    json!({"messages": [{"role": "user", "content": "hi"}], "routing_hint": "x"}).to_string()
+}
+
+#[tokio::test]
+async fn a_reload_applies_new_rules_while_open_streams_keep_theirs() {
+    let dir = temp_dir("reload");
+    let file = dir.join("relay.toml");
+    let sim = fm_sim::spawn(sim_config()).await.unwrap();
+    let mut config = relay_config(&sim);
+    config.routing.rules = vec![rule_to("paced")];
+    write(&file, &config);
+    let config = RelayConfig::load(Some(&file)).unwrap();
+    let relay = fm_relay::start(config.clone()).await.unwrap();
+    let harness = Harness {
+        relay,
+        sim,
+        http: http_client(),
+    };
+
+    // A stream under the first rules: `paced` takes seconds to answer.
+    let stream = harness.post("/v1/chat/stream", hinted()).await;
+    assert_eq!(stream.status(), 200);
+    let mut stream = SseReader::new(stream);
+    let Some(StreamEvent::Start { model, .. }) = stream.next_event().await else {
+        panic!("no start event")
+    };
+    assert_eq!(model, "paced");
+
+    // The file now sends the hint to `plain`: reloaded, in force for the next request.
+    let mut changed = config.clone();
+    changed.routing.rules = vec![rule_to("plain")];
+    write(&file, &changed);
+    let (status, body) = reload(&harness).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rules"], json!(["hinted"]));
+    let answer: ChatResponse = harness
+        .post("/v1/chat", hinted())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer.route.model, "plain");
+
+    // The open stream finishes under the rules it started with.
+    let events = stream.rest().await;
+    let Some(StreamEvent::Done { route, .. }) = events.last() else {
+        panic!("the open stream did not finish: {events:?}")
+    };
+    assert_eq!(
+        (route.model.as_str(), route.choice.rule.as_str()),
+        ("paced", "hinted")
+    );
+
+    // An invalid file is refused, and the running rules stay.
+    let mut invalid = changed.clone();
+    invalid.routing.rules = vec![rule_to("no-such-model")];
+    write(&file, &invalid);
+    let (status, body) = reload(&harness).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("reload_refused")),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("no-such-model") && message.contains("kept"),
+        "{message}"
+    );
+    let answer: ChatResponse = harness
+        .post("/v1/chat", hinted())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer.route.model, "plain");
+
+    // So is a file that changes what only a restart applies.
+    let mut restart = changed.clone();
+    restart.timeouts.total_ms += 1;
+    restart.routing.rules = vec![rule_to("paced")];
+    write(&file, &restart);
+    let (status, body) = reload(&harness).await;
+    assert_eq!(status, 409, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("[timeouts]") && message.contains("restart"),
+        "{message}"
+    );
+    let answer: ChatResponse = harness
+        .post("/v1/chat", hinted())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer.route.model, "plain");
+
+    // A file that is not TOML at all.
+    std::fs::write(&file, "routing = [").unwrap();
+    assert_eq!(reload(&harness).await.0, 409);
+}
+
+#[tokio::test]
+async fn a_relay_started_without_a_file_says_there_is_nothing_to_reload() {
+    let harness = start().await;
+    let (status, body) = reload(&harness).await;
+    assert_eq!(status, 409);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--config"),
+        "{body}"
+    );
+}
