@@ -11,9 +11,14 @@
 //!    `/v1/chat/stream` (SSE), `/v1/ws`, `/v1/chat/completions` (OpenAI), `/v1/usage`,
 //!    `/v1/admin/usage`, `/v1/models`, `/v1/stats`, `/metrics`, `/healthz` — parse and validate
 //!    the body with `fm_protocol`'s shared validation; `api::admit` routes a model request and
-//!    reserves its tokens against the key's and the model's limits, quotas and budgets.
-//! 3. [`routing`] turns the request into a plan of [`upstream`] targets (the model's regions, then
-//!    its fallback models) and says why.
+//!    reserves its tokens against the key's and the model's limits, quotas and budgets. Beside
+//!    them: the purpose-built `[[routes]]` (`/v1/moderate`, `/v1/summarize`, `/v1/analyze`),
+//!    `POST /v1/route/explain`, and `POST /v1/admin/reload` (also `SIGHUP`).
+//! 3. [`routing`] turns the request into a plan of [`upstream`] targets and says why: the model
+//!    the request names, else the first rule of the policy in config whose conditions hold (path,
+//!    hint, the content classifier's domain and complexity, key, quality, a model's live figures,
+//!    today's spend), else the route's models or the default; then the candidates whose live
+//!    figures are within bounds first, their fallback models, and the passed-over ones last.
 //! 4. [`cache`] answers a repeated or similar request without a model call.
 //! 5. [`resilience`] walks the plan: deadlines, retries, each target's breaker and adaptive rate
 //!    limiter (kept in [`upstream`], driven here), failover mid-stream; a truncated answer is never
@@ -23,16 +28,19 @@
 //! 6. [`provider`] speaks to the upstream — Bedrock through `aws-sdk-bedrockruntime`, or any
 //!    OpenAI-compatible server — and turns its answer into `StreamEvent`s.
 //!
-//! Around them: [`config`] (TOML + env + flags), [`server`] (assembly, the embedded simulator when
-//! there is no AWS configuration, graceful shutdown), [`shutdown`] (the drain phases),
-//! [`telemetry`] (logging, the live window of outcomes behind `/v1/stats` and `/metrics`, replay
-//! and write counters, the spend hook), [`error`] (the one error type, mapped to HTTP in one
-//! place).
+//! Around them: [`config`] (TOML + env + flags, the routing policy's sections, what a reload
+//! may change), [`server`] (assembly, the embedded simulator when there is no AWS
+//! configuration, the background refresh of routing's figures, graceful shutdown), [`shutdown`]
+//! (the drain phases), [`telemetry`] (logging and OTLP traces, the Prometheus histograms and
+//! counters, the live window of outcomes behind `/v1/stats`, `/metrics` and routing's health
+//! gates, replay and write counters, the spend hook), [`error`] (the one error type, mapped to
+//! HTTP in one place).
 //!
-//! Who may use whom: `api` calls `auth`, `limits`, `routing`, `cache` and `resilience`;
-//! `routing` reads `upstream` (targets and their health) and never drives calls; `resilience`
-//! walks `routing`'s plans over `upstream` targets and calls `provider`, knowing no surface and no
-//! limit; `provider` knows neither surfaces nor routing; everyone writes `telemetry`. No module
+//! Who may use whom: `api` calls `auth`, `limits`, `routing`, `cache` and `resilience`, and
+//! hands routing the spend `limits` reports; `routing` reads `upstream` (targets and their
+//! health), `auth` (what a key may use) and `telemetry` (the live window), and never drives
+//! calls; `resilience` walks `routing`'s plans over `upstream` targets and calls `provider`,
+//! knowing no surface and no limit; `provider` knows neither surfaces nor routing; everyone writes `telemetry`. No module
 //! imports one that imports it back (`module-cycles` checks).
 
 pub mod api;
