@@ -26,6 +26,29 @@ fn write(path: &std::path::Path, config: &RelayConfig) {
     std::fs::write(path, toml::to_string(config).unwrap()).unwrap();
 }
 
+/// Writes `config` to `file` and reloads: the refusal's message (the reload must be refused).
+async fn refused(harness: &Harness, file: &std::path::Path, config: &RelayConfig) -> String {
+    write(file, config);
+    let (status, body) = reload(harness).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("reload_refused")),
+        "{body}"
+    );
+    body["error"]["message"].as_str().unwrap().to_string()
+}
+
+/// The model the hinted request is answered by now.
+async fn hinted_model(harness: &Harness) -> String {
+    let answer: ChatResponse = harness
+        .post("/v1/chat", hinted())
+        .await
+        .json()
+        .await
+        .unwrap();
+    answer.route.model
+}
+
 async fn reload(harness: &Harness) -> (u16, Value) {
     let response = harness.post("/v1/admin/reload", "{}").await;
     (response.status().as_u16(), response.json().await.unwrap())
@@ -67,13 +90,7 @@ async fn a_reload_applies_new_rules_while_open_streams_keep_theirs() {
     let (status, body) = reload(&harness).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["rules"], json!(["hinted"]));
-    let answer: ChatResponse = harness
-        .post("/v1/chat", hinted())
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(answer.route.model, "plain");
+    assert_eq!(hinted_model(&harness).await, "plain");
 
     // The open stream finishes under the rules it started with.
     let events = stream.rest().await;
@@ -88,45 +105,23 @@ async fn a_reload_applies_new_rules_while_open_streams_keep_theirs() {
     // An invalid file is refused, and the running rules stay.
     let mut invalid = changed.clone();
     invalid.routing.rules = vec![rule_to("no-such-model")];
-    write(&file, &invalid);
-    let (status, body) = reload(&harness).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (409, Some("reload_refused")),
-        "{body}"
-    );
-    let message = body["error"]["message"].as_str().unwrap();
+    let message = refused(&harness, &file, &invalid).await;
     assert!(
         message.contains("no-such-model") && message.contains("kept"),
         "{message}"
     );
-    let answer: ChatResponse = harness
-        .post("/v1/chat", hinted())
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(answer.route.model, "plain");
+    assert_eq!(hinted_model(&harness).await, "plain");
 
     // So is a file that changes what only a restart applies.
     let mut restart = changed.clone();
     restart.timeouts.total_ms += 1;
     restart.routing.rules = vec![rule_to("paced")];
-    write(&file, &restart);
-    let (status, body) = reload(&harness).await;
-    assert_eq!(status, 409, "{body}");
-    let message = body["error"]["message"].as_str().unwrap();
+    let message = refused(&harness, &file, &restart).await;
     assert!(
         message.contains("[timeouts]") && message.contains("restart"),
         "{message}"
     );
-    let answer: ChatResponse = harness
-        .post("/v1/chat", hinted())
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(answer.route.model, "plain");
+    assert_eq!(hinted_model(&harness).await, "plain");
 
     // A file that is not TOML at all.
     std::fs::write(&file, "routing = [").unwrap();

@@ -275,31 +275,27 @@ async fn a_key_rule_and_the_key_s_own_models_shape_the_plan() {
             .body(body.to_string())
             .send()
     };
+    let answer = |key: &'static str, body: Value| {
+        let sent = send(key, body);
+        async move {
+            let answer: ChatResponse = sent.await.unwrap().json().await.unwrap();
+            answer
+        }
+    };
     let hi = json!({"messages": [{"role": "user", "content": "hi"}]});
-    let answer: ChatResponse = send(vip_key, hi.clone())
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer_of_vip = answer(vip_key, hi.clone()).await;
+    let answer = &answer;
+    let vip = answer_of_vip;
     assert_eq!(
-        (
-            answer.route.model.as_str(),
-            answer.route.choice.rule.as_str()
-        ),
+        (vip.route.model.as_str(), vip.route.choice.rule.as_str()),
         ("premium", "vip-key")
     );
     // A key limited to `plain` asking for `fast`: the rule's other candidate serves it, and the
     // decision says why `fast` was left out.
     let hinted = json!({"messages": [{"role": "user", "content": "hi"}], "routing_hint": "fast"});
-    let answer: ChatResponse = send(narrow_key, hinted)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(answer.route.model, "plain");
-    let fast = &answer.route.choice.candidates[0];
+    let narrow = answer(narrow_key, hinted).await;
+    assert_eq!(narrow.route.model, "plain");
+    let fast = &narrow.route.choice.candidates[0];
     assert_eq!(fast.model, "fast");
     assert!(
         fast.passed_over.as_deref().unwrap().contains("may not use"),
@@ -308,16 +304,11 @@ async fn a_key_rule_and_the_key_s_own_models_shape_the_plan() {
     // A rule whose model the key may not use: its fallback the key may use answers.
     let quality =
         json!({"messages": [{"role": "user", "content": "hi"}], "routing_hint": "quality"});
-    let answer: ChatResponse = send(narrow_key, quality)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let fallback = answer(narrow_key, quality).await;
     assert_eq!(
         (
-            answer.route.model.as_str(),
-            answer.route.choice.rule.as_str()
+            fallback.route.model.as_str(),
+            fallback.route.choice.rule.as_str()
         ),
         ("plain", "hint-quality")
     );
