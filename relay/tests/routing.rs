@@ -470,8 +470,13 @@ async fn traffic(harness: &Harness, body: &Value, run: Duration) -> Vec<(Duratio
     answers
 }
 
-fn share(answers: &[(Duration, String)], model: &str) -> f64 {
-    answers.iter().filter(|(_, m)| m == model).count() as f64 / answers.len().max(1) as f64
+/// The share of the answers after `after_ms` that `model` gave.
+fn share_after(answers: &[(Duration, String)], after_ms: u64, model: &str) -> f64 {
+    let later: Vec<_> = answers
+        .iter()
+        .filter(|(at, _)| *at > Duration::from_millis(after_ms))
+        .collect();
+    later.iter().filter(|(_, m)| m == model).count() as f64 / later.len().max(1) as f64
 }
 
 #[tokio::test]
@@ -486,12 +491,7 @@ async fn a_slow_model_loses_its_traffic_and_gets_it_back_after_it_recovers() {
     harness.sim.set_faults(vec![slow]).unwrap();
     let during = traffic(&harness, &body, Duration::from_millis(2500)).await;
     // Once its p99 is known, most requests go to the alternate; a few probe the slow one.
-    let later: Vec<_> = during
-        .iter()
-        .filter(|(at, _)| *at > Duration::from_millis(1500))
-        .cloned()
-        .collect();
-    assert!(share(&later, "plain") > 0.7, "{during:?}");
+    assert!(share_after(&during, 1500, "plain") > 0.7, "{during:?}");
     let explained = explain(&harness, "/v1/chat", body.clone()).await;
     let premium = &explained.route.candidates[0];
     if let Some(why) = &premium.passed_over {
@@ -499,12 +499,7 @@ async fn a_slow_model_loses_its_traffic_and_gets_it_back_after_it_recovers() {
     }
     // Recovered: the probes see it, the window forgets the slow answers, and traffic returns.
     let after = traffic(&harness, &body, Duration::from_millis(3500)).await;
-    let last: Vec<_> = after
-        .iter()
-        .filter(|(at, _)| *at > Duration::from_millis(2500))
-        .cloned()
-        .collect();
-    assert!(share(&last, "premium") > 0.9, "{after:?}");
+    assert!(share_after(&after, 2500, "premium") > 0.9, "{after:?}");
 }
 
 #[tokio::test]
@@ -538,12 +533,7 @@ async fn a_failing_model_is_passed_over_until_its_error_rate_recovers() {
         "{explained:?}\n{metrics}"
     );
     let after = traffic(&harness, &body, Duration::from_millis(3500)).await;
-    let last: Vec<_> = after
-        .iter()
-        .filter(|(at, _)| *at > Duration::from_millis(2500))
-        .cloned()
-        .collect();
-    assert!(share(&last, "premium") > 0.9, "{after:?}");
+    assert!(share_after(&after, 2500, "premium") > 0.9, "{after:?}");
 }
 
 #[tokio::test]
