@@ -12,7 +12,7 @@ use leptos::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
-use web_sys::{Element, HtmlElement, HtmlInputElement, HtmlTextAreaElement};
+use web_sys::{Element, HtmlElement, HtmlTextAreaElement};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -121,12 +121,9 @@ async fn validation_errors_show_before_anything_is_sent() {
     let _mounted =
         leptos::mount::mount_to(root.clone(), move || view! { <ChatPage history=history /> });
     settle().await;
-    let hint: HtmlInputElement = find(&root, "input[type=text]").unchecked_into();
-    hint.set_value(&"x".repeat(fm_protocol::limits::MAX_ROUTING_HINT_CHARS + 1));
-    hint.dispatch_event(&web_sys::Event::new("input").unwrap())
-        .unwrap();
+    // A message longer than the protocol allows: the page's own validation refuses it.
     let prompt: HtmlTextAreaElement = find(&root, "textarea#prompt").unchecked_into();
-    prompt.set_value("What is a relay?");
+    prompt.set_value(&"x".repeat(fm_protocol::limits::MAX_CONTENT_CHARS + 1));
     prompt
         .dispatch_event(&web_sys::Event::new("input").unwrap())
         .unwrap();
@@ -141,7 +138,7 @@ async fn validation_errors_show_before_anything_is_sent() {
     settle().await;
     let alert = find(&root, ".validation[role=alert]");
     assert!(
-        alert.text_content().unwrap().contains("routing_hint"),
+        alert.text_content().unwrap().contains("content"),
         "the error names the field: {}",
         alert.text_content().unwrap()
     );

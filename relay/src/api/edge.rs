@@ -41,6 +41,7 @@ use crate::config::routing::CHAT_PATHS;
 use crate::error::{Refusal, RelayError, RequestError};
 use crate::limits::RateHeaders;
 use crate::limits::gcra::Headroom;
+use crate::telemetry::traces;
 
 /// Headers a page from an allowed origin may send and read.
 const ALLOWED_HEADERS: &[&str] = &[
@@ -162,15 +163,18 @@ pub fn layers(state: AppState, router: Router<AppState>) -> Router<AppState> {
     )
 }
 
-/// Runs the request in its span.
+/// Runs the request in its span: a traced one when the request is sampled for export.
 async fn span(request: Request, next: Next) -> Response {
-    let span = tracing::info_span!(
-        "request",
-        id = RequestId::of(&request).unwrap_or_default(),
-        method = %request.method(),
-        path = %request.uri().path(),
+    let (id, method, path) = (
+        RequestId::of(&request).unwrap_or_default(),
+        request.method(),
+        request.uri().path(),
     );
-    crate::telemetry::traces::adopt_parent(&span, request.headers());
+    let span = match traces::sampled(request.headers()) {
+        true => tracing::info_span!(target: traces::TRACED, "request", id, %method, %path),
+        false => tracing::info_span!(target: traces::UNTRACED, "request", id, %method, %path),
+    };
+    traces::adopt_parent(&span, request.headers());
     next.run(request).instrument(span).await
 }
 

@@ -6,6 +6,11 @@
 //! joins the client's trace (and keeps its sampling decision), and calls to OpenAI-compatible
 //! upstreams carry the attempt's `traceparent` on ([`inject`]).
 //!
+//! Sampling is decided once per request, at the edge ([`sampled`]): a sampled request's span has
+//! the target [`TRACED`], any other's [`UNTRACED`], and the OpenTelemetry layer sees only the
+//! spans under a traced request (a per-layer filter), so an unsampled request costs the exporter
+//! nothing.
+//!
 //! Logging goes through the same subscriber: every line inside a request's span carries the
 //! request id.
 
@@ -19,6 +24,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -27,6 +33,55 @@ use crate::error::RelayError;
 
 /// The exporting provider, once installed (for [`flush`] and [`shutdown`]).
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// The share of new traces kept, once the exporter is installed.
+static SAMPLE_RATIO: OnceLock<f64> = OnceLock::new();
+
+/// The target of a sampled request's span: it and the spans under it are exported.
+pub const TRACED: &str = "fm_relay::traced";
+/// The target of every other request's span.
+pub const UNTRACED: &str = "fm_relay::untraced";
+
+/// Whether a request with `headers` is traced: never without an exporter; as its client's
+/// `traceparent` says when it has one; otherwise a share `tracing.sample_ratio` of requests.
+pub fn sampled(headers: &axum::http::HeaderMap) -> bool {
+    let Some(&ratio) = SAMPLE_RATIO.get() else {
+        return false;
+    };
+    if let Some(parent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        // version-traceid-parentid-flags; bit 0 of the flags: sampled.
+        return parent
+            .rsplit('-')
+            .next()
+            .and_then(|flags| u8::from_str_radix(flags, 16).ok())
+            .is_some_and(|flags| flags & 1 == 1);
+    }
+    fastrand::f64() < ratio
+}
+
+/// Whether the OpenTelemetry layer sees a span: a traced request's, and those under it.
+fn under_traced_request<S>(
+    metadata: &tracing::Metadata<'_>,
+    context: &tracing_subscriber::layer::Context<'_, S>,
+) -> bool
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    if !metadata.is_span() {
+        return false;
+    }
+    match metadata.target() {
+        TRACED => true,
+        UNTRACED => false,
+        _ => context.lookup_current().is_some_and(|current| {
+            current
+                .scope()
+                .from_root()
+                .next()
+                .is_some_and(|root| root.metadata().target() == TRACED)
+        }),
+    }
+}
 
 /// The endpoint traces go to: the environment's, else the configuration's; none when empty.
 pub fn endpoint(config: &TracingConfig) -> Option<String> {
@@ -66,15 +121,20 @@ pub fn init(config: &TracingConfig) -> Result<(), RelayError> {
         .build();
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            config.sample_ratio,
-        ))))
+        // The edge samples ([`sampled`]); what reaches the layer is kept.
+        .with_sampler(Sampler::AlwaysOn)
         .with_resource(resource)
         .build();
     let tracer = provider.tracer("fm-relay");
     let _ = PROVIDER.set(provider);
+    let _ = SAMPLE_RATIO.set(config.sample_ratio);
+    let traced = tracing_subscriber::filter::dynamic_filter_fn(under_traced_request);
     let _ = registry
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(traced),
+        )
         .try_init();
     tracing::info!(
         endpoint,
