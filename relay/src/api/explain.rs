@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use fm_protocol::{ChatRequest, PlannedTarget, RouteExplanation};
 
 use super::edge::Edge;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, query_param};
 use super::{AppState, decide, routes};
 use crate::config::routing::CHAT_PATHS;
 use crate::error::{RelayError, RequestError};
@@ -66,11 +66,7 @@ async fn explain(
 
 /// The `path` query parameter (percent-decoded slashes allowed), `/v1/chat` when absent.
 fn explained_path(query: Option<&str>) -> String {
-    query
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(name, _)| *name == "path")
-        .map(|(_, value)| value.replace("%2F", "/").replace("%2f", "/"))
+    query_param(query, "path")
+        .map(|value| value.replace("%2F", "/").replace("%2f", "/"))
         .unwrap_or_else(|| "/v1/chat".into())
 }

@@ -42,6 +42,16 @@ impl RequestId {
     }
 }
 
+/// The value of `name=value` in a query string (the first, as written), if there is one.
+pub(crate) fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
 /// Middleware: gives the request an id and puts it in the answer's `x-request-id` header.
 pub async fn assign_request_id(mut request: Request, next: Next) -> Response {
     let id = RequestId::generate();

@@ -15,7 +15,7 @@ use fm_protocol::{ModelList, StatsResponse};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::extract::RequestId;
+use super::extract::{RequestId, query_param};
 use crate::error::{RelayError, RequestError};
 use crate::shutdown::Phase;
 use crate::telemetry::metrics::{self, Families, Kind};
@@ -285,13 +285,7 @@ fn labelled_counts(
 /// The `window_secs` query parameter: 1 to the longest window kept, default 300.
 fn stats_window(query: Option<&str>) -> Result<u64, RelayError> {
     let max = MAX_WINDOW.as_secs();
-    let value = query
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(name, _)| *name == "window_secs")
-        .map(|(_, value)| value);
-    let Some(value) = value else {
+    let Some(value) = query_param(query, "window_secs") else {
         return Ok(DEFAULT_STATS_WINDOW_SECS);
     };
     match value.parse::<u64>() {

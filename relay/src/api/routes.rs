@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use fm_protocol::{ChatRequest, ValidationError};
 
 use super::edge::Edge;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, query_param};
 use super::sse::{NativeEvents, sse_body, sse_response};
 use super::{AppState, admit, open_stream};
 use crate::config::RouteConfig;
@@ -81,12 +81,15 @@ pub(super) fn frame(request: &mut ChatRequest, route: &RouteConfig) -> Result<()
 
 /// `?stream=true` (or `1`), or an `Accept` that asks for `text/event-stream`.
 fn wants_stream(query: Option<&str>, headers: &HeaderMap) -> Result<bool, RelayError> {
-    let asked = query
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-        .find(|(name, _)| *name == "stream")
-        .map(|(_, value)| value);
+    // A bare `stream` (no `=`) asks for one too.
+    let bare = || {
+        query
+            .unwrap_or_default()
+            .split('&')
+            .any(|pair| pair == "stream")
+            .then_some("")
+    };
+    let asked = query_param(query, "stream").or_else(bare);
     if let Some(value) = asked {
         return match value {
             "true" | "1" | "" => Ok(true),

@@ -289,6 +289,10 @@ impl Collector for Families {
 
 /// A label value as the text format needs it (`prometheus-client` writes values as they are).
 pub fn escape(value: &str) -> String {
+    if !value.contains(['\\', '"', '\n']) {
+        // The usual case (model ids, rule names): one copy, not three.
+        return value.to_string();
+    }
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

@@ -145,9 +145,6 @@ impl LiveWindow {
 
     /// Records the outcome of a request to `model` (ignored for a model not configured).
     pub fn record(&self, model: &str, outcome: Outcome) {
-        if self.samples.contains_key(model) {
-            self.metrics.ended(model, &outcome);
-        }
         self.push(model, Some(outcome), false);
     }
 
@@ -161,6 +158,9 @@ impl LiveWindow {
         let Some(buffer) = self.samples.get(model) else {
             return;
         };
+        if let Some(outcome) = &outcome {
+            self.metrics.ended(model, outcome);
+        }
         if let Some(totals) = self.totals.get(model) {
             totals
                 .counter(outcome.map(|outcome| outcome.ending))

@@ -213,24 +213,10 @@ pub fn score(text: &str) -> Scores {
     scan(text, |_| {}).0
 }
 
-/// The tokenizer the lexicon and the model share.
-pub(crate) struct Tokens;
-
-impl Tokens {
-    /// Calls `term` with each word of `text` (lower case, as the lexicon reads them).
-    pub(crate) fn visit(text: &str, term: impl FnMut(&str)) {
-        scan(text, term);
-    }
-
-    /// [`Tokens::visit`], and the lexicon's scores and the shapes of `text`.
-    pub(crate) fn visit_scored(text: &str, term: impl FnMut(&str)) -> (Scores, Shapes) {
-        scan(text, term)
-    }
-}
-
-/// Tokenizes `text` once: calls `on_word` with each word and returns the lexicon's scores and
-/// the text's shapes.
-fn scan(text: &str, mut on_word: impl FnMut(&str)) -> (Scores, Shapes) {
+/// Tokenizes `text` once — the tokenizer the lexicon and the model share: calls `on_word` with
+/// each word (lower case, as the lexicon reads them) and returns the lexicon's scores and the
+/// text's shapes.
+pub(crate) fn scan(text: &str, mut on_word: impl FnMut(&str)) -> (Scores, Shapes) {
     let mut scores = Scores::default();
     let table = &*CUE_TABLE;
     let starts = &*PAIR_STARTS;

@@ -9,7 +9,7 @@
 use fm_protocol::{Complexity, Domain};
 use rustc_hash::FxHashMap;
 
-use super::{Scores, Shapes, Tokens};
+use super::{Scores, Shapes, scan};
 
 /// The training prompts, one JSON object per line: `prompt`, `domain`, `complexity`.
 const TRAINING_SET: &str = include_str!("train.jsonl");
@@ -108,7 +108,7 @@ impl Model {
         let mut order = Vec::new();
         for (prompt, _, _) in &samples {
             let mut seen = rustc_hash::FxHashSet::default();
-            Tokens::visit(super::bounded(prompt), |term| {
+            scan(super::bounded(prompt), |term| {
                 if seen.insert(term.to_string()) {
                     let count = counts.entry(term.to_string()).or_insert(0);
                     if *count == 0 {
@@ -156,7 +156,7 @@ impl Model {
     /// The features of `text`.
     pub fn features(&self, text: &str) -> Features {
         let mut sparse = Vec::new();
-        let scores = Tokens::visit_scored(text, |term| {
+        let scores = scan(text, |term| {
             if let Some(&index) = self.vocabulary.get(term) {
                 sparse.push(index);
             }
