@@ -409,6 +409,9 @@ pub struct ServerConfig {
     pub listen_backlog: u32,
     /// A WebSocket with nothing to answer that sent nothing for this long is closed (1008).
     pub ws_idle_timeout_secs: u64,
+    /// How often the config file's modification time is checked; a change reloads it, as
+    /// `SIGHUP` does (0: only `SIGHUP` and `POST /v1/admin/reload`).
+    pub watch_config_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -427,6 +430,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             listen_backlog: 1024,
             ws_idle_timeout_secs: 300,
+            watch_config_ms: 2000,
         }
     }
 }
@@ -856,11 +860,11 @@ impl RelayConfig {
             .map_err(|err| RelayError::ReloadRefused(ReloadRefusal::Invalid(Box::new(err))))
     }
 
-    /// The sections `new` changes that a reload cannot apply (everything but the routing rules
-    /// and the prompts, bounds and models of the routes already served).
+    /// The sections `new` changes that a reload cannot apply (everything but the models, the
+    /// default model, the `[routing]` section bar its refresh intervals, and the prompts, bounds
+    /// and models of the routes already served).
     pub fn changes_needing_restart(&self, new: &RelayConfig) -> Vec<String> {
         let mut changed: Vec<String> = [
-            ("default_model", self.default_model != new.default_model),
             ("[server]", self.server != new.server),
             ("[timeouts]", self.timeouts != new.timeouts),
             ("[retry]", self.retry != new.retry),
@@ -874,18 +878,14 @@ impl RelayConfig {
             ("[limits]", self.limits != new.limits),
             ("[edge]", self.edge != new.edge),
             ("[tracing]", self.tracing != new.tracing),
-            ("[[models]]", self.models != new.models),
         ]
         .into_iter()
         .filter(|(_, differs)| *differs)
         .map(|(section, _)| section.to_string())
         .collect();
-        let settings = |routing: &RoutingConfig| RoutingConfig {
-            rules: Vec::new(),
-            ..routing.clone()
-        };
-        if settings(&self.routing) != settings(&new.routing) {
-            changed.push("the [routing] settings (window, thresholds, refresh)".into());
+        let intervals = |routing: &RoutingConfig| (routing.refresh_ms, routing.spend_refresh_ms);
+        if intervals(&self.routing) != intervals(&new.routing) {
+            changed.push("routing.refresh_ms or routing.spend_refresh_ms".into());
         }
         let paths = |config: &RelayConfig| {
             let mut paths: Vec<String> = config.routes.iter().map(|r| r.path.clone()).collect();

@@ -279,7 +279,7 @@ pub enum ReloadRefusal {
     #[error("the new file is invalid, so the running configuration is kept: {0}")]
     Invalid(#[source] Box<RelayError>),
     #[error(
-        "the new file changes {}, which only a restart applies; the running configuration is kept (a reload applies the `[[routing.rules]]` and the `[[routes]]` of the paths already served)",
+        "the new file changes {}, which only a restart applies; the running configuration is kept (a reload applies `[[models]]`, `default_model`, `[routing]` but for its refresh intervals, and the `[[routes]]` of the paths already served)",
         .0.join(", ")
     )]
     NeedsRestart(Vec<String>),

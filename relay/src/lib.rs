@@ -13,15 +13,19 @@
 //!    the body with `fm_protocol`'s shared validation; `api::admit` routes a model request and
 //!    reserves its tokens against the key's and the model's limits, quotas and budgets. Beside
 //!    them: the purpose-built `[[routes]]` (`/v1/moderate`, `/v1/summarize`, `/v1/analyze`),
-//!    `POST /v1/route/explain`, and `POST /v1/admin/reload` (also `SIGHUP`).
+//!    `POST /v1/route/explain`, and `POST /v1/admin/reload` (also `SIGHUP`, and a change of the
+//!    file): the new file's models, routing and routes, with the unchanged targets kept.
 //! 3. [`routing`] turns the request into a plan of [`upstream`] targets and says why: the model
 //!    the request names, else the first rule of the policy in config whose conditions hold (path,
 //!    hint, the content classifier's domain and complexity, key, quality, a model's live figures,
-//!    today's spend), else the route's models or the default; then the candidates whose live
-//!    figures are within bounds first, their fallback models, and the passed-over ones last.
+//!    today's spend), else the route's models or the default; then the targets whose live
+//!    figures are within bounds first (each region judged by the calls made to it), their
+//!    fallback models, and the passed-over targets last. The catalog, the policy and the board
+//!    of figures form one routing table, which a configuration reload replaces whole.
 //! 4. [`cache`] answers a repeated or similar request without a model call.
 //! 5. [`resilience`] walks the plan: deadlines, retries, each target's breaker and adaptive rate
-//!    limiter (kept in [`upstream`], driven here), failover mid-stream; a truncated answer is never
+//!    limiter (kept in [`upstream`] with the target's live window of calls and its health gates,
+//!    driven and recorded here), failover mid-stream; a truncated answer is never
 //!    reported as complete. Each call's spend goes to the request's meter
 //!    ([`telemetry::SpendMeter`], which [`limits`] implements: the reservation settles to the real
 //!    usage and the usage ledger records it).
@@ -29,8 +33,8 @@
 //!    OpenAI-compatible server — and turns its answer into `StreamEvent`s.
 //!
 //! Around them: [`config`] (TOML + env + flags, the routing policy's sections, what a reload
-//! may change), [`server`] (assembly, the embedded simulator when there is no AWS
-//! configuration, the background refresh of routing's figures, graceful shutdown), [`shutdown`]
+//! may change), [`server`] (assembly — the targets from `upstream`'s builder, which a reload
+//! asks again — the embedded simulator when there is no AWS configuration, the background refresh of routing's figures, graceful shutdown), [`shutdown`]
 //! (the drain phases), [`telemetry`] (logging and OTLP traces, the Prometheus histograms and
 //! counters, the live window of outcomes behind `/v1/stats`, `/metrics` and routing's health
 //! gates, replay and write counters, the spend hook), [`error`] (the one error type, mapped to

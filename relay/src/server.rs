@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -13,15 +12,14 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState};
 use crate::auth::KeyRing;
 use crate::cache::AnswerCache;
-use crate::config::{AuthMode, BedrockMode, ProviderKind, RelayConfig};
+use crate::config::{AuthMode, BedrockMode, RelayConfig};
 use crate::connections;
 use crate::error::RelayError;
 use crate::limits::Limits;
-use crate::provider::bedrock::{self, BedrockEndpoint};
-use crate::provider::{BedrockProvider, OpenAiProvider, Provider, openai};
-use crate::routing::{ModelCatalog, ModelEntry};
+use crate::provider::bedrock::BedrockEndpoint;
+use crate::routing::ModelCatalog;
 use crate::shutdown::{Phase, Shutdown};
-use crate::upstream::Target;
+use crate::upstream::TargetBuilder;
 
 /// How long after the grace period the relay waits for streams to send their final event.
 const FINAL_EVENT_MARGIN: Duration = Duration::from_secs(2);
@@ -188,69 +186,8 @@ pub async fn assemble(config: RelayConfig) -> Result<Assembled, RelayError> {
         (BedrockEndpoint::Aws, _) => tracing::info!("Bedrock calls go to AWS"),
     }
 
-    let http = bedrock::http_client();
-    // One Bedrock client per region, shared by every model served there; one HTTP client for
-    // every OpenAI-compatible server.
-    let mut clients: Vec<(String, BedrockProvider)> = Vec::new();
-    let mut openai_http: Option<reqwest::Client> = None;
-    let mut entries = Vec::with_capacity(config.models.len());
-    for model in &config.models {
-        let mut targets = Vec::new();
-        for spec in model.targets() {
-            let (region, upstream_id) = (spec.region, spec.upstream_id);
-            let provider = match model.provider {
-                ProviderKind::OpenAi => {
-                    let http = match &openai_http {
-                        Some(http) => http.clone(),
-                        None => {
-                            let http = openai::http_client(config.timeouts.connect())?;
-                            openai_http = Some(http.clone());
-                            http
-                        }
-                    };
-                    let api_key = model
-                        .api_key_env
-                        .as_ref()
-                        .and_then(|name| std::env::var(name).ok());
-                    Provider::OpenAi(OpenAiProvider::new(
-                        http,
-                        spec.endpoint.unwrap_or_default(),
-                        api_key,
-                        region,
-                    ))
-                }
-                ProviderKind::Bedrock => {
-                    let existing = clients.iter().find(|(known, _)| known == region);
-                    let client = match existing {
-                        Some((_, client)) => client.clone(),
-                        None => {
-                            let client = BedrockProvider::connect(
-                                &endpoint,
-                                region,
-                                http.clone(),
-                                config.timeouts.connect(),
-                            )
-                            .await;
-                            clients.push((region.to_string(), client.clone()));
-                            client
-                        }
-                    };
-                    Provider::Bedrock(client)
-                }
-            };
-            targets.push(Arc::new(Target::new(
-                upstream_id,
-                provider,
-                config.breaker,
-                config.rate_limit.adaptive,
-            )));
-        }
-        entries.push(ModelEntry {
-            config: model.clone(),
-            targets,
-        });
-    }
-    let catalog = ModelCatalog::new(entries, &config.default_model);
+    let builder = TargetBuilder::new(&config, endpoint.clone());
+    let catalog = ModelCatalog::build(&config, &builder, None).await?;
     let cache = AnswerCache::connect(&config.cache).await?;
     if cache.is_some() {
         tracing::info!(
@@ -278,9 +215,18 @@ pub async fn assemble(config: RelayConfig) -> Result<Assembled, RelayError> {
     );
 
     let shutdown = Shutdown::default();
-    let state = AppState::new(config, catalog, cache, shutdown.clone(), keys, limits);
+    let state = AppState::new(
+        config,
+        builder,
+        catalog,
+        cache,
+        shutdown.clone(),
+        keys,
+        limits,
+    );
     api::spawn_routing_refresh(&state);
     api::reload::reload_on_hangup(&state);
+    api::reload::reload_on_change(&state);
     let app = api::app(state.clone());
     Ok(Assembled {
         app,

@@ -13,6 +13,7 @@ use common::*;
 use fm_protocol::{ChatResponse, RouteExplanation, StreamEvent};
 use fm_protocol::{Complexity, Domain, QualityRequirement};
 use fm_relay::RelayConfig;
+use fm_relay::config::FailoverTarget;
 use fm_relay::config::routing::{Conditions, RouteConfig, RuleConfig, SpendCondition, SpendScope};
 use fm_sim::FaultRule;
 use serde_json::{Value, json};
@@ -458,25 +459,26 @@ fn watched(config: &mut RelayConfig) {
     config.routing.probe_every_ms = 1000;
 }
 
-/// Sends requests for `run`; the models that answered, in order, with when.
+/// Sends requests for `run`; where each answer came from (`model@region`), in order, with when.
 async fn traffic(harness: &Harness, body: &Value, run: Duration) -> Vec<(Duration, String)> {
     let start = Instant::now();
     let mut answers = Vec::new();
     while start.elapsed() < run {
         let (answer, _) = chat_json(harness, "/v1/chat", body.clone()).await;
-        answers.push((start.elapsed(), answer.route.model));
+        let from = format!("{}@{}", answer.route.model, answer.route.region);
+        answers.push((start.elapsed(), from));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     answers
 }
 
-/// The share of the answers after `after_ms` that `model` gave.
-fn share_after(answers: &[(Duration, String)], after_ms: u64, model: &str) -> f64 {
+/// The share of the answers after `after_ms` that came from `from` (`model@region`).
+fn share_after(answers: &[(Duration, String)], after_ms: u64, from: &str) -> f64 {
     let later: Vec<_> = answers
         .iter()
         .filter(|(at, _)| *at > Duration::from_millis(after_ms))
         .collect();
-    later.iter().filter(|(_, m)| m == model).count() as f64 / later.len().max(1) as f64
+    later.iter().filter(|(_, m)| m == from).count() as f64 / later.len().max(1) as f64
 }
 
 #[tokio::test]
@@ -491,7 +493,10 @@ async fn a_slow_model_loses_its_traffic_and_gets_it_back_after_it_recovers() {
     harness.sim.set_faults(vec![slow]).unwrap();
     let during = traffic(&harness, &body, Duration::from_millis(2500)).await;
     // Once its p99 is known, most requests go to the alternate; a few probe the slow one.
-    assert!(share_after(&during, 1500, "plain") > 0.7, "{during:?}");
+    assert!(
+        share_after(&during, 1500, "plain@us-east-1") > 0.7,
+        "{during:?}"
+    );
     let explained = explain(&harness, "/v1/chat", body.clone()).await;
     let premium = &explained.route.candidates[0];
     if let Some(why) = &premium.passed_over {
@@ -499,7 +504,86 @@ async fn a_slow_model_loses_its_traffic_and_gets_it_back_after_it_recovers() {
     }
     // Recovered: the probes see it, the window forgets the slow answers, and traffic returns.
     let after = traffic(&harness, &body, Duration::from_millis(3500)).await;
-    assert!(share_after(&after, 2500, "premium") > 0.9, "{after:?}");
+    assert!(
+        share_after(&after, 2500, "premium@us-east-1") > 0.9,
+        "{after:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_region_loses_its_traffic_to_the_model_s_other_region_and_gets_it_back() {
+    let harness = start_with(sim_config(), |config| {
+        watched(config);
+        let premium = config
+            .models
+            .iter_mut()
+            .find(|m| m.id == "premium")
+            .unwrap();
+        premium.failover = vec![FailoverTarget {
+            region: "us-west-2".into(),
+            upstream_id: None,
+            endpoint: None,
+        }];
+    })
+    .await;
+    let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_latency_ms": 150});
+    // Slow in us-east-1 only, for 2.5 s from now.
+    let slow = FaultRule {
+        for_ms: Some(2500),
+        ..FaultRule::always("slow@300".parse().unwrap())
+            .for_model(PREMIUM)
+            .in_region("us-east-1")
+    };
+    harness.sim.set_faults(vec![slow]).unwrap();
+    let during = traffic(&harness, &body, Duration::from_millis(2500)).await;
+    // The model keeps its traffic, served from its healthy region (not by the fallback model);
+    // a few probes find out whether the slow region recovered.
+    assert!(
+        during.iter().all(|(_, from)| from.starts_with("premium@")),
+        "{during:?}"
+    );
+    assert!(
+        share_after(&during, 1500, "premium@us-west-2") > 0.7,
+        "{during:?}"
+    );
+    let (answer, header) = chat_json(&harness, "/v1/chat", body.clone()).await;
+    let premium = &answer.route.choice.candidates[0];
+    assert_eq!(
+        (premium.model.as_str(), premium.passed_over.as_deref()),
+        ("premium", None)
+    );
+    if let [passed] = premium.targets_passed_over.as_slice() {
+        // (Unless this request was the region's probe.)
+        assert_eq!(passed.region, "us-east-1");
+        assert!(passed.reason.contains("p99"), "{passed:?}");
+        assert!(header.contains("passed_over=premium@us-east-1"), "{header}");
+        assert_eq!(
+            (answer.route.region.as_str(), answer.route.source),
+            ("us-west-2", fm_protocol::ResponseSource::FallbackRegion)
+        );
+    }
+    // `/v1/stats` shows each region's own figures: the slow one's calls took 300 ms.
+    let stats: fm_protocol::StatsResponse = harness
+        .get("/v1/stats?window_secs=60")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let premium = stats.models.iter().find(|m| m.model == "premium").unwrap();
+    let [east, west] = premium.targets.as_slice() else {
+        panic!("{premium:?}")
+    };
+    assert!(east.calls >= 3, "{east:?}");
+    assert!(east.total_ms.unwrap().p99 >= 250.0, "{east:?}");
+    assert!(west.calls > east.calls, "{west:?} {east:?}");
+    assert!(west.total_ms.unwrap().p50 < 150.0, "{west:?}");
+    assert_eq!((east.failures, west.failures), (0, 0));
+    // Recovered: the probes see it, the window forgets the slow calls, and traffic returns.
+    let after = traffic(&harness, &body, Duration::from_millis(3500)).await;
+    assert!(
+        share_after(&after, 2500, "premium@us-east-1") > 0.9,
+        "{after:?}"
+    );
 }
 
 #[tokio::test]
@@ -519,7 +603,10 @@ async fn a_failing_model_is_passed_over_until_its_error_rate_recovers() {
     let during = traffic(&harness, &body, Duration::from_millis(2000)).await;
     // Every answer came (the plan's next model took over); soon the failing model is not even
     // tried first, which the explanation says.
-    assert!(during.iter().all(|(_, m)| m == "plain"), "{during:?}");
+    assert!(
+        during.iter().all(|(_, m)| m == "plain@us-east-1"),
+        "{during:?}"
+    );
     let explained = explain(&harness, "/v1/chat", body.clone()).await;
     let reasons: Vec<_> = explained
         .route
@@ -533,7 +620,10 @@ async fn a_failing_model_is_passed_over_until_its_error_rate_recovers() {
         "{explained:?}\n{metrics}"
     );
     let after = traffic(&harness, &body, Duration::from_millis(3500)).await;
-    assert!(share_after(&after, 2500, "premium") > 0.9, "{after:?}");
+    assert!(
+        share_after(&after, 2500, "premium@us-east-1") > 0.9,
+        "{after:?}"
+    );
 }
 
 #[tokio::test]

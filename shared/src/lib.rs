@@ -35,7 +35,7 @@ pub use error::{ApiError, ApiErrorBody, ErrorCode};
 pub use event::StreamEvent;
 pub use route::{
     Capability, Complexity, ContentClass, Domain, PlannedTarget, QualityRequirement,
-    RouteCandidate, RouteChoice, RouteExplanation, Tier,
+    RouteCandidate, RouteChoice, RouteExplanation, TargetPassedOver, Tier,
 };
 pub use sse::{SseDecoder, SseFrame, encode_sse_frame};
 pub use stats::{

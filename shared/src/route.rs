@@ -110,6 +110,19 @@ pub struct RouteCandidate {
     /// for the models the plan tries first, in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passed_over: Option<String>,
+    /// The model's targets (regions, inference profiles) that were passed over while others
+    /// of its targets were not: they come after every target that is fit, in the plan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets_passed_over: Vec<TargetPassedOver>,
+}
+
+/// A target of a candidate model that the decision passed over, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetPassedOver {
+    /// The target as logs and `/v1/stats` name it: `upstream-id in region`.
+    pub target: String,
+    pub region: String,
+    pub reason: String,
 }
 
 /// The routing decision for one request: the rule that fired, what the content classifier read
@@ -138,12 +151,15 @@ impl RouteChoice {
                 class.complexity.as_str()
             ));
         }
-        let passed: Vec<&str> = self
-            .candidates
-            .iter()
-            .filter(|c| c.passed_over.is_some())
-            .map(|c| c.model.as_str())
-            .collect();
+        let mut passed: Vec<String> = Vec::new();
+        for candidate in &self.candidates {
+            if candidate.passed_over.is_some() {
+                passed.push(candidate.model.clone());
+            }
+            for target in &candidate.targets_passed_over {
+                passed.push(format!("{}@{}", candidate.model, target.region));
+            }
+        }
         if !passed.is_empty() {
             value.push_str("; passed_over=");
             value.push_str(&passed.join(","));
@@ -191,16 +207,22 @@ mod tests {
                 RouteCandidate {
                     model: "a".into(),
                     passed_over: Some("slow".into()),
+                    targets_passed_over: Vec::new(),
                 },
                 RouteCandidate {
                     model: "b".into(),
                     passed_over: None,
+                    targets_passed_over: vec![TargetPassedOver {
+                        target: "b-1 in us-east-1".into(),
+                        region: "us-east-1".into(),
+                        reason: "slow".into(),
+                    }],
                 },
             ],
         };
         assert_eq!(
             choice.header_value("b"),
-            "rule=code-high; model=b; class=code/high; passed_over=a"
+            "rule=code-high; model=b; class=code/high; passed_over=a,b@us-east-1"
         );
         assert_eq!(
             RouteChoice {

@@ -83,6 +83,26 @@ pub struct TargetStats {
     /// not limiting).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_rate_limit: Option<f64>,
+    /// Calls to this target that ended in the window: answers and failures (a call whose client
+    /// went away counts in neither).
+    #[serde(default)]
+    pub calls: u64,
+    /// Calls that failed (the request moved on, or ended with the error).
+    #[serde(default)]
+    pub failures: u64,
+    /// Failed calls that were throttled (counted in `failures` too).
+    #[serde(default)]
+    pub throttles: u64,
+    /// Time to first token of the streamed answers, from the call's start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<Percentiles>,
+    /// Total time of the answers, from the call's start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<Percentiles>,
+    /// Why routing passes this target over now (its p99 or error rate out of bounds, held with
+    /// hysteresis); absent while routing puts it in plans as configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed_over: Option<String>,
 }
 
 /// One model's figures over the window.

@@ -100,7 +100,18 @@ fn route_choice() -> impl Strategy<Value = RouteChoice> {
             class: class.map(|(domain, complexity)| ContentClass { domain, complexity }),
             candidates: candidates
                 .into_iter()
-                .map(|(model, passed_over)| RouteCandidate { model, passed_over })
+                .map(|(model, passed_over)| RouteCandidate {
+                    targets_passed_over: passed_over
+                        .iter()
+                        .map(|reason| TargetPassedOver {
+                            target: format!("{model}-1 in us-west-2"),
+                            region: "us-west-2".into(),
+                            reason: reason.clone(),
+                        })
+                        .collect(),
+                    model,
+                    passed_over,
+                })
                 .collect(),
         })
 }
@@ -335,6 +346,12 @@ proptest! {
                         open_time_reason: open_ms.map(|ms| format!("open for {ms} ms")),
                     },
                     client_rate_limit: ttft.map(|t| t.0),
+                    calls: requests,
+                    failures: errors,
+                    throttles: errors / 2,
+                    ttft_ms: ttft.map(percentiles),
+                    total_ms: total.map(percentiles),
+                    passed_over: open_ms.map(|ms| format!("p99 {ms} ms")),
                 }],
             }],
         })?;

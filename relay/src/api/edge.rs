@@ -269,7 +269,7 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
     }
     let answer_headers = Arc::new(Mutex::new(AnswerHeaders::default()));
     let calls_a_model =
-        CHAT_PATHS.contains(&&*path) || state.routing().policy().route(&path).is_some();
+        CHAT_PATHS.contains(&&*path) || state.routing().table().policy().route(&path).is_some();
     if !calls_a_model {
         let (admitted, headers) = state.limits().admit_request(&caller).await;
         answer_headers

@@ -27,8 +27,8 @@ async fn explain(
 ) -> Result<Json<RouteExplanation>, RequestError> {
     let result = (|| {
         let path = explained_path(query.as_deref());
-        let policy = state.routing().policy();
-        let route = policy.route(&path);
+        let table = state.routing().table();
+        let route = table.policy().route(&path);
         if !CHAT_PATHS.contains(&path.as_str()) && route.is_none() {
             return Err(RelayError::InvalidQuery {
                 field: "path".into(),

@@ -42,7 +42,7 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 }
 
 async fn models(State(state): State<AppState>) -> Json<ModelList> {
-    Json(state.routing().list())
+    Json(state.routing().table().list())
 }
 
 /// The window `GET /v1/stats` reports when none is asked for.
@@ -54,10 +54,16 @@ async fn stats(
     RawQuery(query): RawQuery,
 ) -> Result<Json<StatsResponse>, RequestError> {
     let window_secs = stats_window(query.as_deref()).map_err(|e| e.with_request_id(&request_id))?;
-    let mut models = state.window().stats(Duration::from_secs(window_secs));
+    let window = Duration::from_secs(window_secs);
+    let mut models = state.window().stats(window);
+    let table = state.routing().table();
     for model in &mut models {
-        if let Some(entry) = state.catalog().get(&model.model) {
-            model.targets = entry.targets.iter().map(|target| target.stats()).collect();
+        if let Some(entry) = table.catalog().get(&model.model) {
+            model.targets = entry
+                .targets
+                .iter()
+                .map(|target| target.stats(window, table.board().tripped(target)))
+                .collect();
         }
     }
     Ok(Json(StatsResponse {
@@ -76,12 +82,13 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
         Kind::Counter,
         "Requests that ended, per model they were routed to and outcome: ok, error (degraded answers are errors) or cancelled (the client went away first).",
     );
-    for (model, totals) in state.window().totals() {
+    let models = state.window().totals();
+    for (model, series) in &models {
         for ending in [Ending::Ok, Ending::Error, Ending::Cancelled] {
             out.sample(
                 "fm_relay_requests_total",
                 &[("model", model), ("outcome", ending.as_str())],
-                totals.ended(ending) as f64,
+                series.totals().ended(ending) as f64,
             );
         }
     }
@@ -90,8 +97,9 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
         Kind::Counter,
         "Upstream calls that failed and were answered elsewhere (not completions).",
     );
-    for (model, totals) in state.window().totals() {
-        let value = totals
+    for (model, series) in &models {
+        let value = series
+            .totals()
             .failed_attempts
             .load(std::sync::atomic::Ordering::Relaxed);
         out.sample(
@@ -200,36 +208,48 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
         Kind::Gauge,
         "Calls per second the relay allows itself to a target that throttled (absent when not limiting).",
     );
-    for entry in state.catalog().models() {
+    out.family(
+        "fm_relay_target_calls_total",
+        Kind::Counter,
+        "Calls to each target by outcome: ok (it answered) or failed (the request moved on or ended with the error).",
+    );
+    let table = state.routing().table();
+    for entry in table.catalog().models() {
         let model = &entry.config.id;
         for target in &entry.targets {
-            let health = target.stats();
+            let circuit = target.breaker.status();
             let labels = [
                 ("model", model.as_str()),
-                ("target", &health.target),
-                ("region", &health.region),
+                ("target", target.name.as_str()),
+                ("region", target.region()),
             ];
-            for (name, circuit) in [
+            let calls = target.calls.totals();
+            for (outcome, counter) in [("ok", &calls.ok), ("failed", &calls.failed_attempts)] {
+                let mut with_outcome = labels.to_vec();
+                with_outcome.push(("outcome", outcome));
+                out.sample(
+                    "fm_relay_target_calls_total",
+                    &with_outcome,
+                    counter.load(std::sync::atomic::Ordering::Relaxed) as f64,
+                );
+            }
+            for (name, state_now) in [
                 ("closed", fm_protocol::CircuitState::Closed),
                 ("half_open", fm_protocol::CircuitState::HalfOpen),
                 ("open", fm_protocol::CircuitState::Open),
             ] {
                 let mut with_state = labels.to_vec();
                 with_state.push(("state", name));
-                let value = if health.circuit.state == circuit {
-                    1.0
-                } else {
-                    0.0
-                };
+                let value = if circuit.state == state_now { 1.0 } else { 0.0 };
                 out.sample("fm_relay_circuit_state", &with_state, value);
             }
-            let open_ms = health.circuit.open_ms.unwrap_or(0);
+            let open_ms = circuit.open_ms.unwrap_or(0);
             out.sample(
                 "fm_relay_circuit_open_seconds",
                 &labels,
                 open_ms as f64 / 1000.0,
             );
-            if let Some(rate) = health.client_rate_limit {
+            if let Some(rate) = target.limiter.allowed_rate() {
                 out.sample("fm_relay_client_rate_limit", &labels, rate);
             }
         }

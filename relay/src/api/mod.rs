@@ -39,6 +39,7 @@ use crate::resilience::{ChatEventStream, Executor, RequestContext, Restart};
 use crate::routing::{ModelCatalog, RouteDecision, RouteInput, Routing};
 use crate::shutdown::{Phase, Shutdown};
 use crate::telemetry::{LiveWindow, StreamWrites};
+use crate::upstream::TargetBuilder;
 use edge::Edge;
 use extract::RequestId;
 
@@ -51,6 +52,8 @@ pub struct AppState {
 #[derive(Debug)]
 struct AppInner {
     config: RelayConfig,
+    /// Makes the models' targets; a reload asks it again.
+    targets: TargetBuilder,
     routing: Routing,
     executor: Executor,
     cache: Option<Arc<AnswerCache>>,
@@ -85,6 +88,7 @@ const BATCH_CAPACITY: usize = 8;
 impl AppState {
     pub fn new(
         config: RelayConfig,
+        targets: TargetBuilder,
         catalog: ModelCatalog,
         cache: Option<Arc<AnswerCache>>,
         shutdown: Shutdown,
@@ -99,6 +103,7 @@ impl AppState {
         AppState {
             inner: Arc::new(AppInner {
                 config,
+                targets,
                 routing,
                 executor,
                 cache,
@@ -113,10 +118,15 @@ impl AppState {
         }
     }
 
-    /// The configuration the relay started with (a reload puts a new file's routing rules and
-    /// routes in force in [`AppState::routing`]; every other section is this one).
+    /// The configuration the relay started with (a reload puts a new file's models, routing
+    /// and routes in force in [`AppState::routing`]; every other section is this one).
     pub fn config(&self) -> &RelayConfig {
         &self.inner.config
+    }
+
+    /// What makes the models' targets (and finds the unchanged ones again on a reload).
+    pub fn targets(&self) -> &TargetBuilder {
+        &self.inner.targets
     }
 
     /// A handle that does not keep the state alive (for background tasks).
@@ -124,11 +134,7 @@ impl AppState {
         WeakAppState(Arc::downgrade(&self.inner))
     }
 
-    pub fn catalog(&self) -> &ModelCatalog {
-        self.inner.routing.catalog()
-    }
-
-    /// The catalog, the routing policy and the live figures it reads.
+    /// The routing table in force (the catalog, the policy and the live figures it reads).
     pub fn routing(&self) -> &Routing {
         &self.inner.routing
     }
@@ -221,7 +227,8 @@ pub fn decide(
     path: &str,
     request: &ChatRequest,
 ) -> Result<RouteDecision, RelayError> {
-    validate_chat_request(request, |model| state.catalog().contains(model))
+    let table = state.routing().table();
+    validate_chat_request(request, |model| table.catalog().contains(model))
         .map_err(RelayError::Invalid)?;
     let span = tracing::info_span!(
         "route_decision",
@@ -229,7 +236,7 @@ pub fn decide(
         model = tracing::field::Empty
     );
     let decision = span.in_scope(|| {
-        state.routing().decide(&RouteInput {
+        table.decide(&RouteInput {
             request,
             path,
             hint_header: edge.route_hint.as_deref(),
@@ -257,15 +264,17 @@ pub fn spawn_routing_refresh(state: &AppState) {
             tokio::select! {
                 _ = health.tick() => {
                     let Some(inner) = weak.upgrade() else { break };
-                    inner.routing.board().refresh(&inner.window);
+                    let table = inner.routing.table();
+                    table.board().refresh(&inner.window, table.catalog());
                 }
                 _ = spend.tick() => {
                     let Some(inner) = weak.upgrade() else { break };
-                    if !inner.routing.policy().reads_spend() {
+                    if !inner.routing.table().policy().reads_spend() {
                         continue;
                     }
                     match inner.limits.report().await {
-                        Ok(report) => inner.routing.board().set_spend(spend_today(&report)),
+                        // The table in force now: a reload may have come during the read.
+                        Ok(report) => inner.routing.table().board().set_spend(spend_today(&report)),
                         Err(err) => tracing::warn!(
                             error = %err,
                             "routing could not read today's spend; budget rules use the last figures"

@@ -23,6 +23,7 @@ use crate::resilience::Restart;
 pub fn routes(state: &AppState) -> Router<AppState> {
     state
         .routing()
+        .table()
         .policy()
         .routes()
         .fold(Router::new(), |router, route| {
@@ -38,8 +39,9 @@ async fn purpose_route(
     ApiJson(mut request): ApiJson<ChatRequest>,
 ) -> Result<Response, RequestError> {
     let result = async {
-        let policy = state.routing().policy();
-        let route = policy
+        let table = state.routing().table();
+        let route = table
+            .policy()
             .route(&edge.path)
             .ok_or_else(|| RelayError::Internal(format!("no configured route at {}", edge.path)))?;
         frame(&mut request, &route.config)?;

@@ -117,6 +117,23 @@ impl ModelTerms {
     }
 }
 
+/// The terms of each of `models`.
+fn model_terms(models: &[crate::config::ModelConfig]) -> HashMap<String, ModelTerms> {
+    models
+        .iter()
+        .map(|model| {
+            (
+                model.id.clone(),
+                ModelTerms {
+                    tokens_per_minute: model.tokens_per_minute,
+                    input_per_1k: model.input_price_per_1k,
+                    output_per_1k: model.output_price_per_1k,
+                },
+            )
+        })
+        .collect()
+}
+
 /// Where the counters live.
 #[derive(Debug)]
 enum Counters {
@@ -159,7 +176,8 @@ pub struct LimitsHealth {
 pub struct Limits {
     global: Option<Rate>,
     global_per_minute: u32,
-    models: HashMap<String, ModelTerms>,
+    /// Each model's prices and token rate; a reload replaces them ([`Limits::set_models`]).
+    models: std::sync::RwLock<HashMap<String, ModelTerms>>,
     counters: Counters,
     ledger: Ledger,
     /// Open streams per key, in this process.
@@ -249,20 +267,7 @@ impl Limits {
                 .unwrap_or_else(|| default_burst(per_minute));
             Rate::per_minute(u64::from(per_minute), u64::from(burst))
         });
-        let models = config
-            .models
-            .iter()
-            .map(|model| {
-                (
-                    model.id.clone(),
-                    ModelTerms {
-                        tokens_per_minute: model.tokens_per_minute,
-                        input_per_1k: model.input_price_per_1k,
-                        output_per_1k: model.output_price_per_1k,
-                    },
-                )
-            })
-            .collect();
+        let models = std::sync::RwLock::new(model_terms(&config.models));
         let limits = Arc::new(Limits {
             global,
             global_per_minute: limits_config.global_requests_per_minute.unwrap_or(0),
@@ -321,6 +326,21 @@ impl Limits {
         Ok(())
     }
 
+    /// The prices and token rate of `model`, when it is configured.
+    fn terms(&self, model: &str) -> Option<ModelTerms> {
+        self.models
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model)
+            .copied()
+    }
+
+    /// Puts a reloaded configuration's models' prices and token rates in force (requests
+    /// admitted before keep what they reserved; their spend is priced at the new terms).
+    pub fn set_models(&self, models: &[crate::config::ModelConfig]) {
+        *self.models.write().unwrap_or_else(|e| e.into_inner()) = model_terms(models);
+    }
+
     /// The calendar quotas and the ledger count by.
     pub fn clock(&self) -> &Clock {
         &self.clock
@@ -361,7 +381,7 @@ impl Limits {
         stream: bool,
     ) -> (Result<Reservation, RelayError>, RateHeaders) {
         let reserved_tokens = estimated_input + max_tokens;
-        let terms = self.models.get(model).copied();
+        let terms = self.terms(model);
         let reserved_micros =
             terms.map_or(0, |terms| terms.cost_micros(estimated_input, max_tokens));
         let period = Period::now(&self.clock);
@@ -466,8 +486,7 @@ impl Limits {
                     per_minute,
                 )
             }),
-            self.models
-                .get(model)
+            self.terms(model)
                 .and_then(|terms| terms.tokens_per_minute)
                 .map(|per_minute| {
                     (
@@ -916,7 +935,7 @@ pub struct Reservation {
 
 impl SpendMeter for Reservation {
     fn record(&self, spend: AttemptSpend<'_>) {
-        let terms = self.limits.models.get(spend.model).copied();
+        let terms = self.limits.terms(spend.model);
         let (input, output) = (
             u64::from(spend.usage.input_tokens),
             u64::from(spend.usage.output_tokens),
@@ -1003,8 +1022,7 @@ impl Drop for Reservation {
         for model in models {
             let Some(per_minute) = self
                 .limits
-                .models
-                .get(model)
+                .terms(model)
                 .and_then(|terms| terms.tokens_per_minute)
             else {
                 continue;

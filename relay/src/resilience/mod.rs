@@ -163,6 +163,11 @@ impl Executor {
                     ));
                 };
                 called.permit.success();
+                called.step.target.calls.record(Outcome {
+                    ending: Ending::Ok,
+                    ttft_ms: None,
+                    total_ms: called.started.elapsed().as_secs_f64() * 1000.0,
+                });
                 walk.spent(
                     &called.step,
                     answer

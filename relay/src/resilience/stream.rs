@@ -53,7 +53,7 @@ use crate::error::{RelayError, UpstreamFailure};
 use crate::provider::{ProviderEvent, ProviderStream};
 use crate::routing::{PlanStep, RouteDecision};
 use crate::shutdown::Phase;
-use crate::telemetry::{Ending, ReplayOutcome};
+use crate::telemetry::{Ending, Outcome, ReplayOutcome};
 use crate::upstream::breaker::Permit;
 
 /// How a surface takes an answer that must start again from scratch after its client got text
@@ -83,7 +83,10 @@ struct Attempt {
     /// Whitespace the prefill left out that the client has already; dropped if the continuation
     /// repeats it.
     sent_whitespace: String,
-    got_text: bool,
+    /// When this call's first text came (`None`: none yet).
+    first_text_at: Option<Instant>,
+    /// When the call started: its own times (for its target's window) count from here.
+    started: Instant,
     /// Characters of text the upstream sent on this call (replayed text included): its output
     /// tokens are estimated from them when it reports no usage.
     received_chars: usize,
@@ -106,7 +109,8 @@ impl Attempt {
             last_activity: Instant::now(),
             continues: called.continues,
             sent_whitespace: called.sent_whitespace,
-            got_text: false,
+            first_text_at: None,
+            started: called.started,
             received_chars: 0,
             stop: None,
             usage: None,
@@ -373,7 +377,7 @@ impl StreamState {
                                         self.walk.executor.replays().record(ReplayOutcome::Resumed);
                                         // The replay is over: from here the first-token
                                         // deadline is met.
-                                        attempt.got_text = true;
+                                        attempt.first_text_at.get_or_insert_with(Instant::now);
                                         text = rest;
                                     }
                                     stopped => {
@@ -386,7 +390,7 @@ impl StreamState {
                             if text.is_empty() {
                                 continue;
                             }
-                            attempt.got_text = true;
+                            attempt.first_text_at.get_or_insert_with(Instant::now);
                             self.ttft_ms
                                 .get_or_insert_with(|| self.walk.ctx.elapsed_ms());
                             self.partial.push_str(&text);
@@ -443,7 +447,7 @@ impl StreamState {
             None => timeouts.idle(),
         };
         let idle = (attempt.last_activity + idle_limit, DeadlineKind::Idle);
-        if attempt.got_text {
+        if attempt.first_text_at.is_some() {
             earliest(&[total, idle])
         } else {
             earliest(&[
@@ -665,6 +669,13 @@ impl StreamState {
         if let Some(permit) = attempt.permit.take() {
             permit.success();
         }
+        let since_start =
+            |at: Instant| at.saturating_duration_since(attempt.started).as_secs_f64() * 1000.0;
+        attempt.step.target.calls.record(Outcome {
+            ending: Ending::Ok,
+            ttft_ms: attempt.first_text_at.map(since_start),
+            total_ms: since_start(Instant::now()),
+        });
         let route = self.walk.route_info(&attempt.step);
         self.walk.executor.window().metrics().answered(&route);
         let usage = attempt.usage;

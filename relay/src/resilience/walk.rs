@@ -45,6 +45,8 @@ pub(crate) struct Called {
     pub reply: Reply,
     /// The breaker's leave for this call, to settle when the answer is complete.
     pub permit: Permit,
+    /// When the call to this target started (its retries there included).
+    pub started: Instant,
     /// When the call must have produced its first token (streams).
     pub first_token_deadline: Instant,
     /// Whether this call continues the partial answer from a prefill.
@@ -215,6 +217,7 @@ impl Walk {
                         step,
                         reply,
                         permit,
+                        started: now,
                         first_token_deadline,
                         continues,
                         sent_whitespace,
@@ -251,6 +254,7 @@ impl Walk {
         self.executor
             .window()
             .record_failed_attempt(&step.model.config.id, throttled);
+        step.target.calls.record_failed_attempt(throttled);
         if is_context_too_long(&err) {
             self.too_long_for = self.too_long_for.max(step.model.config.context_window);
         }

@@ -20,14 +20,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use fm_protocol::{
-    ChatRequest, ModelInfo, ModelList, ResponseSource, RouteCandidate, RouteChoice, ValidationError,
+    ChatRequest, ModelInfo, ModelList, ResponseSource, RouteCandidate, RouteChoice,
+    TargetPassedOver, ValidationError,
 };
 
 use crate::auth::ApiKey;
 use crate::config::{ModelConfig, RelayConfig};
 use crate::error::{Refusal, RelayError};
 use crate::provider::ChatProvider;
-use crate::upstream::Target;
+use crate::telemetry::LiveWindow;
+use crate::upstream::{Target, TargetBuilder};
 use health::{Fitness, HealthBoard};
 use policy::{Chooser, Facts, Policy};
 
@@ -99,6 +101,26 @@ impl ModelCatalog {
         catalog
     }
 
+    /// `config`'s models with their targets from `builder`. A target `previous` (the catalog
+    /// before a reload) has for the same model, declared the same way, is kept as it is.
+    pub async fn build(
+        config: &RelayConfig,
+        builder: &TargetBuilder,
+        previous: Option<&ModelCatalog>,
+    ) -> Result<ModelCatalog, RelayError> {
+        let mut entries = Vec::with_capacity(config.models.len());
+        for model in &config.models {
+            let before = previous
+                .and_then(|catalog| catalog.get(&model.id))
+                .map_or(&[][..], |entry| &entry.targets[..]);
+            entries.push(ModelEntry {
+                config: model.clone(),
+                targets: builder.targets(model, before).await?,
+            });
+        }
+        Ok(ModelCatalog::new(entries, &config.default_model))
+    }
+
     /// `order`'s models, each followed by those of its fallback models not yet listed (and
     /// `allowed`), depth first.
     fn with_fallbacks(&self, order: &[usize], allowed: impl Fn(usize) -> bool) -> Vec<usize> {
@@ -126,24 +148,31 @@ impl ModelCatalog {
 
     /// The plan that tries `order`'s models in turn, each in every region.
     fn plan_of(&self, order: &[usize]) -> Arc<[PlanStep]> {
-        order
+        let steps: Vec<(usize, usize)> = order
             .iter()
-            .enumerate()
-            .flat_map(|(position, &index)| {
+            .flat_map(|&index| (0..self.models[index].targets.len()).map(move |t| (index, t)))
+            .collect();
+        self.plan_of_steps(&steps)
+    }
+
+    /// The plan of `steps`, each a model's catalog index and the index of one of its targets:
+    /// the first step's model answers as the primary in its first target and as a fallback
+    /// region in its others; every other model is a fallback model.
+    fn plan_of_steps(&self, steps: &[(usize, usize)]) -> Arc<[PlanStep]> {
+        let first_model = steps.first().map(|&(index, _)| index);
+        steps
+            .iter()
+            .map(|&(index, target)| {
                 let model = &self.models[index];
-                model
-                    .targets
-                    .iter()
-                    .enumerate()
-                    .map(move |(region, target)| PlanStep {
-                        model: model.clone(),
-                        target: target.clone(),
-                        source: match (position, region) {
-                            (0, 0) => ResponseSource::Primary,
-                            (0, _) => ResponseSource::FallbackRegion,
-                            _ => ResponseSource::FallbackModel,
-                        },
-                    })
+                PlanStep {
+                    model: model.clone(),
+                    target: model.targets[target].clone(),
+                    source: match (Some(index) == first_model, target) {
+                        (true, 0) => ResponseSource::Primary,
+                        (true, _) => ResponseSource::FallbackRegion,
+                        (false, _) => ResponseSource::FallbackModel,
+                    },
+                }
             })
             .collect()
     }
@@ -216,17 +245,54 @@ pub struct RouteInput<'a> {
     pub key: &'a ApiKey,
 }
 
-/// The catalog, the policy over it, and the live figures the policy reads.
+/// The catalog, the policy compiled against it, and the board of the figures it reads: what one
+/// configuration routes by. A reload puts a new table in force whole; a request decides with the
+/// one it read, and its plan holds the models and targets it was decided with.
+#[derive(Debug)]
+pub struct RoutingTable {
+    catalog: ModelCatalog,
+    policy: Policy,
+    board: HealthBoard,
+}
+
+/// Where requests are routed: the table in force.
 #[derive(Debug)]
 pub struct Routing {
-    catalog: ModelCatalog,
-    /// Swapped whole by a configuration reload; a request decides with the one it read.
-    policy: std::sync::RwLock<Arc<Policy>>,
-    board: HealthBoard,
+    table: std::sync::RwLock<Arc<RoutingTable>>,
 }
 
 impl Routing {
     pub fn new(config: &RelayConfig, catalog: ModelCatalog) -> Routing {
+        Routing {
+            table: std::sync::RwLock::new(Arc::new(RoutingTable::new(config, catalog))),
+        }
+    }
+
+    /// The table in force.
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `config`'s rules and routes over `catalog` in force (a reload). Today's spend
+    /// carries over, and the new board reads the live figures before it takes a request; the
+    /// targets `catalog` shares with the table before keep their breakers, limiters, windows
+    /// and gates, since they are the same targets.
+    pub fn replace(&self, config: &RelayConfig, catalog: ModelCatalog, window: &LiveWindow) {
+        let table = RoutingTable::new(config, catalog);
+        let mut current = self.table.write().unwrap_or_else(|e| e.into_inner());
+        table.board.set_spend((*current.board.spend()).clone());
+        table.board.refresh(window, &table.catalog);
+        *current = Arc::new(table);
+    }
+
+    /// Decides with the table in force; see [`RoutingTable::decide`].
+    pub fn decide(&self, input: &RouteInput<'_>) -> Result<RouteDecision, RelayError> {
+        self.table().decide(input)
+    }
+}
+
+impl RoutingTable {
+    fn new(config: &RelayConfig, catalog: ModelCatalog) -> RoutingTable {
         let policy = Policy::new(config, |id| catalog.index_of(id));
         if policy.reads_class() {
             // Train the classifier's model now, not on the first request that needs it.
@@ -236,33 +302,20 @@ impl Routing {
             catalog.models().iter().map(|m| m.config.id.clone()),
             &config.routing,
         );
-        Routing {
+        RoutingTable {
             catalog,
-            policy: std::sync::RwLock::new(Arc::new(policy)),
+            policy,
             board,
         }
-    }
-
-    /// Compiles `config`'s rules and routes against the catalog (which a reload keeps, with
-    /// every target's breaker, limiter and live window) and puts them in force.
-    pub fn replace_policy(&self, config: &RelayConfig) {
-        let policy = Policy::new(config, |id| self.catalog.index_of(id));
-        if policy.reads_class() {
-            classify::warm_up();
-        }
-        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
     }
 
     pub fn catalog(&self) -> &ModelCatalog {
         &self.catalog
     }
 
-    /// The policy in force.
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// The rules and routes.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     pub fn board(&self) -> &HealthBoard {
@@ -272,7 +325,7 @@ impl Routing {
     /// `GET /v1/models`: the catalog and the hints.
     pub fn list(&self) -> ModelList {
         ModelList {
-            hints: self.policy().hints().iter().cloned().collect(),
+            hints: self.policy.hints().iter().cloned().collect(),
             ..self.catalog.list()
         }
     }
@@ -280,7 +333,7 @@ impl Routing {
     /// Decides where a validated request goes. A 400 for a hint no rule names, a 403 for a
     /// named model the key may not use or when the key may use none of the candidates.
     pub fn decide(&self, input: &RouteInput<'_>) -> Result<RouteDecision, RelayError> {
-        let policy = self.policy();
+        let policy = &self.policy;
         let request = input.request;
         let (hint, hint_field) = match (&request.routing_hint, input.hint_header) {
             (Some(hint), _) => (Some(hint.as_str()), "routing_hint"),
@@ -367,42 +420,75 @@ impl Routing {
         });
         let allowed = |index: usize| key.may_use_model(&catalog.models[index].config.id);
         let listed = catalog.with_fallbacks(candidates, allowed);
-        let mut fit = Vec::with_capacity(listed.len());
-        let mut passed = Vec::new();
+        // Steps (model, target) in the order they go: the fit first, the passed-over last.
+        let mut fit: Vec<(usize, usize)> = Vec::with_capacity(listed.len() * 2);
+        let mut passed: Vec<(usize, usize)> = Vec::new();
         let mut considered = Vec::with_capacity(listed.len());
+        let mut left_out = false;
         for &index in &listed {
-            let id = &catalog.models[index].config.id;
+            let model = &catalog.models[index];
+            let id = &model.config.id;
             if !allowed(index) {
                 reason.push_str(&format!("; `{id}` left out: the API key may not use it"));
                 considered.push(RouteCandidate {
                     model: id.clone(),
                     passed_over: Some("the API key may not use it".into()),
+                    targets_passed_over: Vec::new(),
                 });
+                left_out = true;
                 continue;
             }
-            let fitness = match explicit {
-                true => Fitness::Fit,
-                false => self.board.fitness(id, latency_target),
-            };
-            let passed_over = match fitness {
-                Fitness::Fit => {
-                    fit.push(index);
-                    None
+            let mut targets_passed_over = Vec::new();
+            for (position, target) in model.targets.iter().enumerate() {
+                let fitness = match explicit {
+                    true => Fitness::Fit,
+                    false => self.board.fitness(target, latency_target),
+                };
+                match fitness {
+                    Fitness::Fit => fit.push((index, position)),
+                    Fitness::Probe(why) => {
+                        reason.push_str(&format!(
+                            "; `{id}` in {} tried as a probe although {why}",
+                            target.region()
+                        ));
+                        fit.push((index, position));
+                    }
+                    Fitness::PassOver(why) => {
+                        passed.push((index, position));
+                        targets_passed_over.push(TargetPassedOver {
+                            target: target.name.clone(),
+                            region: target.region().to_string(),
+                            reason: why,
+                        });
+                    }
                 }
-                Fitness::Probe(why) => {
-                    reason.push_str(&format!("; `{id}` tried as a probe although {why}"));
-                    fit.push(index);
-                    None
+            }
+            let passed_over = if targets_passed_over.len() < model.targets.len() {
+                for target in &targets_passed_over {
+                    reason.push_str(&format!(
+                        "; `{id}` in {} passed over: {}",
+                        target.region, target.reason
+                    ));
                 }
-                Fitness::PassOver(why) => {
-                    reason.push_str(&format!("; `{id}` passed over: {why}"));
-                    passed.push(index);
-                    Some(why)
-                }
+                None
+            } else {
+                // Every target of the model: the model is passed over.
+                let why = match targets_passed_over.as_slice() {
+                    [only] => only.reason.clone(),
+                    all => all
+                        .iter()
+                        .map(|target| format!("in {}: {}", target.region, target.reason))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                };
+                reason.push_str(&format!("; `{id}` passed over: {why}"));
+                targets_passed_over.clear();
+                Some(why)
             };
             considered.push(RouteCandidate {
                 model: id.clone(),
                 passed_over,
+                targets_passed_over,
             });
         }
         if fit.is_empty() && passed.is_empty() {
@@ -414,12 +500,12 @@ impl Routing {
                 model: catalog.models[first].config.id.clone(),
             }));
         }
-        let plan = if candidates.len() == 1 && passed.is_empty() && fit.len() == listed.len() {
+        let plan = if candidates.len() == 1 && passed.is_empty() && !left_out {
             // The one model's own plan, built at start-up.
-            catalog.plans[fit[0]].clone()
+            catalog.plans[fit[0].0].clone()
         } else {
             fit.extend_from_slice(&passed);
-            catalog.plan_of(&fit)
+            catalog.plan_of_steps(&fit)
         };
         Ok(RouteDecision {
             plan,
@@ -438,35 +524,12 @@ mod tests {
     use super::*;
     use crate::auth::ApiKey;
     use crate::config::KeyLimits;
-    use crate::provider::bedrock::{BedrockEndpoint, http_client};
-    use crate::provider::{BedrockProvider, Provider};
+    use crate::provider::bedrock::BedrockEndpoint;
 
     async fn routing(config: &RelayConfig) -> Routing {
-        let http = http_client();
-        let mut entries = Vec::new();
-        for model in &config.models {
-            let mut targets = Vec::new();
-            for spec in model.targets() {
-                let provider = BedrockProvider::connect(
-                    &BedrockEndpoint::Url("http://127.0.0.1:9".into()),
-                    spec.region,
-                    http.clone(),
-                    config.timeouts.connect(),
-                )
-                .await;
-                targets.push(Arc::new(Target::new(
-                    spec.upstream_id,
-                    Provider::Bedrock(provider),
-                    config.breaker,
-                    true,
-                )));
-            }
-            entries.push(ModelEntry {
-                config: model.clone(),
-                targets,
-            });
-        }
-        Routing::new(config, ModelCatalog::new(entries, &config.default_model))
+        let builder = TargetBuilder::new(config, BedrockEndpoint::Url("http://127.0.0.1:9".into()));
+        let catalog = ModelCatalog::build(config, &builder, None).await.unwrap();
+        Routing::new(config, catalog)
     }
 
     fn anonymous() -> ApiKey {

@@ -9,9 +9,10 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use fm_protocol::{ChatRequest, ContentClass, QualityRequirement};
 
 use super::classify::classify;
-use super::health::{HealthBoard, Trip};
+use super::health::HealthBoard;
 use crate::config::RelayConfig;
 use crate::config::routing::{CHAT_PATHS, Conditions, RouteConfig, RuleConfig, SpendScope};
+use crate::upstream::health::Trip;
 
 /// One compiled rule.
 #[derive(Debug)]

@@ -1,6 +1,6 @@
 //! What the relay knows about itself: logging ([`logging`]), the Prometheus histograms and
-//! counters ([`metrics`]), the live window of recent request
-//! outcomes per model ([`window`]), which `GET /v1/stats` reports and routing reads, the
+//! counters ([`metrics`]), the live windows of recent
+//! outcomes per model and per target ([`window`]), which `GET /v1/stats` reports and routing reads, the
 //! streaming surfaces' write counters ([`writes`]), how resumed-by-replay answers ended
 //! ([`replays`]) and what each request's upstream calls spent ([`spend`]).
 
@@ -16,5 +16,5 @@ pub use logging::init_logging;
 pub use metrics::RelayMetrics;
 pub use replays::{ReplayOutcome, StreamReplays};
 pub use spend::{AttemptSpend, SpendMeter};
-pub use window::{Ending, HealthFigures, LiveWindow, Outcome};
+pub use window::{Ending, HealthFigures, LiveWindow, Outcome, Series, SeriesSummary};
 pub use writes::StreamWrites;

@@ -1,15 +1,17 @@
-//! [`LiveWindow`]: the recent outcomes of each model — when a request ended, whether it succeeded,
-//! its server-side time to first token and total time, and the failed upstream calls that other
-//! targets made up for — kept for [`MAX_WINDOW`] (and at most
-//! [`MAX_SAMPLES`] per model), summarised as percentiles on demand.
+//! Recent outcomes, kept for [`MAX_WINDOW`] (and at most [`MAX_SAMPLES`] per series) and
+//! summarised on demand. A [`Series`] holds one stream of outcomes — when each ended, whether it
+//! succeeded, its time to first token and total time, and the failed upstream calls that other
+//! targets made up for. [`LiveWindow`] keeps one per model (the requests routed to it, behind
+//! `GET /v1/stats` and the policy's metric conditions); each upstream target keeps one of the
+//! calls made to it (behind its health gate in routing, and its line in `/v1/stats`).
 //!
-//! Recording is one uncontended lock and a push per request: each model has its own buffer, so
-//! requests to different models never wait on each other. Percentiles are computed only when
-//! someone asks (`GET /v1/stats`), by sorting the window's samples (nearest rank).
+//! Recording is one uncontended lock and a push: each series has its own buffer, so requests to
+//! different models or targets never wait on each other. Percentiles are computed only when
+//! someone asks, by sorting the window's samples (nearest rank).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use fm_protocol::{ModelStats, Percentiles};
@@ -75,18 +77,7 @@ pub struct HealthFigures {
     pub throttle_rate: f64,
 }
 
-/// Recent outcomes per model, and counters since start-up.
-#[derive(Debug)]
-pub struct LiveWindow {
-    /// Fixed at start-up: the configured models, in configuration order.
-    models: Vec<String>,
-    /// The same outcomes as histograms, and the other per-request metrics.
-    metrics: super::RelayMetrics,
-    samples: HashMap<String, Mutex<VecDeque<Sample>>>,
-    totals: HashMap<String, Totals>,
-}
-
-/// One model's counters since start-up (for `GET /metrics`).
+/// A series' counters since start-up (for `GET /metrics`).
 #[derive(Debug, Default)]
 pub struct Totals {
     pub ok: AtomicU64,
@@ -96,12 +87,12 @@ pub struct Totals {
 }
 
 impl Totals {
-    /// Requests that ended with `ending`.
+    /// Outcomes that ended with `ending`.
     pub fn ended(&self, ending: Ending) -> u64 {
         self.counter(Some(ending)).load(Ordering::Relaxed)
     }
 
-    /// The counter of requests that ended with `ending`, or of failed attempts (`None`).
+    /// The counter of outcomes that ended with `ending`, or of failed attempts (`None`).
     fn counter(&self, ending: Option<Ending>) -> &AtomicU64 {
         match ending {
             Some(Ending::Ok) => &self.ok,
@@ -112,62 +103,50 @@ impl Totals {
     }
 }
 
-impl LiveWindow {
-    pub fn new(models: impl IntoIterator<Item = String>) -> Self {
-        let models: Vec<String> = models.into_iter().collect();
-        let samples = models
-            .iter()
-            .map(|model| (model.clone(), Mutex::new(VecDeque::new())))
-            .collect();
-        let totals = models
-            .iter()
-            .map(|model| (model.clone(), Totals::default()))
-            .collect();
-        LiveWindow {
-            models,
-            metrics: super::RelayMetrics::default(),
-            samples,
-            totals,
-        }
+/// One series of outcomes kept over the window: a model's requests (in [`LiveWindow`]), or the
+/// calls to one target (each upstream target keeps its own).
+#[derive(Debug, Default)]
+pub struct Series {
+    samples: Mutex<VecDeque<Sample>>,
+    totals: Totals,
+}
+
+/// A series' figures over a window, as `GET /v1/stats` shows them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SeriesSummary {
+    /// Outcomes that ended in the window (cancelled ones included).
+    pub ended: u64,
+    pub errors: u64,
+    pub cancelled: u64,
+    /// Failed calls after which the request moved on.
+    pub failed_attempts: u64,
+    pub throttled: u64,
+    pub ttft_ms: Option<Percentiles>,
+    pub total_ms: Option<Percentiles>,
+}
+
+impl Series {
+    /// Records how a request (or a call) ended.
+    pub fn record(&self, outcome: Outcome) {
+        self.push(Some(outcome), false);
     }
 
-    /// The per-request histograms and counters.
-    pub fn metrics(&self) -> &super::RelayMetrics {
-        &self.metrics
+    /// Records a failed upstream call (`throttled` or not) after which the request moved on.
+    pub fn record_failed_attempt(&self, throttled: bool) {
+        self.push(None, throttled);
     }
 
-    /// Each model's counters since start-up, in configuration order.
-    pub fn totals(&self) -> impl Iterator<Item = (&str, &Totals)> {
-        self.models
-            .iter()
-            .filter_map(|model| Some((model.as_str(), self.totals.get(model)?)))
+    /// The counters since start-up.
+    pub fn totals(&self) -> &Totals {
+        &self.totals
     }
 
-    /// Records the outcome of a request to `model` (ignored for a model not configured).
-    pub fn record(&self, model: &str, outcome: Outcome) {
-        self.push(model, Some(outcome), false);
-    }
-
-    /// Records a failed upstream call to `model` (`throttled` or not) after which the request
-    /// moved on.
-    pub fn record_failed_attempt(&self, model: &str, throttled: bool) {
-        self.push(model, None, throttled);
-    }
-
-    fn push(&self, model: &str, outcome: Option<Outcome>, throttled: bool) {
-        let Some(buffer) = self.samples.get(model) else {
-            return;
-        };
-        if let Some(outcome) = &outcome {
-            self.metrics.ended(model, outcome);
-        }
-        if let Some(totals) = self.totals.get(model) {
-            totals
-                .counter(outcome.map(|outcome| outcome.ending))
-                .fetch_add(1, Ordering::Relaxed);
-        }
+    fn push(&self, outcome: Option<Outcome>, throttled: bool) {
+        self.totals
+            .counter(outcome.map(|outcome| outcome.ending))
+            .fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let mut buffer = buffer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buffer = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         while buffer
             .front()
             .is_some_and(|s| buffer.len() >= MAX_SAMPLES || now - s.at > MAX_WINDOW)
@@ -181,15 +160,13 @@ impl LiveWindow {
         });
     }
 
-    /// `model`'s health over the last `window`: one pass over its samples, the p99 by selection.
-    pub fn health(&self, model: &str, window: Duration) -> HealthFigures {
-        let Some(buffer) = self.samples.get(model) else {
-            return HealthFigures::default();
-        };
+    /// The health over the last `window`: one pass over the samples, the p99 by selection.
+    pub fn health(&self, window: Duration) -> HealthFigures {
         let now = Instant::now();
         let (mut samples, mut failed, mut throttled) = (0u32, 0u32, 0u32);
         let mut latencies = Vec::new();
-        for sample in buffer
+        for sample in self
+            .samples
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
@@ -234,32 +211,135 @@ impl LiveWindow {
         }
     }
 
-    /// Every model's figures over the last `window` (the targets' health left for the caller to
+    /// The figures over the last `window`, with percentiles of the successful outcomes' times.
+    pub fn summary(&self, window: Duration) -> SeriesSummary {
+        let now = Instant::now();
+        let mut summary = SeriesSummary::default();
+        let (mut ttfts, mut totals) = (Vec::new(), Vec::new());
+        for sample in self
+            .samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|s| now - s.at <= window)
+        {
+            let Some(outcome) = sample.outcome else {
+                summary.failed_attempts += 1;
+                summary.throttled += u64::from(sample.throttled);
+                continue;
+            };
+            summary.ended += 1;
+            match outcome.ending {
+                Ending::Error => summary.errors += 1,
+                Ending::Cancelled => summary.cancelled += 1,
+                Ending::Ok => {
+                    ttfts.extend(outcome.ttft_ms);
+                    totals.push(outcome.total_ms);
+                }
+            }
+        }
+        summary.ttft_ms = Percentiles::nearest_rank(ttfts);
+        summary.total_ms = Percentiles::nearest_rank(totals);
+        summary
+    }
+}
+
+/// Recent outcomes per model, their counters since start-up, and the histograms they feed.
+#[derive(Debug)]
+pub struct LiveWindow {
+    /// The same outcomes as histograms, and the other per-request metrics.
+    metrics: super::RelayMetrics,
+    /// The configured models in configuration order, each with its series; a reload that adds
+    /// models adds their series ([`LiveWindow::track`]), and one that keeps a model keeps its
+    /// series.
+    series: RwLock<Vec<(String, Arc<Series>)>>,
+    by_model: RwLock<HashMap<String, Arc<Series>>>,
+}
+
+impl LiveWindow {
+    pub fn new(models: impl IntoIterator<Item = String>) -> Self {
+        let window = LiveWindow {
+            metrics: super::RelayMetrics::default(),
+            series: RwLock::default(),
+            by_model: RwLock::default(),
+        };
+        window.track(models);
+        window
+    }
+
+    /// Makes `models` (in configuration order) the ones [`LiveWindow::stats`] and
+    /// [`LiveWindow::totals`] report; a model tracked before keeps its series.
+    pub fn track(&self, models: impl IntoIterator<Item = String>) {
+        let mut by_model = self.by_model.write().unwrap_or_else(|e| e.into_inner());
+        let listed = models
+            .into_iter()
+            .map(|model| {
+                let series = by_model.entry(model.clone()).or_default().clone();
+                (model, series)
+            })
+            .collect();
+        *self.series.write().unwrap_or_else(|e| e.into_inner()) = listed;
+    }
+
+    /// The per-request histograms and counters.
+    pub fn metrics(&self) -> &super::RelayMetrics {
+        &self.metrics
+    }
+
+    fn series_of(&self, model: &str) -> Option<Arc<Series>> {
+        self.by_model
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model)
+            .cloned()
+    }
+
+    /// The tracked models in configuration order, each with its series.
+    pub fn totals(&self) -> Vec<(String, Arc<Series>)> {
+        self.series
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records the outcome of a request to `model` (ignored for a model not configured).
+    pub fn record(&self, model: &str, outcome: Outcome) {
+        let Some(series) = self.series_of(model) else {
+            return;
+        };
+        self.metrics.ended(model, &outcome);
+        series.record(outcome);
+    }
+
+    /// Records a failed upstream call to `model` (`throttled` or not) after which the request
+    /// moved on.
+    pub fn record_failed_attempt(&self, model: &str, throttled: bool) {
+        if let Some(series) = self.series_of(model) {
+            series.record_failed_attempt(throttled);
+        }
+    }
+
+    /// `model`'s health over the last `window`.
+    pub fn health(&self, model: &str, window: Duration) -> HealthFigures {
+        self.series_of(model)
+            .map_or_else(HealthFigures::default, |series| series.health(window))
+    }
+
+    /// Every tracked model's figures over the last `window` (the targets left for the caller to
     /// fill).
     pub fn stats(&self, window: Duration) -> Vec<ModelStats> {
-        let now = Instant::now();
-        self.models
-            .iter()
-            .map(|model| {
-                let samples: Vec<Option<Outcome>> = self.samples[model]
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .filter(|s| now - s.at <= window)
-                    .map(|s| s.outcome)
-                    .collect();
-                let failed_attempts = samples.iter().filter(|s| s.is_none()).count();
-                let recent: Vec<Outcome> = samples.into_iter().flatten().collect();
-                let ended = |ending| recent.iter().filter(move |o| o.ending == ending);
-                let ok = || ended(Ending::Ok);
+        self.totals()
+            .into_iter()
+            .map(|(model, series)| {
+                let summary = series.summary(window);
                 ModelStats {
-                    model: model.clone(),
-                    requests: recent.len() as u64,
-                    errors: ended(Ending::Error).count() as u64,
-                    cancelled: ended(Ending::Cancelled).count() as u64,
-                    failed_attempts: failed_attempts as u64,
-                    ttft_ms: Percentiles::nearest_rank(ok().filter_map(|o| o.ttft_ms).collect()),
-                    total_ms: Percentiles::nearest_rank(ok().map(|o| o.total_ms).collect()),
+                    model,
+                    requests: summary.ended,
+                    errors: summary.errors,
+                    cancelled: summary.cancelled,
+                    failed_attempts: summary.failed_attempts,
+                    ttft_ms: summary.ttft_ms,
+                    total_ms: summary.total_ms,
                     targets: Vec::new(),
                 }
             })
@@ -300,8 +380,8 @@ mod tests {
         let a = &stats[0];
         assert_eq!((a.model.as_str(), a.requests, a.errors), ("a", 4, 1));
         assert_eq!(a.cancelled, 1);
-        let totals: Vec<_> = window.totals().collect();
-        assert_eq!(totals[0].1.ended(Ending::Cancelled), 1);
+        let totals = window.totals();
+        assert_eq!(totals[0].1.totals().ended(Ending::Cancelled), 1);
         assert_eq!(a.ttft_ms.unwrap().p99, 10.0);
         assert_eq!(a.total_ms.unwrap().p50, 100.0);
         assert_eq!(a.total_ms.unwrap().p99, 200.0);
