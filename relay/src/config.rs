@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{RelayError, ReloadRefusal};
 
+pub mod jobs;
 pub mod routing;
+pub use jobs::JobsConfig;
 pub use routing::{RouteConfig, RoutingConfig};
 
 /// The embedded default configuration, with comments.
@@ -58,6 +60,8 @@ pub struct RelayConfig {
     pub routing: RoutingConfig,
     #[serde(default)]
     pub tracing: TracingConfig,
+    #[serde(default)]
+    pub jobs: JobsConfig,
     /// Purpose-built endpoints (`POST /v1/summarize`, ...).
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -878,6 +882,7 @@ impl RelayConfig {
             ("[limits]", self.limits != new.limits),
             ("[edge]", self.edge != new.edge),
             ("[tracing]", self.tracing != new.tracing),
+            ("[jobs]", self.jobs != new.jobs),
         ]
         .into_iter()
         .filter(|(_, differs)| *differs)
@@ -1054,6 +1059,7 @@ impl RelayConfig {
         }
         self.breaker.validate()?;
         self.routing.validate(&seen, &self.routes)?;
+        self.jobs.validate()?;
         if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
             return Err("`tracing.sample_ratio` must be between 0 and 1".into());
         }

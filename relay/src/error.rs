@@ -258,6 +258,40 @@ pub enum RelayError {
     /// A configuration reload was refused; the running configuration is kept.
     #[error("configuration reload refused: {0}")]
     ReloadRefused(ReloadRefusal),
+    /// A multipart upload that cannot be read (no boundary, a broken part).
+    #[error("the upload cannot be read: {0}")]
+    UploadRejected(#[source] axum::extract::multipart::MultipartRejection),
+    #[error("the upload cannot be read: {0}")]
+    Upload(#[source] axum::extract::multipart::MultipartError),
+    /// A model's answer is not what a job asked for (a JSON object, one of the labels).
+    #[error("the model's answer is not {expected}")]
+    UnusableAnswer { expected: &'static str },
+    /// A job's document cannot be analysed.
+    #[error("{0}")]
+    Document(DocumentError),
+    #[error("no job `{id}` (a key sees only its own jobs)")]
+    JobNotFound { id: String },
+    #[error("job `{id}` is {status}: its result is there once it is COMPLETED")]
+    JobNotFinished { id: String, status: &'static str },
+    /// The key has as many unfinished jobs as `jobs.max_queued_per_key` allows.
+    #[error(
+        "the API key `{key}` has {max} unfinished jobs, as many as it may have; submit more when some have finished"
+    )]
+    TooManyJobs { key: String, max: u32 },
+    /// The job table's SQLite store failed.
+    #[error("the job store ({path}): {source}")]
+    JobStore {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The document and result store failed.
+    #[error("the job object store, at `{location}`: {source}")]
+    JobObjects {
+        location: String,
+        #[source]
+        source: object_store::Error,
+    },
     /// The relay could not start (bind, TLS, simulator).
     #[error("cannot start: {0}")]
     Startup(String),
@@ -267,6 +301,27 @@ pub enum RelayError {
     /// A bug: something that should not happen did.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Why a job's document cannot be analysed.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    #[error("the document has no text to analyse")]
+    Empty,
+    #[error(
+        "the document is {size} bytes, more than the {max} bytes `jobs.max_document_bytes` allows"
+    )]
+    TooLarge { size: u64, max: u64 },
+    #[error("the PDF has no text layer (a scanned image?): run OCR on it first")]
+    NoTextLayer,
+    #[error("the document cannot be read as {format}: {source}")]
+    Unreadable {
+        format: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("`document_ref` `{0}` names no document in the store")]
+    MissingReference(String),
 }
 
 /// Why a configuration reload was refused.
@@ -318,6 +373,25 @@ impl RelayError {
                 UpstreamFailure::Protocol => ErrorCode::UpstreamError,
             },
             RelayError::DeadlineExceeded(_) => ErrorCode::DeadlineExceeded,
+            RelayError::Document(document) => match document {
+                DocumentError::Empty | DocumentError::MissingReference(_) => {
+                    ErrorCode::InvalidRequest
+                }
+                DocumentError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+                DocumentError::NoTextLayer | DocumentError::Unreadable { .. } => {
+                    ErrorCode::UnreadableDocument
+                }
+            },
+            RelayError::JobNotFound { .. } => ErrorCode::NotFound,
+            RelayError::UploadRejected(_) => ErrorCode::InvalidRequest,
+            RelayError::Upload(err) => match err.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+                _ => ErrorCode::InvalidRequest,
+            },
+            RelayError::UnusableAnswer { .. } => ErrorCode::UpstreamError,
+            RelayError::JobNotFinished { .. } => ErrorCode::JobNotFinished,
+            RelayError::TooManyJobs { .. } => ErrorCode::QuotaExceeded,
+            RelayError::JobStore { .. } | RelayError::JobObjects { .. } => ErrorCode::Internal,
             RelayError::ReloadRefused(_) => ErrorCode::ReloadRefused,
             RelayError::ShuttingDown => ErrorCode::ShuttingDown,
             RelayError::Config { .. }
@@ -333,7 +407,8 @@ impl RelayError {
             | ErrorCode::MalformedJson
             | ErrorCode::UnknownModel
             | ErrorCode::UpstreamRejected
-            | ErrorCode::ContextTooLong => StatusCode::BAD_REQUEST,
+            | ErrorCode::ContextTooLong
+            | ErrorCode::UnreadableDocument => StatusCode::BAD_REQUEST,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
@@ -343,7 +418,7 @@ impl RelayError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::ReloadRefused => StatusCode::CONFLICT,
+            ErrorCode::ReloadRefused | ErrorCode::JobNotFinished => StatusCode::CONFLICT,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::UpstreamThrottled => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::UpstreamUnavailable | ErrorCode::ShuttingDown => {
@@ -380,6 +455,9 @@ impl RelayError {
             RelayError::MalformedJson { field, .. } => field.clone(),
             RelayError::InvalidQuery { field, .. } => Some(field.clone()),
             RelayError::LargerThanLimit { .. } => Some("max_tokens".into()),
+            RelayError::Document(DocumentError::Empty) => Some("text".into()),
+            RelayError::Document(DocumentError::MissingReference(_)) => Some("document_ref".into()),
+            RelayError::Upload(_) | RelayError::UploadRejected(_) => Some("file".into()),
             _ => None,
         }
     }

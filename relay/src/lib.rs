@@ -29,7 +29,12 @@
 //!    reported as complete. Each call's spend goes to the request's meter
 //!    ([`telemetry::SpendMeter`], which [`limits`] implements: the reservation settles to the real
 //!    usage and the usage ledger records it).
-//! 6. [`provider`] speaks to the upstream — Bedrock through `aws-sdk-bedrockruntime`, or any
+//! 6. [`jobs`] runs async document jobs: `api` submits them; a durable queue (SQLite) and an
+//!    object store (a folder, through `object_store`) keep jobs, documents and results; workers
+//!    read each document as text, split it and run the analysis, each model call made through
+//!    [`jobs::ModelCalls`], which `api` implements with the same admission, routing and
+//!    resilience as a chat request.
+//! 7. [`provider`] speaks to the upstream — Bedrock through `aws-sdk-bedrockruntime`, or any
 //!    OpenAI-compatible server — and turns its answer into `StreamEvent`s.
 //!
 //! Around them: [`config`] (TOML + env + flags, the routing policy's sections, what a reload
@@ -40,7 +45,8 @@
 //! gates, replay and write counters, the spend hook), [`error`] (the one error type, mapped to
 //! HTTP in one place).
 //!
-//! Who may use whom: `api` calls `auth`, `limits`, `routing`, `cache` and `resilience`, and
+//! Who may use whom: `api` calls `auth`, `limits`, `routing`, `cache`, `resilience` and `jobs`
+//! (and serves `jobs` its model calls), and
 //! hands routing the spend `limits` reports; `routing` reads `upstream` (targets and their
 //! health), `auth` (what a key may use) and `telemetry` (the live window), and never drives
 //! calls; `resilience` walks `routing`'s plans over `upstream` targets and calls `provider`,
@@ -53,6 +59,7 @@ pub mod cache;
 pub mod config;
 pub mod connections;
 pub mod error;
+pub mod jobs;
 pub mod limits;
 pub mod provider;
 pub mod resilience;

@@ -214,16 +214,27 @@ pub async fn assemble(config: RelayConfig) -> Result<Assembled, RelayError> {
         "limits and usage ledger ready"
     );
 
+    let jobs = match config.jobs.enabled {
+        true => {
+            let dir = config.jobs.dir(&config.limits.data_dir);
+            let jobs = crate::jobs::Jobs::open(&config.jobs, &dir)?;
+            tracing::info!(dir = %dir.display(), workers = config.jobs.workers, "document jobs on");
+            Some(jobs)
+        }
+        false => None,
+    };
     let shutdown = Shutdown::default();
-    let state = AppState::new(
+    let state = AppState::new(api::Parts {
         config,
-        builder,
+        targets: builder,
         catalog,
         cache,
-        shutdown.clone(),
+        shutdown: shutdown.clone(),
         keys,
         limits,
-    );
+        jobs,
+    });
+    api::jobs::spawn_workers(&state);
     api::spawn_routing_refresh(&state);
     api::reload::reload_on_hangup(&state);
     api::reload::reload_on_change(&state);

@@ -61,6 +61,11 @@ pub enum ErrorCode {
     /// A configuration reload was refused (the file is invalid, or changes what only a restart
     /// applies); the running configuration is kept.
     ReloadRefused,
+    /// A job's document cannot be read as text (not UTF-8, a broken PDF, a PDF without a text
+    /// layer).
+    UnreadableDocument,
+    /// A job's result was asked for before the job completed.
+    JobNotFinished,
     /// A bug in the relay.
     Internal,
     /// A code this version of the protocol does not know.

@@ -13,6 +13,7 @@
 //!   relay runs on arrival, so both reject the same requests with the same words.
 //! - [`route`]: how the relay chose a model ([`RouteChoice`], [`RouteExplanation`]) and the
 //!   catalog's and classifier's words ([`Tier`], [`Capability`], [`Domain`], [`Complexity`]).
+//! - [`jobs`]: async document jobs — the submission, a job's status and progress, its result.
 //! - [`stats`]: the relay's latency figures per model (`GET /v1/stats`).
 //! - [`usage`]: what callers spent, from the relay's usage ledger (`GET /v1/usage`).
 //! - [`sse`]: an incremental Server-Sent-Events decoder that accepts any split of the byte stream,
@@ -21,6 +22,7 @@
 pub mod chat;
 pub mod error;
 pub mod event;
+pub mod jobs;
 pub mod route;
 pub mod sse;
 pub mod stats;
@@ -33,6 +35,10 @@ pub use chat::{
 };
 pub use error::{ApiError, ApiErrorBody, ErrorCode};
 pub use event::StreamEvent;
+pub use jobs::{
+    AnalysisType, CallbackStatus, DocumentFormat, JobError, JobInfo, JobList, JobProgress,
+    JobRequest, JobResult, JobStatus, Priority, validate_job_request,
+};
 pub use route::{
     Capability, Complexity, ContentClass, Domain, PlannedTarget, QualityRequirement,
     RouteCandidate, RouteChoice, RouteExplanation, TargetPassedOver, Tier,

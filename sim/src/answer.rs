@@ -113,7 +113,11 @@ impl Answer {
             (prompt.max_tokens, StopKind::MaxTokens)
         };
         let mut tokens = text::generate_tokens(seed, count);
-        if prompt.asks_for_code() {
+        if let Some(labels) = prompt.asked_labels() {
+            tokens = vec![labels[(seed % labels.len() as u64) as usize].clone()];
+        } else if let Some(keys) = prompt.asked_json_keys() {
+            tokens = text::json_object(&keys, seed);
+        } else if prompt.asks_for_code() {
             tokens = text::with_code_block(tokens, seed);
         }
         if let Some((cut, sequence)) = first_stop_sequence(&tokens, &prompt.stop_sequences) {

@@ -170,6 +170,26 @@ pub fn with_code_block(tokens: Vec<String>, seed: u64) -> Vec<String> {
     out
 }
 
+/// A JSON object with `keys`, each a few seeded words, as tokens of a few characters each (so a
+/// stream of it arrives in pieces like any answer).
+pub fn json_object(keys: &[String], seed: u64) -> Vec<String> {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x0b1ec7);
+    let object: serde_json::Map<String, serde_json::Value> = keys
+        .iter()
+        .map(|key| {
+            let words = generate_tokens(rng.u64(..), rng.u32(2..=5)).concat();
+            let value = words.trim().trim_end_matches('.').to_string();
+            (key.clone(), serde_json::Value::String(value))
+        })
+        .collect();
+    let json = serde_json::Value::Object(object).to_string();
+    let chars: Vec<char> = json.chars().collect();
+    chars
+        .chunks(4)
+        .map(|chunk| chunk.iter().collect())
+        .collect()
+}
+
 /// A rough token count of text, as the usage numbers need: one token per four characters.
 pub fn estimate_tokens(texts: &[&str]) -> u32 {
     let chars: usize = texts.iter().map(|t| t.chars().count()).sum();
@@ -211,6 +231,20 @@ mod tests {
     fn lengths_are_in_range() {
         for seed in 0..200 {
             assert!((40..=160).contains(&natural_length(seed)));
+        }
+    }
+
+    #[test]
+    fn a_json_object_has_every_key_and_parses() {
+        let keys = vec!["party".to_string(), "due date".to_string()];
+        let tokens = json_object(&keys, 7);
+        assert!(tokens.len() > 3);
+        let value: serde_json::Value = serde_json::from_str(&tokens.concat()).unwrap();
+        for key in &keys {
+            assert!(
+                value[key].as_str().is_some_and(|v| !v.is_empty()),
+                "{value}"
+            );
         }
     }
 }

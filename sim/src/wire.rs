@@ -39,6 +39,43 @@ impl Prompt {
             .is_some_and(|(_, text)| text.to_lowercase().contains("code"))
     }
 
+    /// The keys of a JSON object the instructions ask the answer to be ("Answer with one JSON
+    /// object with exactly these keys: a | b"), if they ask for one: an instruction-following
+    /// model answers with that object.
+    pub fn asked_json_keys(&self) -> Option<Vec<String>> {
+        self.instruction_list("Answer with one JSON object with exactly these keys: ")
+    }
+
+    /// The labels the instructions ask the answer to be one of ("Answer with exactly one of
+    /// these labels: a | b"), if they do.
+    pub fn asked_labels(&self) -> Option<Vec<String>> {
+        self.instruction_list("Answer with exactly one of these labels: ")
+    }
+
+    /// The ` | `-separated list after `instruction` on a line of the system prompt or the last
+    /// user message.
+    fn instruction_list(&self, instruction: &str) -> Option<Vec<String>> {
+        let last_user = self
+            .messages
+            .iter()
+            .rev()
+            .find(|(role, _)| role == "user")
+            .map(|(_, text)| text.as_str());
+        self.system
+            .iter()
+            .map(String::as_str)
+            .chain(last_user)
+            .flat_map(str::lines)
+            .find_map(|line| line.trim().strip_prefix(instruction))
+            .map(|list| {
+                list.split(" | ")
+                    .map(|item| item.trim().to_string())
+                    .filter(|item| !item.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|items| !items.is_empty())
+    }
+
     /// Whether the conversation ends with an assistant message: a prefill the answer continues.
     pub fn ends_with_assistant(&self) -> bool {
         self.messages

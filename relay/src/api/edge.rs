@@ -17,8 +17,11 @@
 //!    Every answer carries the `x-ratelimit-*` headers of what was admitted, and a model
 //!    route's the `x-fm-route` header of its routing decision;
 //! 6. **JSON only** — a POST whose body is not `application/json` is refused with 415, so a
-//!    cross-site "simple" form or `text/plain` POST never reaches a model;
-//! 7. **body limit** — 413 over [`MAX_BODY_BYTES`].
+//!    cross-site "simple" form or `text/plain` POST never reaches a model; the one exception is
+//!    a document upload (`multipart/form-data`) to `POST /v1/jobs` (a cross-site form is still
+//!    stopped by the origin check);
+//! 7. **body limit** — 413 over [`MAX_BODY_BYTES`] (`POST /v1/jobs` sets its own, from
+//!    `jobs.max_document_bytes`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -92,6 +95,18 @@ impl Edge {
             caller: self.caller.clone(),
             path: self.path.clone(),
             route_hint: self.route_hint.clone(),
+            answer_headers: Arc::default(),
+        }
+    }
+
+    /// The edge of a request the relay makes itself on behalf of `caller` (a job's model
+    /// call): no HTTP request, no hint header, nothing for answer headers.
+    pub fn internal(request_id: String, caller: Caller, path: &str) -> Edge {
+        Edge {
+            request_id,
+            caller,
+            path: Arc::from(path),
+            route_hint: None,
             answer_headers: Arc::default(),
         }
     }
@@ -342,18 +357,20 @@ fn format_reset(wait: Duration) -> String {
     }
 }
 
-/// Refuses a POST whose body is not JSON.
+/// Refuses a POST whose body is not JSON — but for a document upload (`multipart/form-data`)
+/// to `POST /v1/jobs`.
 async fn require_json(request: Request, next: Next) -> Response {
     if request.method() == Method::POST {
         let content_type = request
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        let is_json = content_type.is_some_and(|value| {
-            let essence = value.split(';').next().unwrap_or("").trim();
-            essence.eq_ignore_ascii_case("application/json")
-        });
-        if !is_json {
+        let essence = content_type.map(|value| value.split(';').next().unwrap_or("").trim());
+        let is = |media: &str| essence.is_some_and(|e| e.eq_ignore_ascii_case(media));
+        let accepted = is("application/json")
+            || (is("multipart/form-data")
+                && request.uri().path() == crate::config::routing::JOBS_PATH);
+        if !accepted {
             let got = content_type.map(str::to_string);
             return refuse(&request, RelayError::UnsupportedMediaType { got });
         }

@@ -2,7 +2,8 @@
 //! (`POST /v1/chat/stream`), [`ws`] (`GET /v1/ws`), [`openai`] (`POST /v1/chat/completions`),
 //! [`routes`] (the purpose-built `[[routes]]`: `/v1/moderate`, `/v1/summarize`, ...),
 //! [`explain`] (`POST /v1/route/explain`), [`reload`] (`POST /v1/admin/reload`, and `SIGHUP`),
-//! [`usage`] (`GET /v1/usage`, `GET /v1/admin/usage`) and [`meta`] (`/healthz`, `/v1/models`,
+//! [`jobs`] (`/v1/jobs`: async document jobs), [`usage`] (`GET /v1/usage`, `GET
+//! /v1/admin/usage`) and [`meta`] (`/healthz`, `/v1/models`,
 //! `/v1/stats`, `/metrics`), behind the [`edge`]'s layers (request id, span, origin, CORS, API
 //! key, limits, JSON content type, body limit).
 //! This is the only module that knows HTTP; it admits a model request ([`admit`]: shutdown
@@ -13,6 +14,7 @@ pub mod chat;
 pub mod edge;
 pub mod explain;
 pub mod extract;
+pub mod jobs;
 pub mod meta;
 pub mod openai;
 pub mod reload;
@@ -66,6 +68,8 @@ struct AppInner {
     keys: KeyRing,
     limits: Arc<Limits>,
     connections: Arc<ConnectionStats>,
+    /// Async document jobs (`None` with `jobs.enabled = false`).
+    jobs: Option<crate::jobs::Jobs>,
 }
 
 /// An [`AppState`] that does not keep it alive.
@@ -85,16 +89,31 @@ const MAX_EVENTS_PER_WRITE: usize = 64;
 /// Room for the events of one write, allocated with it (a burst of a fast upstream fills it).
 const BATCH_CAPACITY: usize = 8;
 
+/// The parts the server assembles for the handlers.
+#[derive(Debug)]
+pub struct Parts {
+    pub config: RelayConfig,
+    pub targets: TargetBuilder,
+    pub catalog: ModelCatalog,
+    pub cache: Option<Arc<AnswerCache>>,
+    pub shutdown: Shutdown,
+    pub keys: KeyRing,
+    pub limits: Arc<Limits>,
+    pub jobs: Option<crate::jobs::Jobs>,
+}
+
 impl AppState {
-    pub fn new(
-        config: RelayConfig,
-        targets: TargetBuilder,
-        catalog: ModelCatalog,
-        cache: Option<Arc<AnswerCache>>,
-        shutdown: Shutdown,
-        keys: KeyRing,
-        limits: Arc<Limits>,
-    ) -> Self {
+    pub fn new(parts: Parts) -> Self {
+        let Parts {
+            config,
+            targets,
+            catalog,
+            cache,
+            shutdown,
+            keys,
+            limits,
+            jobs,
+        } = parts;
         let window = Arc::new(LiveWindow::new(
             catalog.list().models.into_iter().map(|model| model.id),
         ));
@@ -114,6 +133,7 @@ impl AppState {
                 keys,
                 limits,
                 connections: Arc::default(),
+                jobs,
             }),
         }
     }
@@ -169,6 +189,11 @@ impl AppState {
     /// Rate limits, quotas and the usage ledger.
     pub fn limits(&self) -> &Arc<Limits> {
         &self.inner.limits
+    }
+
+    /// The job service, when jobs are on.
+    pub fn jobs(&self) -> Option<&crate::jobs::Jobs> {
+        self.inner.jobs.as_ref()
     }
 
     /// How the relay's connections fared.
@@ -348,6 +373,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::routes(&state))
         .merge(explain::routes())
         .merge(reload::routes())
+        .merge(jobs::routes(&state))
         .merge(meta::routes());
     // The chat UI's files at `/`, when built; anything else is the API's JSON 404.
     let api = match state

@@ -165,6 +165,18 @@ impl KeyRing {
         })
     }
 
+    /// The caller of the key named `name` (the anonymous caller for `anonymous` in open mode):
+    /// who a job submitted earlier runs as. `None` for a key no longer known, or revoked.
+    pub fn by_name(&self, name: &str) -> Option<Caller> {
+        if name == self.anonymous.name {
+            return (self.mode == AuthMode::Open).then(|| Caller(self.anonymous.clone()));
+        }
+        self.by_digest
+            .values()
+            .find(|key| key.name == name && !key.revoked)
+            .map(|key| Caller(key.clone()))
+    }
+
     pub fn mode(&self) -> AuthMode {
         self.mode
     }

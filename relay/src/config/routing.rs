@@ -16,6 +16,10 @@ pub const CHAT_PATHS: &[&str] = &[
     "/v1/ws",
 ];
 
+/// The path of async document jobs (`POST /v1/jobs`): its model calls are routed by the rules
+/// that name it, else by the default model.
+pub const JOBS_PATH: &str = "/v1/jobs";
+
 /// Paths the relay serves itself, which a `[[routes]]` entry may not take.
 const RESERVED_PREFIXES: &[&str] = &[
     "/v1/chat",
@@ -25,6 +29,7 @@ const RESERVED_PREFIXES: &[&str] = &[
     "/v1/usage",
     "/v1/admin",
     "/v1/route",
+    "/v1/jobs",
 ];
 
 /// How requests are routed among the models.
@@ -185,6 +190,7 @@ impl RoutingConfig {
             return Err("`routing.recover_ratio` must be above 0 and at most 1".into());
         }
         let mut paths: HashSet<&str> = CHAT_PATHS.iter().copied().collect();
+        paths.insert(JOBS_PATH);
         for route in routes {
             route.validate(models)?;
             if !paths.insert(route.path.as_str()) {
