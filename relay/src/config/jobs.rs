@@ -68,7 +68,7 @@ impl Default for JobsConfig {
         JobsConfig {
             enabled: true,
             dir: None,
-            workers: 2,
+            workers: 16,
             max_document_bytes: 10 * 1024 * 1024,
             max_attempts: 3,
             visibility_timeout_secs: 60,
