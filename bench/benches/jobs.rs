@@ -130,32 +130,16 @@ async fn main() {
         submitter.await.unwrap();
     }
     let submitted = start.elapsed();
+    // Whether any job has `status`.
+    let any = |status: &'static str| {
+        let request = http.get(format!("{base}/v1/jobs?status={status}&limit=1"));
+        async move {
+            let page: JobList = request.send().await.unwrap().json().await.unwrap();
+            !page.jobs.is_empty()
+        }
+    };
     loop {
-        let done: JobList = http
-            .get(format!("{base}/v1/jobs?status=COMPLETED&limit=1"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let queued: JobList = http
-            .get(format!("{base}/v1/jobs?status=QUEUED&limit=1"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let running: JobList = http
-            .get(format!("{base}/v1/jobs?status=RUNNING&limit=1"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if queued.jobs.is_empty() && running.jobs.is_empty() && !done.jobs.is_empty() {
+        if !any("QUEUED").await && !any("RUNNING").await && any("COMPLETED").await {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

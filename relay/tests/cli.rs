@@ -2,8 +2,7 @@
 //! errors, and `serve` on the embedded simulator answering a streaming request, then stopping
 //! cleanly on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use fm_protocol::StreamEvent;
@@ -77,24 +76,12 @@ fn keys_add_prints_a_key_once_and_stores_only_its_digest() {
 
 #[tokio::test]
 async fn serve_streams_tokens_on_the_embedded_simulator_and_stops_on_sigterm() {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--port", "0", "--bedrock-mode", "sim"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut lines = Vec::new();
-    let url = loop {
-        let line = log
-            .next()
-            .expect("fm-relay exited before listening")
-            .unwrap();
-        lines.push(line.clone());
-        if let Some(at) = line.find("url=") {
-            break line[at + 4..].trim().to_string();
-        }
-    };
+    let common::ServedBinary {
+        mut child,
+        url,
+        start_log: lines,
+        rest_of_log: drain,
+    } = common::serve_binary(BIN, ["serve", "--port", "0", "--bedrock-mode", "sim"]);
     assert!(
         lines.iter().any(|l| l.contains("embedded simulator")),
         "{lines:?}"
@@ -103,8 +90,6 @@ async fn serve_streams_tokens_on_the_embedded_simulator_and_stops_on_sigterm() {
         lines.iter().any(|l| l.contains("auth.mode = \"open\"")),
         "the start-up log says the relay is open: {lines:?}"
     );
-    // Keep draining the log so the child never blocks on a full pipe.
-    let drain = std::thread::spawn(move || log.map_while(Result::ok).collect::<Vec<_>>());
 
     let response = common::http_client()
         .post(format!("{url}/v1/chat/stream"))
@@ -172,24 +157,23 @@ async fn sighup_reloads_the_routing_rules_of_the_config_file() {
     let first = with_hint_to("nova-lite");
     assert_ne!(first, fm_relay::config::DEFAULT_CONFIG_TOML);
     std::fs::write(&file, &first).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--port", "0", "--bedrock-mode", "sim", "--config"])
-        .arg(&file)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = log
-            .next()
-            .expect("fm-relay exited before listening")
-            .unwrap();
-        if let Some(at) = line.find("url=") {
-            break line[at + 4..].trim().to_string();
-        }
-    };
-    let drain = std::thread::spawn(move || log.map_while(Result::ok).collect::<Vec<_>>());
+    let common::ServedBinary {
+        mut child,
+        url,
+        rest_of_log: drain,
+        ..
+    } = common::serve_binary(
+        BIN,
+        [
+            "serve".as_ref(),
+            "--port".as_ref(),
+            "0".as_ref(),
+            "--bedrock-mode".as_ref(),
+            "sim".as_ref(),
+            "--config".as_ref(),
+            file.as_os_str(),
+        ],
+    );
     let explain = || async {
         let response = common::http_client()
             .post(format!("{url}/v1/route/explain"))

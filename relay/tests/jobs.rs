@@ -36,6 +36,18 @@ async fn job(harness: &Harness, id: &str) -> JobInfo {
         .unwrap()
 }
 
+/// Waits until a worker is running the job.
+async fn running(harness: &Harness, id: &str) {
+    let start = Instant::now();
+    while job(harness, id).await.status != JobStatus::Running {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "job {id} never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits (at most `within`) until the job has ended; the job then.
 async fn ended(harness: &Harness, id: &str, within: Duration) -> JobInfo {
     let start = Instant::now();
@@ -354,7 +366,7 @@ async fn a_queued_job_is_cancelled_before_it_runs_and_a_running_one_stops() {
     })
     .await;
     // `paced` takes five seconds an answer: the one worker is busy with the first job.
-    let running = submit(
+    let busy = submit(
         &harness,
         json!({"analysis_type": "summarize", "text": "Long work.", "model": "paced"}),
     )
@@ -365,10 +377,7 @@ async fn a_queued_job_is_cancelled_before_it_runs_and_a_running_one_stops() {
     )
     .await;
     let start = Instant::now();
-    while job(&harness, &running.job_id).await.status != JobStatus::Running {
-        assert!(start.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    running(&harness, &busy.job_id).await;
     let cancel = |id: String| {
         let request = harness.http.delete(harness.url(&format!("/v1/jobs/{id}")));
         async move {
@@ -381,7 +390,7 @@ async fn a_queued_job_is_cancelled_before_it_runs_and_a_running_one_stops() {
         cancel(waiting.job_id.clone()).await.status,
         JobStatus::Cancelled
     );
-    let stopped = cancel(running.job_id.clone()).await;
+    let stopped = cancel(busy.job_id.clone()).await;
     assert_eq!(stopped.status, JobStatus::Cancelled);
     // The worker is free again at once: a new job completes long before `paced` could have
     // answered the cancelled one.
@@ -398,7 +407,7 @@ async fn a_queued_job_is_cancelled_before_it_runs_and_a_running_one_stops() {
         start.elapsed()
     );
     // The cancelled jobs stay cancelled, the waiting one never ran, neither has a result.
-    for id in [&running.job_id, &waiting.job_id] {
+    for id in [&busy.job_id, &waiting.job_id] {
         assert_eq!(job(&harness, id).await.status, JobStatus::Cancelled);
         let response = harness.get(&format!("/v1/jobs/{id}/result")).await;
         assert_eq!(response.status(), 409);
@@ -478,11 +487,7 @@ async fn higher_priorities_run_first() {
         json!({"analysis_type": "summarize", "text": "First.", "model": "paced"}),
     )
     .await;
-    let start = Instant::now();
-    while job(&harness, &first.job_id).await.status != JobStatus::Running {
-        assert!(start.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    running(&harness, &first.job_id).await;
     let mut queued = Vec::new();
     for priority in ["low", "normal", "high", "low", "high"] {
         let job = submit(

@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,26 +16,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_fm-relay");
 
 /// Starts `fm-relay serve --config FILE`; the child and its URL.
 fn serve(file: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(file)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = log
-            .next()
-            .expect("fm-relay exited before listening")
-            .unwrap();
-        if let Some(at) = line.find("url=") {
-            break line[at + 4..].trim().to_string();
-        }
-    };
-    // Keep reading its log so it never blocks on a full pipe.
-    std::thread::spawn(move || log.map_while(Result::ok).count());
-    (child, url)
+    let served = serve_binary(
+        BIN,
+        ["serve".as_ref(), "--config".as_ref(), file.as_os_str()],
+    );
+    (served.child, served.url)
 }
 
 async fn job(http: &reqwest::Client, url: &str, id: &str) -> JobInfo {

@@ -31,7 +31,11 @@ use crate::config::routing::JOBS_PATH;
 use crate::error::{RelayError, RequestError};
 use crate::jobs::{CallFuture, Document, Jobs, ModelCalls};
 
+/// The job routes, when jobs are on (`jobs.enabled`); without them `/v1/jobs` is the API's 404.
 pub fn routes(state: &AppState) -> Router<AppState> {
+    if state.jobs().is_none() {
+        return Router::new();
+    }
     Router::new()
         .route(
             "/v1/jobs",
@@ -46,12 +50,18 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/v1/jobs/{id}/events", get(events))
 }
 
-/// The job service, or a 404 when `jobs.enabled` is off.
-fn jobs(state: &AppState, method: &str, path: &str) -> Result<Jobs, RelayError> {
-    state.jobs().cloned().ok_or_else(|| RelayError::NotFound {
-        method: method.to_string(),
-        path: path.to_string(),
-    })
+/// The job service (the routes exist only when there is one).
+fn jobs(state: &AppState) -> Result<&Jobs, RelayError> {
+    state
+        .jobs()
+        .ok_or_else(|| RelayError::Internal("a job route without the job service".into()))
+}
+
+/// A handler's answer: the value as JSON, or the error with the request's id.
+fn answer<T>(edge: &Edge, result: Result<T, RelayError>) -> Result<Json<T>, RequestError> {
+    result
+        .map(Json)
+        .map_err(|error| error.with_request_id(&edge.request_id))
 }
 
 /// The body limit of `POST /v1/jobs`: the largest document and room for the rest of the form
@@ -68,7 +78,7 @@ async fn submit(
     request: axum::extract::Request,
 ) -> Result<(StatusCode, Json<JobInfo>), RequestError> {
     let result = async {
-        let jobs = jobs(&state, "POST", JOBS_PATH)?;
+        let jobs = jobs(&state)?;
         let multipart = request
             .headers()
             .get(axum::http::header::CONTENT_TYPE)
@@ -105,9 +115,7 @@ async fn submit(
         jobs.submit(edge.caller.name(), job, document).await
     }
     .await;
-    result
-        .map(|job| (StatusCode::ACCEPTED, Json(job)))
-        .map_err(|error| error.with_request_id(&edge.request_id))
+    answer(&edge, result).map(|job| (StatusCode::ACCEPTED, job))
 }
 
 /// A `multipart/form-data` submission: the document as the `file` part (its format from
@@ -240,15 +248,8 @@ async fn status(
     edge: Edge,
     Path(id): Path<String>,
 ) -> Result<Json<JobInfo>, RequestError> {
-    let path = format!("{JOBS_PATH}/{id}");
-    async {
-        jobs(&state, "GET", &path)?
-            .get(edge.caller.name(), &id)
-            .await
-    }
-    .await
-    .map(Json)
-    .map_err(|error| error.with_request_id(&edge.request_id))
+    let result = async { jobs(&state)?.get(edge.caller.name(), &id).await }.await;
+    answer(&edge, result)
 }
 
 async fn result(
@@ -256,15 +257,8 @@ async fn result(
     edge: Edge,
     Path(id): Path<String>,
 ) -> Result<Json<JobResult>, RequestError> {
-    let path = format!("{JOBS_PATH}/{id}/result");
-    async {
-        jobs(&state, "GET", &path)?
-            .result(edge.caller.name(), &id)
-            .await
-    }
-    .await
-    .map(Json)
-    .map_err(|error| error.with_request_id(&edge.request_id))
+    let result = async { jobs(&state)?.result(edge.caller.name(), &id).await }.await;
+    answer(&edge, result)
 }
 
 async fn cancel(
@@ -272,15 +266,8 @@ async fn cancel(
     edge: Edge,
     Path(id): Path<String>,
 ) -> Result<Json<JobInfo>, RequestError> {
-    let path = format!("{JOBS_PATH}/{id}");
-    async {
-        jobs(&state, "DELETE", &path)?
-            .cancel(edge.caller.name(), &id)
-            .await
-    }
-    .await
-    .map(Json)
-    .map_err(|error| error.with_request_id(&edge.request_id))
+    let result = async { jobs(&state)?.cancel(edge.caller.name(), &id).await }.await;
+    answer(&edge, result)
 }
 
 /// The jobs a page lists when `limit` is not given.
@@ -292,7 +279,7 @@ async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<Json<JobList>, RequestError> {
     let result = async {
-        let jobs = jobs(&state, "GET", JOBS_PATH)?;
+        let jobs = jobs(&state)?;
         let query = query.as_deref();
         let status = query_param(query, "status")
             .map(|value| {
@@ -321,9 +308,7 @@ async fn list(
             .await
     }
     .await;
-    result
-        .map(Json)
-        .map_err(|error| error.with_request_id(&edge.request_id))
+    answer(&edge, result)
 }
 
 /// How often the events stream looks at the job.
@@ -337,8 +322,9 @@ async fn events(
     edge: Edge,
     Path(id): Path<String>,
 ) -> Result<Response, RequestError> {
-    let path = format!("{JOBS_PATH}/{id}/events");
-    let jobs = jobs(&state, "GET", &path).map_err(|e| e.with_request_id(&edge.request_id))?;
+    let jobs = jobs(&state)
+        .map_err(|e| e.with_request_id(&edge.request_id))?
+        .clone();
     let key = edge.caller.name().to_string();
     let first = jobs
         .get(&key, &id)

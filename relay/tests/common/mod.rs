@@ -344,3 +344,49 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// An `fm-relay` process a test started.
+pub struct ServedBinary {
+    pub child: std::process::Child,
+    /// The base URL it listens on, from its `url=` log line.
+    pub url: String,
+    /// Its log lines up to that one.
+    pub start_log: Vec<String>,
+    /// Reads the rest of its log (so it never blocks on a full pipe) and hands it over when the
+    /// process has ended.
+    pub rest_of_log: std::thread::JoinHandle<Vec<String>>,
+}
+
+/// Starts the binary `bin` with `args`, logging at `info`, and waits until it listens.
+pub fn serve_binary<I, S>(bin: &str, args: I) -> ServedBinary
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut start_log = Vec::new();
+    let url = loop {
+        let line = log
+            .next()
+            .unwrap_or_else(|| panic!("{bin} exited before listening: {start_log:?}"))
+            .unwrap();
+        start_log.push(line.clone());
+        if let Some(at) = line.find("url=") {
+            break line[at + 4..].trim().to_string();
+        }
+    };
+    let rest_of_log = std::thread::spawn(move || log.map_while(Result::ok).collect());
+    ServedBinary {
+        child,
+        url,
+        start_log,
+        rest_of_log,
+    }
+}
