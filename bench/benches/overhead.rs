@@ -993,6 +993,7 @@ fn edge_config(
             daily_usd: Some(1e9),
             monthly_usd: Some(1e9),
             max_concurrent_streams: Some(1_000_000),
+            max_unfinished_jobs: None,
         },
     }];
     config.limits.backend = backend;

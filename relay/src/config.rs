@@ -179,6 +179,10 @@ pub struct KeyLimits {
     pub monthly_usd: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent_streams: Option<u32>,
+    /// Document jobs the key may have queued or running at once (`jobs.max_queued_per_key`
+    /// when left out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_unfinished_jobs: Option<u32>,
 }
 
 impl KeyLimits {
@@ -195,6 +199,7 @@ impl KeyLimits {
             max_concurrent_streams: self
                 .max_concurrent_streams
                 .or(defaults.max_concurrent_streams),
+            max_unfinished_jobs: self.max_unfinished_jobs.or(defaults.max_unfinished_jobs),
         }
     }
 
@@ -204,9 +209,12 @@ impl KeyLimits {
                 "{whose}: `requests_per_minute` and `burst` must be at least 1 (leave them out for no limit)"
             ));
         }
-        if self.tokens_per_minute == Some(0) || self.max_concurrent_streams == Some(0) {
+        if self.tokens_per_minute == Some(0)
+            || self.max_concurrent_streams == Some(0)
+            || self.max_unfinished_jobs == Some(0)
+        {
             return Err(format!(
-                "{whose}: `tokens_per_minute` and `max_concurrent_streams` must be at least 1 (leave them out for no limit)"
+                "{whose}: `tokens_per_minute`, `max_concurrent_streams` and `max_unfinished_jobs` must be at least 1 (leave them out for no limit)"
             ));
         }
         for (name, usd) in [

@@ -418,6 +418,37 @@ async fn a_queued_job_is_cancelled_before_it_runs_and_a_running_one_stops() {
 }
 
 #[tokio::test]
+async fn a_key_may_have_only_its_quota_of_unfinished_jobs() {
+    let harness = start_with(sim_config(), |config| {
+        quick_jobs(config);
+        config.jobs.workers = 1;
+        config.limits.per_key.max_unfinished_jobs = Some(2);
+    })
+    .await;
+    let slow = json!({"analysis_type": "summarize", "text": "Slow.", "model": "paced"});
+    let first = submit(&harness, slow.clone()).await;
+    submit(&harness, slow.clone()).await;
+    let (status, answer) = refused(&harness, slow.clone()).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (429, Some("quota_exceeded")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"].as_str().unwrap().contains('2'),
+        "{answer}"
+    );
+    // An ended job frees its place.
+    harness
+        .http
+        .delete(harness.url(&format!("/v1/jobs/{}", first.job_id)))
+        .send()
+        .await
+        .unwrap();
+    submit(&harness, slow).await;
+}
+
+#[tokio::test]
 async fn failing_calls_are_retried_then_dead_lettered() {
     let harness = start_with(sim_config(), |config| {
         quick_jobs(config);

@@ -112,7 +112,15 @@ async fn submit(
             }
         };
         check_model(&state, &edge.caller, &job)?;
-        jobs.submit(edge.caller.name(), job, document).await
+        // The key's own job quota, else the relay's.
+        let max_unfinished = edge
+            .caller
+            .key()
+            .limits
+            .max_unfinished_jobs
+            .unwrap_or(jobs.config().max_queued_per_key);
+        jobs.submit(edge.caller.name(), max_unfinished, job, document)
+            .await
     }
     .await;
     answer(&edge, result).map(|job| (StatusCode::ACCEPTED, job))

@@ -40,7 +40,8 @@ pub struct JobsConfig {
     pub chunk_chars: usize,
     /// `max_tokens` of each model call a job makes.
     pub max_tokens: u32,
-    /// Unfinished (queued or running) jobs one API key may have.
+    /// Unfinished (queued or running) jobs an API key may have, unless its limits set
+    /// `max_unfinished_jobs`.
     pub max_queued_per_key: u32,
     /// How often idle workers look for jobs that came due (a submission wakes them at once).
     pub poll_ms: u64,

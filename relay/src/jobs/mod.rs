@@ -123,12 +123,13 @@ impl Jobs {
         &self.inner.config
     }
 
-    /// Stores the document and queues the job (validated already) for `key`: the job as
-    /// queued. A document that is too large, empty or unreadable is refused here, before it
-    /// is queued.
+    /// Stores the document and queues the job (validated already) for `key`, which may have at
+    /// most `max_unfinished` jobs queued or running: the job as queued. A document that is too
+    /// large, empty or unreadable is refused here, before it is queued.
     pub async fn submit(
         &self,
         key: &str,
+        max_unfinished: u32,
         request: JobRequest,
         document: Document,
     ) -> Result<JobInfo, RelayError> {
@@ -194,17 +195,13 @@ impl Jobs {
             request: stored,
             document: location.clone(),
         };
-        if !inner
-            .store
-            .insert(new, inner.config.max_queued_per_key)
-            .await?
-        {
+        if !inner.store.insert(new, max_unfinished).await? {
             if location.starts_with(&format!("{DOCUMENTS}/{id}")) {
                 let _ = inner.objects.delete(&ObjectPath::from(location)).await;
             }
             return Err(RelayError::TooManyJobs {
                 key: key.to_string(),
-                max: inner.config.max_queued_per_key,
+                max: max_unfinished,
             });
         }
         inner.submitted.notify_one();
