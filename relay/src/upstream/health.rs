@@ -23,21 +23,18 @@ impl Trip {
     /// holds until `value` is below `recover_ratio` × `threshold`. No value (too little
     /// evidence) releases it.
     pub fn holds(&self, value: Option<f64>, threshold: f64, recover_ratio: f64) -> bool {
-        let Some(value) = value else {
-            self.0.store(false, Ordering::Relaxed);
-            return false;
+        // Written only when it changes: every request of every thread reads the latch, and a
+        // store on each would bounce its cache line between the cores.
+        let tripped = self.0.load(Ordering::Relaxed);
+        let holds = match value {
+            None => false,
+            Some(value) if value > threshold => true,
+            Some(value) => tripped && value >= threshold * recover_ratio,
         };
-        if value > threshold {
-            self.0.store(true, Ordering::Relaxed);
-            return true;
+        if holds != tripped {
+            self.0.store(holds, Ordering::Relaxed);
         }
-        if self.0.load(Ordering::Relaxed) {
-            if value >= threshold * recover_ratio {
-                return true;
-            }
-            self.0.store(false, Ordering::Relaxed);
-        }
-        false
+        holds
     }
 
     pub fn is_tripped(&self) -> bool {
