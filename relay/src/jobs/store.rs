@@ -252,16 +252,8 @@ impl JobStore {
     /// The job `id` of `key` (`None` for another key's job or no job).
     pub async fn get(&self, key: &str, id: &str) -> Result<Option<JobRecord>, RelayError> {
         let (key, id) = (key.to_string(), id.to_string());
-        self.with(move |connection| {
-            connection
-                .query_row(
-                    &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1 AND key = ?2"),
-                    [&id, &key],
-                    record,
-                )
-                .optional()
-        })
-        .await
+        self.with(move |connection| job_of(connection, &key, &id))
+            .await
     }
 
     /// `key`'s jobs, newest first: at most `limit`, submitted before the job whose `seq` is
@@ -458,13 +450,7 @@ impl JobStore {
                  WHERE id = ?1 AND key = ?2 AND status IN ('QUEUED', 'RUNNING')",
                 params![id, key, to_i64(now_ms())],
             )?;
-            connection
-                .query_row(
-                    &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1 AND key = ?2"),
-                    [&id, &key],
-                    record,
-                )
-                .optional()
+            job_of(connection, &key, &id)
         })
         .await
     }
@@ -551,6 +537,17 @@ fn add_missing_columns(connection: &Connection) -> rusqlite::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The job `id` of `key`, if there is one.
+fn job_of(connection: &Connection, key: &str, id: &str) -> rusqlite::Result<Option<JobRecord>> {
+    connection
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1 AND key = ?2"),
+            [id, key],
+            record,
+        )
+        .optional()
 }
 
 /// A row as a [`JobRecord`].
