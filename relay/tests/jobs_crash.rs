@@ -23,14 +23,13 @@ fn serve(file: &std::path::Path) -> (Child, String) {
     (served.child, served.url)
 }
 
+/// `GET url` read as JSON.
+async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: String) -> T {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn job(http: &reqwest::Client, url: &str, id: &str) -> JobInfo {
-    http.get(format!("{url}/v1/jobs/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(http, format!("{url}/v1/jobs/{id}")).await
 }
 
 #[tokio::test]
@@ -113,14 +112,7 @@ async fn a_relay_killed_mid_batch_loses_no_job_and_ends_each_once() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         assert_eq!(done.status, JobStatus::Completed, "{done:?}");
-        let result: JobResult = http
-            .get(format!("{url}/v1/jobs/{id}/result"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let result: JobResult = get_json(&http, format!("{url}/v1/jobs/{id}/result")).await;
         assert_eq!(&result.job_id, id);
         assert!(!result.text.is_empty());
     }
@@ -130,14 +122,7 @@ async fn a_relay_killed_mid_batch_loses_no_job_and_ends_each_once() {
         assert!(taken_over.attempts >= 2, "{taken_over:?}");
     }
     // Each job is listed once, and no job is left unfinished.
-    let listed: JobList = http
-        .get(format!("{url}/v1/jobs?limit=100"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: JobList = get_json(&http, format!("{url}/v1/jobs?limit=100")).await;
     let mut listed_ids: Vec<String> = listed.jobs.iter().map(|j| j.job_id.clone()).collect();
     listed_ids.sort();
     let mut expected = ids.clone();
