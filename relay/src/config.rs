@@ -15,7 +15,7 @@ use crate::error::{RelayError, ReloadRefusal};
 
 pub mod jobs;
 pub mod routing;
-pub use jobs::JobsConfig;
+pub use jobs::{JobsAwsConfig, JobsBackend, JobsConfig};
 pub use routing::{RouteConfig, RoutingConfig};
 
 /// The embedded default configuration, with comments.

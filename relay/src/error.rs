@@ -292,6 +292,50 @@ pub enum RelayError {
         #[source]
         source: object_store::Error,
     },
+    /// The AWS job backend's S3 bucket failed.
+    #[error("the job bucket (S3), at `{location}`: {source}")]
+    JobS3 {
+        location: String,
+        #[source]
+        source: Box<aws_sdk_s3::Error>,
+    },
+    /// An object of the S3 bucket could not be read to its end.
+    #[error("the job bucket (S3), reading `{location}`: {source}")]
+    JobS3Body {
+        location: String,
+        #[source]
+        source: aws_sdk_s3::primitives::ByteStreamError,
+    },
+    /// The AWS job backend's SQS queues failed.
+    #[error("the job queue (SQS), {operation}: {source}")]
+    JobQueue {
+        operation: &'static str,
+        #[source]
+        source: Box<aws_sdk_sqs::Error>,
+    },
+    /// The AWS job backend's DynamoDB table failed.
+    #[error("the job table (DynamoDB), {operation}: {source}")]
+    JobTable {
+        operation: &'static str,
+        #[source]
+        source: Box<aws_sdk_dynamodb::Error>,
+    },
+    /// A job notice could not be published to SNS.
+    #[error("the job notices (SNS), {operation}: {source}")]
+    JobNotice {
+        operation: &'static str,
+        #[source]
+        source: Box<aws_sdk_sns::Error>,
+    },
+    /// A request to the AWS job backend could not be built (a required field missing).
+    #[error("a request to the AWS job backend: {source}")]
+    JobAwsRequest {
+        #[source]
+        source: aws_smithy_types::error::operation::BuildError,
+    },
+    /// A stored job record is not one this relay can read.
+    #[error("the stored job `{id}` is unreadable: {reason}")]
+    JobRecordUnreadable { id: String, reason: &'static str },
     /// The relay could not start (bind, TLS, simulator).
     #[error("cannot start: {0}")]
     Startup(String),
@@ -391,7 +435,15 @@ impl RelayError {
             RelayError::UnusableAnswer { .. } => ErrorCode::UpstreamError,
             RelayError::JobNotFinished { .. } => ErrorCode::JobNotFinished,
             RelayError::TooManyJobs { .. } => ErrorCode::QuotaExceeded,
-            RelayError::JobStore { .. } | RelayError::JobObjects { .. } => ErrorCode::Internal,
+            RelayError::JobStore { .. }
+            | RelayError::JobObjects { .. }
+            | RelayError::JobS3 { .. }
+            | RelayError::JobS3Body { .. }
+            | RelayError::JobQueue { .. }
+            | RelayError::JobTable { .. }
+            | RelayError::JobNotice { .. }
+            | RelayError::JobAwsRequest { .. }
+            | RelayError::JobRecordUnreadable { .. } => ErrorCode::Internal,
             RelayError::ReloadRefused(_) => ErrorCode::ReloadRefused,
             RelayError::ShuttingDown => ErrorCode::ShuttingDown,
             RelayError::Config { .. }
@@ -435,6 +487,21 @@ impl RelayError {
     /// Whether the same request, sent again, could succeed.
     pub fn is_retryable(&self) -> bool {
         self.code().is_retryable()
+    }
+
+    /// Whether this is a failure of where jobs are kept (the job table, queue, objects or
+    /// notices), which a later attempt of the job may not meet.
+    pub fn is_job_backend_failure(&self) -> bool {
+        matches!(
+            self,
+            RelayError::JobStore { .. }
+                | RelayError::JobObjects { .. }
+                | RelayError::JobS3 { .. }
+                | RelayError::JobS3Body { .. }
+                | RelayError::JobQueue { .. }
+                | RelayError::JobTable { .. }
+                | RelayError::JobNotice { .. }
+        )
     }
 
     /// Whether another target of the plan could answer where this call failed: every upstream

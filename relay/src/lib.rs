@@ -29,8 +29,9 @@
 //!    reported as complete. Each call's spend goes to the request's meter
 //!    ([`telemetry::SpendMeter`], which [`limits`] implements: the reservation settles to the real
 //!    usage and the usage ledger records it).
-//! 6. [`jobs`] runs async document jobs: `api` submits them; a durable queue (SQLite) and an
-//!    object store (a folder, through `object_store`) keep jobs, documents and results; workers
+//! 6. [`jobs`] runs async document jobs: `api` submits them; a durable queue and job table —
+//!    SQLite and a folder on one machine, or SQS, DynamoDB, S3 and SNS shared by many relays
+//!    (`jobs::backend`) — keep jobs, documents and results; workers
 //!    read each document as text, split it and run the analysis, each model call made through
 //!    [`jobs::ModelCalls`], which `api` implements with the same admission, routing and
 //!    resilience as a chat request.

@@ -174,6 +174,9 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
 /// Resolves where calls go (starting the simulator when that is where), builds the provider
 /// clients, the catalog, the cache, the keys and the limits, and the app over them.
 pub async fn assemble(config: RelayConfig) -> Result<Assembled, RelayError> {
+    // Every reqwest client of the relay (OpenAI-compatible upstreams, job callbacks, the OTLP
+    // exporter) takes rustls's process-wide provider: ring, as the AWS SDK's client uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let (endpoint, simulator) = bedrock_endpoint(&config).await?;
     match (&endpoint, &simulator) {
         (BedrockEndpoint::Url(url), Some(_)) => tracing::info!(
@@ -217,7 +220,7 @@ pub async fn assemble(config: RelayConfig) -> Result<Assembled, RelayError> {
     let jobs = match config.jobs.enabled {
         true => {
             let dir = config.jobs.dir(&config.limits.data_dir);
-            let jobs = crate::jobs::Jobs::open(&config.jobs, &dir)?;
+            let jobs = crate::jobs::Jobs::open(&config.jobs, &dir).await?;
             tracing::info!(dir = %dir.display(), workers = config.jobs.workers, "document jobs on");
             Some(jobs)
         }

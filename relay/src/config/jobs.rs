@@ -12,6 +12,11 @@ use serde::{Deserialize, Serialize};
 pub struct JobsConfig {
     /// Whether `/v1/jobs` is served and workers run.
     pub enabled: bool,
+    /// Where jobs are kept: on this machine (SQLite and a folder) or in AWS (SQS, S3, DynamoDB,
+    /// SNS), which relays on many machines share.
+    pub backend: JobsBackend,
+    /// The AWS backend's resources.
+    pub aws: JobsAwsConfig,
     /// The job table (`jobs.sqlite`) and the document and result objects; `<limits.data_dir>/jobs`
     /// when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -68,6 +73,8 @@ impl Default for JobsConfig {
     fn default() -> Self {
         JobsConfig {
             enabled: true,
+            backend: JobsBackend::Embedded,
+            aws: JobsAwsConfig::default(),
             dir: None,
             workers: 16,
             max_document_bytes: 10 * 1024 * 1024,
@@ -133,6 +140,17 @@ impl JobsConfig {
                     .into(),
             );
         }
+        if self.backend == JobsBackend::Aws {
+            self.aws.validate()?;
+            // SQS hides a message for at most 12 hours.
+            if self.visibility_timeout_secs > MAX_SQS_WAIT_SECS
+                || self.retry_max_ms / 1000 > MAX_SQS_WAIT_SECS
+            {
+                return Err(format!(
+                    "with `jobs.backend = \"aws\"`, `jobs.visibility_timeout_secs` and `jobs.retry_max_ms` must be at most 12 hours ({MAX_SQS_WAIT_SECS} s)"
+                ));
+            }
+        }
         if !(1..=50).contains(&self.callback_max_attempts) || self.callback_timeout_ms == 0 {
             return Err(
                 "`jobs.callback_max_attempts` must be 1 to 50 and `jobs.callback_timeout_ms` above 0"
@@ -154,3 +172,125 @@ impl JobsConfig {
 
 /// The environment variable a callback signing secret may come from.
 pub const CALLBACK_SECRET_ENV: &str = "FM_RELAY_CALLBACK_SECRET";
+
+/// The longest SQS hides a message (its visibility timeout's ceiling), in seconds.
+pub const MAX_SQS_WAIT_SECS: u64 = 12 * 60 * 60;
+
+/// Where jobs are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobsBackend {
+    /// SQLite and a local folder under `jobs.dir`: one machine.
+    Embedded,
+    /// SQS queues, an S3 bucket, a DynamoDB table and an SNS topic (`[jobs.aws]`).
+    Aws,
+}
+
+/// The AWS job backend: which queues, bucket, table and topic, in which region, and where their
+/// endpoint is (for a local stand-in such as moto or LocalStack). Credentials come from the
+/// standard AWS chain (environment, profile, role).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsAwsConfig {
+    pub region: String,
+    /// One endpoint for all four services instead of AWS's (e.g. `http://127.0.0.1:5000` for
+    /// `moto_server`); empty: AWS's own. S3 is then addressed by path.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub endpoint_url: String,
+    /// The SQS queues are `<prefix>-high`, `<prefix>-normal`, `<prefix>-low` (one per priority)
+    /// and `<prefix>-callbacks` (callbacks due).
+    pub queue_prefix: String,
+    /// The S3 bucket of documents (`documents/…`) and results (`results/…`).
+    pub bucket: String,
+    /// The DynamoDB table of jobs (partition key `id`, a string; index `by_key` on `key` and
+    /// `seq`, both strings) and of each key's count of unfinished jobs.
+    pub table: String,
+    /// The SNS topic each ended job's status is published to: an ARN, or a name (then made or
+    /// found with `CreateTopic`); empty: no notices.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub topic: String,
+    /// Make the queues, bucket, table and topic when they are missing (a local stand-in, a first
+    /// try); in production they come from the deployment and the relay's role may not make them.
+    pub create_resources: bool,
+    /// How long an idle worker waits on a queue for a job (SQS long polling), 1 to 20 s.
+    pub wait_secs: u32,
+}
+
+impl Default for JobsAwsConfig {
+    fn default() -> Self {
+        JobsAwsConfig {
+            region: "us-east-1".into(),
+            endpoint_url: String::new(),
+            queue_prefix: "fm-relay-jobs".into(),
+            bucket: "fm-relay-jobs".into(),
+            table: "fm-relay-jobs".into(),
+            topic: String::new(),
+            create_resources: false,
+            wait_secs: 10,
+        }
+    }
+}
+
+impl JobsAwsConfig {
+    fn validate(&self) -> Result<(), String> {
+        let named = |value: &str, field: &str| match value.is_empty() {
+            true => Err(format!("`jobs.aws.{field}` must not be empty")),
+            false => Ok(()),
+        };
+        named(&self.region, "region")?;
+        named(&self.queue_prefix, "queue_prefix")?;
+        named(&self.bucket, "bucket")?;
+        named(&self.table, "table")?;
+        if !(1..=20).contains(&self.wait_secs) {
+            return Err("`jobs.aws.wait_secs` must be 1 to 20 (SQS long polling)".into());
+        }
+        let url = &self.endpoint_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "`jobs.aws.endpoint_url` `{}` must be an http:// or https:// URL",
+                self.endpoint_url
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_aws_backend_s_settings_are_checked_only_when_it_is_chosen() {
+        let mut config = JobsConfig {
+            aws: JobsAwsConfig {
+                wait_secs: 0,
+                endpoint_url: "127.0.0.1:5000".into(),
+                ..JobsAwsConfig::default()
+            },
+            ..JobsConfig::default()
+        };
+        assert!(config.validate().is_ok(), "unused while embedded");
+        config.backend = JobsBackend::Aws;
+        assert!(config.validate().unwrap_err().contains("wait_secs"));
+        config.aws.wait_secs = 20;
+        assert!(config.validate().unwrap_err().contains("endpoint_url"));
+        config.aws.endpoint_url = "http://127.0.0.1:5000".into();
+        assert!(config.validate().is_ok());
+        config.aws.table.clear();
+        assert!(config.validate().unwrap_err().contains("jobs.aws.table"));
+        config.aws.table = "jobs".into();
+        config.visibility_timeout_secs = MAX_SQS_WAIT_SECS + 1;
+        assert!(config.validate().unwrap_err().contains("12 hours"));
+        let read: JobsConfig =
+            toml::from_str("backend = \"aws\"\n[aws]\nregion = \"eu-west-1\"\ntopic = \"done\"")
+                .unwrap();
+        assert_eq!(
+            (read.backend, read.aws.region.as_str()),
+            (JobsBackend::Aws, "eu-west-1")
+        );
+        assert!(
+            toml::from_str::<JobsConfig>("[aws]\nqueue = \"x\"").is_err(),
+            "unknown keys"
+        );
+    }
+}

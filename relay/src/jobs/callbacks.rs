@@ -22,7 +22,7 @@ use std::time::Duration;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::store::{Delivery, DueCallback, now_ms};
+use super::backend::{Delivery, DueCallback, now_ms};
 use super::{Jobs, info};
 use crate::config::JobsConfig;
 
@@ -158,7 +158,7 @@ pub async fn run(jobs: Jobs, secret: String, shutdown: crate::shutdown::Shutdown
     // Held longer than a delivery with its redirects can take.
     let hold_ms = config.callback_timeout_ms * (MAX_REDIRECTS as u64 + 2);
     while shutdown.phase() == crate::shutdown::Phase::Running {
-        let due = match jobs.inner.store.due_callbacks(BATCH, hold_ms).await {
+        let due = match jobs.inner.backend.due_callbacks(BATCH, hold_ms).await {
             Ok(due) => due,
             Err(err) => {
                 tracing::error!(error = %err, "cannot read the due callbacks");
@@ -194,7 +194,7 @@ pub async fn run(jobs: Jobs, secret: String, shutdown: crate::shutdown::Shutdown
                     ?outcome, "callback not delivered: {why}"
                 ),
             }
-            if let Err(err) = jobs.inner.store.delivered(&callback.job.id, outcome).await {
+            if let Err(err) = jobs.inner.backend.delivered(&callback, outcome).await {
                 tracing::error!(job_id = %callback.job.id, error = %err, "cannot record a callback's delivery");
             }
         }

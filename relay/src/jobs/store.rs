@@ -13,62 +13,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use fm_protocol::{
-    AnalysisType, DocumentFormat, JobError, JobProgress, JobRequest, JobStatus, Priority,
-};
+use fm_protocol::{JobError, JobProgress, JobRequest, JobStatus, Priority};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use super::backend::{AfterFailure, Delivery, DueCallback, JobPage, JobRecord, NewJob, now_ms};
 use crate::error::RelayError;
-
-/// One job as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobRecord {
-    pub id: String,
-    /// The API key's name that submitted it: only that key sees it.
-    pub key: String,
-    pub status: JobStatus,
-    pub analysis: AnalysisType,
-    pub priority: Priority,
-    pub format: DocumentFormat,
-    /// The submission without its document (analysis, fields, labels, question, model, hint,
-    /// callback).
-    pub request: JobRequest,
-    /// Where the document is in the object store.
-    pub document: String,
-    pub created_ms: u64,
-    pub started_ms: Option<u64>,
-    pub finished_ms: Option<u64>,
-    pub attempts: u32,
-    pub progress: JobProgress,
-    pub error: Option<JobError>,
-    /// The hold of the worker running it (while running).
-    pub lease: Option<String>,
-    /// Its place in the order of submission (SQLite's rowid): later jobs have larger ones.
-    pub seq: i64,
-    /// Its callback's delivery: `pending`, `delivered` or `failed`, and the tries so far.
-    pub callback: Option<(String, u32)>,
-}
-
-/// What a new job is stored with.
-#[derive(Debug, Clone)]
-pub struct NewJob {
-    pub id: String,
-    pub key: String,
-    pub analysis: AnalysisType,
-    pub priority: Priority,
-    pub format: DocumentFormat,
-    pub request: JobRequest,
-    pub document: String,
-}
-
-/// How a failed attempt ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterFailure {
-    /// Queued again, to run after this time (ms).
-    RetryAt(u64),
-    /// Ended for good with this status (failed, dead-lettered).
-    End(JobStatus),
-}
 
 /// The SQLite job table.
 #[derive(Debug, Clone)]
@@ -86,34 +35,6 @@ const COLUMNS: &str = "id, key, status, analysis, priority, format, request, doc
 /// What ending a job sets: its callback, when it has one, becomes due now.
 const ENDED_CALLBACK: &str = "callback_state = CASE WHEN callback_url IS NULL THEN NULL \
      ELSE 'pending' END, callback_next_ms = 0";
-
-/// A callback due for delivery.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DueCallback {
-    pub job: JobRecord,
-    pub url: String,
-    /// Deliveries tried before this one.
-    pub attempts: u32,
-}
-
-/// How a callback delivery ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    Delivered,
-    /// Try again at this time (ms).
-    RetryAt(u64),
-    /// Given up.
-    Failed,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        })
-}
 
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
@@ -205,9 +126,13 @@ impl JobStore {
         .map_err(failed)
     }
 
-    /// Stores a new job, queued — unless the key already has `max_unfinished` queued or running
-    /// jobs (then `Ok(false)`, nothing stored).
-    pub async fn insert(&self, job: NewJob, max_unfinished: u32) -> Result<bool, RelayError> {
+    /// Stores a new job, queued: the job as stored — unless the key already has
+    /// `max_unfinished` queued or running jobs (then `Ok(None)`, nothing stored).
+    pub async fn insert(
+        &self,
+        job: NewJob,
+        max_unfinished: u32,
+    ) -> Result<Option<JobRecord>, RelayError> {
         let request = serde_json::to_string(&job.request)
             .map_err(|err| RelayError::Internal(format!("a job request as JSON: {err}")))?;
         let head_start = match job.priority {
@@ -223,13 +148,14 @@ impl JobStore {
                 |row| row.get(0),
             )?;
             if unfinished >= max_unfinished {
-                return Ok(false);
+                return Ok(None);
             }
             let now = now_ms();
-            transaction.execute(
-                "INSERT INTO jobs (id, key, status, analysis, priority, format, request, document,
+            let stored = transaction.query_row(
+                &format!("INSERT INTO jobs (id, key, status, analysis, priority, format, request, document,
                      created_ms, order_ms, run_after_ms, callback_url)
-                 VALUES (?1, ?2, 'QUEUED', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?8, ?10)",
+                 VALUES (?1, ?2, 'QUEUED', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?8, ?10)
+                 RETURNING {COLUMNS}"),
                 params![
                     job.id,
                     job.key,
@@ -242,9 +168,10 @@ impl JobStore {
                     to_i64(now) - to_i64(head_start),
                     job.request.callback_url,
                 ],
+                record,
             )?;
             transaction.commit()?;
-            Ok(true)
+            Ok(Some(stored))
         })
         .await
     }
@@ -256,34 +183,39 @@ impl JobStore {
             .await
     }
 
-    /// `key`'s jobs, newest first: at most `limit`, submitted before the job whose `seq` is
+    /// `key`'s jobs, newest first: at most `limit`, submitted before the job whose rowid is
     /// `before` (the last of the page before), with `status` when given.
     pub async fn list(
         &self,
         key: &str,
         status: Option<JobStatus>,
-        before: Option<i64>,
+        before: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<JobRecord>, RelayError> {
+    ) -> Result<JobPage, RelayError> {
+        let before = match before {
+            None => i64::MAX,
+            Some(cursor) => cursor
+                .parse()
+                .ok()
+                .filter(|seq: &i64| *seq > 0)
+                .ok_or_else(|| super::bad_cursor(cursor))?,
+        };
         let key = key.to_string();
-        self.with(move |connection| {
-            let mut statement = connection.prepare(&format!(
-                "SELECT {COLUMNS} FROM jobs
-                 WHERE key = ?1 AND (?2 IS NULL OR status = ?2) AND rowid < ?3
-                 ORDER BY rowid DESC LIMIT ?4"
-            ))?;
-            let rows = statement.query_map(
-                params![
-                    key,
-                    status.map(JobStatus::as_str),
-                    before.unwrap_or(i64::MAX),
-                    limit
-                ],
-                record,
-            )?;
-            rows.collect()
-        })
-        .await
+        let jobs = self
+            .with(move |connection| {
+                let mut statement = connection.prepare(&format!(
+                    "SELECT {COLUMNS} FROM jobs
+                     WHERE key = ?1 AND (?2 IS NULL OR status = ?2) AND rowid < ?3
+                     ORDER BY rowid DESC LIMIT ?4"
+                ))?;
+                let rows = statement.query_map(
+                    params![key, status.map(JobStatus::as_str), before, limit + 1],
+                    record,
+                )?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        Ok(JobPage::of(jobs, limit))
     }
 
     /// Takes the first due job for a worker, held under `lease` until `now +
@@ -487,7 +419,12 @@ impl JobStore {
                     [&id],
                     record,
                 )?;
-                taken.push(DueCallback { job, url, attempts });
+                taken.push(DueCallback {
+                    job,
+                    url,
+                    attempts,
+                    receipt: None,
+                });
             }
             transaction.commit()?;
             Ok(taken)
@@ -610,7 +547,7 @@ fn record(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
             message: error_message.unwrap_or_default(),
         }),
         lease: row.get(16)?,
-        seq: row.get(17)?,
+        cursor: row.get::<_, i64>(17)?.to_string(),
         callback: row
             .get::<_, Option<String>>(18)?
             .map(|state| Ok::<_, rusqlite::Error>((state, row.get(19)?)))
@@ -621,6 +558,7 @@ fn record(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fm_protocol::{AnalysisType, DocumentFormat};
 
     #[tokio::test]
     async fn a_table_of_an_earlier_version_gets_the_new_columns() {
@@ -654,7 +592,7 @@ mod tests {
             request,
             document: "documents/a".into(),
         };
-        assert!(store.insert(job, 10).await.unwrap());
+        assert!(store.insert(job, 10).await.unwrap().is_some());
         let claimed = store.claim("lease", 60_000, 3).await.unwrap().unwrap();
         assert!(store.complete(&claimed.id, "lease").await.unwrap());
         let due = store.due_callbacks(10, 1000).await.unwrap();

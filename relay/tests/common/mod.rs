@@ -363,9 +363,23 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
+    serve_binary_with_env(bin, args, [])
+}
+
+/// [`serve_binary`] with these environment variables set too.
+pub fn serve_binary_with_env<I, S, const N: usize>(
+    bin: &str,
+    args: I,
+    env: [(&str, &str); N],
+) -> ServedBinary
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(bin)
         .args(args)
+        .envs(env)
         .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped())
         .spawn()
