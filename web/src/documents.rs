@@ -876,7 +876,7 @@ impl Page {
                         media_type
                     };
                     refused.push(format!(
-                        "`{name}` was not sent: the relay reads PDF, plain text, Markdown and HTML, and its name and type ({media_type}) say none of them (choose its format if it is one)"
+                        "“{name}” was not sent: the relay reads PDF, plain text, Markdown and HTML, and its name and type ({media_type}) say none of them (choose its format if it is one)"
                     ));
                     continue;
                 }
@@ -886,7 +886,7 @@ impl Page {
                         page.merge(vec![info]);
                     }
                     Err(CallError::Failed(message) | CallError::Unauthorized(message)) => {
-                        refused.push(format!("`{name}` was refused: {message}"));
+                        refused.push(format!("“{name}” was refused: {message}"));
                     }
                     Err(CallError::Aborted) => {}
                 }

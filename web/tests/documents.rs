@@ -470,7 +470,7 @@ async fn the_upload_form_refuses_an_incomplete_job_and_an_unreadable_type_before
     settle().await;
     let said = error.text_content().unwrap();
     assert!(
-        said.contains("`setup.exe` was not sent") && said.contains("application/x-msdownload"),
+        said.contains("“setup.exe” was not sent") && said.contains("application/x-msdownload"),
         "{said}"
     );
     assert!(!error.has_attribute("hidden"));
