@@ -1,31 +1,31 @@
 //! The documents page (`#/documents`): send documents to the relay's background analysis
 //! (`/v1/jobs`) and watch the caller's jobs live.
 //!
-//! Files come from a drop zone or a file picker (several at once: one job each), with the
-//! analysis (summarize; extract with a comma-separated field list; classify with labels; qa with
-//! a question), a priority and, for a file whose name says nothing, its format. The form is
-//! checked with `fm_protocol::validate_job_request` (the relay's own rules) before anything is
-//! sent, and a file the relay refuses (too large, empty, unreadable, of a type it does not read)
-//! is named with the relay's reason next to the drop zone.
+//! Files come from a drop zone (a drop anywhere on the page counts) or a file picker, several at
+//! once (one job each), with the analysis (summarize; extract with a comma-separated field list;
+//! classify with labels; qa with a question), a priority and, for a file whose name says
+//! nothing, its format. The form is checked with `fm_protocol::validate_job_request` (the
+//! relay's own rules) before anything is sent, and a file the relay refuses (too large, empty,
+//! unreadable, of a type it does not read) is named with the relay's reason by the drop zone.
 //!
-//! The list is the caller's jobs, newest first, loaded whenever the page is shown. Unfinished
-//! jobs are followed live through their `status` event streams — at most [`MAX_STREAMS`] at
-//! once, since every stream holds one of the few HTTP/1.1 connections a browser opens to a host
-//! (the others, and a job whose stream broke, are brought up to date by reloading the list every
-//! few seconds while the page is shown). A completed job shows its result as Markdown (the
-//! chat's renderer), with the data of an extraction or a classification, the chunks covered and
-//! the model; a failed one its error; a queued or running one a Cancel button. The relay does
-//! not keep a job's file name, so the page keeps it, per job id, in `localStorage`
-//! ([`FILE_NAMES_KEY`]).
+//! The list is the caller's jobs, newest first, read whenever the page is shown. Unfinished jobs
+//! are followed live through their `status` event streams — at most [`MAX_STREAMS`] at once,
+//! since every stream holds one of the six HTTP/1.1 connections a browser opens to a host (the
+//! others, and a job whose stream broke, are brought up to date by reading the list again every
+//! few seconds while the page is shown). A completed job shows its answer through the chat's
+//! Markdown renderer (an extraction's fields as a JSON block, a classification's label), the
+//! chunks covered and the model; a failed one its error; a queued or running one a Cancel
+//! button. The relay does not keep a job's file name, so the page keeps it, per job id, in
+//! `localStorage` ([`FILE_NAMES_KEY`]).
 //!
 //! **Written against the DOM, not as Leptos views.** The page's fixed markup is HTML text (words
 //! and form controls, no data: [`PAGE_HTML`], [`ROW_HTML`]); one listener on the page's root
 //! handles its events, and the parts that change are written with `web-sys` calls. Measured with
-//! `trunk build --release`: the same page as Leptos views (a reactive binding per changing part,
-//! a component per row) added 45 KB of gzipped WASM — more than the 31 KB left under the 256 KB
-//! budget — and this one adds about a third of that. The Leptos app still mounts it as a
-//! component ([`DocumentsPage`]), and the Markdown of a result is the chat's component, mounted
-//! into its row.
+//! `trunk build --release` (gzipped WASM, against the 256 000-byte budget, 224 698 bytes before
+//! this page): the same page as Leptos views — a reactive binding per changing part, a component
+//! per row — added 45 KB, more than the budget left; this one adds 26 KB. The app still mounts
+//! it as a component ([`DocumentsPage`]), and a result's Markdown is the chat's component,
+//! mounted into its row.
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
@@ -712,9 +712,6 @@ impl Page {
         let Some(target) = event.target().and_then(|t| t.dyn_into::<Element>().ok()) else {
             return;
         };
-        let in_drop_zone = self
-            .drop_zone
-            .contains(Some(target.unchecked_ref::<Node>()));
         match event.type_().as_str() {
             "click" => {
                 let Some(button) = target.closest("button").ok().flatten() else {
@@ -766,22 +763,24 @@ impl Page {
                     self.send(form);
                 }
             }
-            "dragenter" | "dragover" if in_drop_zone => {
+            // A file dropped anywhere on the page is taken (a browser would otherwise open it in
+            // place of the app); the drop zone shows that it will be.
+            "dragenter" | "dragover" => {
                 event.prevent_default();
                 let _ = self.drop_zone.class_list().add_1("dragging");
             }
-            "dragleave" if in_drop_zone => {
-                // Leaving for one of the zone's own elements is not leaving the zone.
+            "dragleave" => {
+                // Moving onto another of the page's elements is not leaving the page.
                 let inside = event
                     .dyn_ref::<DragEvent>()
                     .and_then(|drag| drag.related_target())
                     .and_then(|to| to.dyn_into::<Node>().ok())
-                    .is_some_and(|to| self.drop_zone.contains(Some(&to)));
+                    .is_some_and(|to| self.root.contains(Some(&to)));
                 if !inside {
                     let _ = self.drop_zone.class_list().remove_1("dragging");
                 }
             }
-            "drop" if in_drop_zone => {
+            "drop" => {
                 event.prevent_default();
                 let _ = self.drop_zone.class_list().remove_1("dragging");
                 let files = event

@@ -194,6 +194,8 @@ fn times_and_sizes_read_as_people_say_them() {
     let at = 1_700_000_000_000_u64;
     let now = |seconds: f64| at as f64 + seconds * 1000.0;
     assert_eq!(relative_time(now(2.0), at), "just now");
+    assert_eq!(relative_time(now(4.9), at), "just now");
+    assert_eq!(relative_time(now(5.0), at), "5 s ago");
     assert_eq!(relative_time(now(-30.0), at), "just now", "a clock ahead");
     assert_eq!(relative_time(now(42.0), at), "42 s ago");
     assert_eq!(relative_time(now(600.0), at), "10 min ago");
