@@ -76,6 +76,14 @@ fn job(status: JobStatus, analysis: AnalysisType, progress: (u32, u32)) -> JobIn
 }
 
 #[wasm_bindgen_test]
+fn the_page_has_its_own_address() {
+    use fm_web::app::Page;
+    assert_eq!(Page::from_hash("#/documents"), Page::Documents);
+    assert_eq!(Page::from_hash("#/dashboard"), Page::Dashboard);
+    assert_eq!(Page::from_hash("#/elsewhere"), Page::Chat);
+}
+
+#[wasm_bindgen_test]
 fn a_file_is_read_as_its_type_says_or_its_name_when_the_type_is_generic() {
     assert_eq!(
         document_format("report.pdf", "application/pdf"),
