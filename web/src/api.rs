@@ -1,13 +1,20 @@
-//! The relay's API as the page uses it: the model list, the server-side statistics, and a
+//! The relay's API as the page uses it: the model list, the server-side statistics, a
 //! streaming chat call over either transport: `POST /v1/chat/stream` over `fetch`, whose body is
 //! read chunk by chunk and decoded with `fm_protocol`'s SSE decoder, or `GET /v1/ws`, where each
 //! event is one JSON text frame. Either way every event is handled the moment its bytes arrive,
 //! and the call is cancelled through its `AbortController`: the relay sees the disconnect (or the
 //! closed socket) and cancels the upstream call.
+//!
+//! And the document jobs (`/v1/jobs`): an upload as `multipart/form-data`, the caller's list, one
+//! job's result, a cancel, and a job's `status` events, read over `fetch` like the chat's SSE (an
+//! `EventSource` cannot send the API key). Every call carries the key the page keeps.
 
 use std::cell::RefCell;
 
-use fm_protocol::{ApiErrorBody, ChatRequest, ModelList, SseDecoder, StatsResponse, StreamEvent};
+use fm_protocol::{
+    AnalysisType, ApiErrorBody, ChatRequest, JobInfo, JobList, JobRequest, ModelList, SseDecoder,
+    SseFrame, StatsResponse, StreamEvent, Usage,
+};
 use futures_util::StreamExt;
 use js_sys::{Reflect, Uint8Array};
 use serde::de::DeserializeOwned;
@@ -16,8 +23,8 @@ use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
-    AbortController, CloseEvent, Event, Headers, MessageEvent, ReadableStreamDefaultReader,
-    Request, RequestInit, Response, WebSocket,
+    AbortController, CloseEvent, Event, File, FormData, Headers, MessageEvent,
+    ReadableStreamDefaultReader, Request, RequestInit, Response, WebSocket,
 };
 
 /// How an answer is streamed from the relay.
@@ -156,16 +163,37 @@ async fn error_of(response: &Response) -> CallError {
 
 /// `GET path` answered with JSON; `what` names it in errors.
 async fn get_json<T: DeserializeOwned>(path: &str, what: &str) -> Result<T, CallError> {
+    call_json("GET", path, None, what).await
+}
+
+/// `method path` (with `body`, if any) answered with JSON; `what` names it in errors.
+async fn call_json<T: DeserializeOwned>(
+    method: &str,
+    path: &str,
+    body: Option<&JsValue>,
+    what: &str,
+) -> Result<T, CallError> {
+    let text = call(method, path, body).await?;
+    serde_json::from_str(&text)
+        .map_err(|err| CallError::Failed(format!("{what} is not readable: {err}")))
+}
+
+/// `method path` (with `body`, if any): the answer's text, or its error. Apart from
+/// [`call_json`] so the request is written once in the WASM, not once per answer type.
+async fn call(method: &str, path: &str, body: Option<&JsValue>) -> Result<String, CallError> {
     let init = RequestInit::new();
+    init.set_method(method);
     init.set_headers(&headers()?.into());
+    if let Some(body) = body {
+        init.set_body(body);
+    }
     let request = Request::new_with_str_and_init(path, &init)?;
     let response = fetch(&request).await?;
     if !response.ok() {
         return Err(error_of(&response).await);
     }
     let text = JsFuture::from(response.text()?).await?;
-    serde_json::from_str(&text.as_string().unwrap_or_default())
-        .map_err(|err| CallError::Failed(format!("{what} is not readable: {err}")))
+    Ok(text.as_string().unwrap_or_default())
 }
 
 /// `GET /v1/models`.
@@ -216,7 +244,24 @@ async fn stream_chat_sse(
     init.set_body(&JsValue::from_str(&body));
     init.set_signal(Some(&abort.signal()));
     let request = Request::new_with_str_and_init("/v1/chat/stream", &init)?;
-    let response = fetch(&request).await?;
+    read_sse(&request, &mut |frame| {
+        let event = frame
+            .stream_event()
+            .map_err(|err| CallError::Failed(format!("an event was not readable: {err}")))?;
+        on_event(event);
+        Ok(())
+    })
+    .await
+}
+
+/// Sends `request` and reads its answer as Server-Sent Events, handing each event to `on_frame`
+/// the moment it is complete, until the stream ends (`Ok`), `on_frame` fails, or the request's
+/// signal aborts it. (`dyn`: one copy of the reading loop for every caller.)
+async fn read_sse(
+    request: &Request,
+    on_frame: &mut dyn FnMut(SseFrame) -> Result<(), CallError>,
+) -> Result<(), CallError> {
+    let response = fetch(request).await?;
     if !response.ok() {
         return Err(error_of(&response).await);
     }
@@ -235,16 +280,117 @@ async fn stream_chat_sse(
         }
         let bytes = Uint8Array::new(&Reflect::get(&chunk, &"value".into())?).to_vec();
         for frame in decoder.feed(&bytes) {
-            match frame.stream_event() {
-                Ok(event) => on_event(event),
-                Err(err) => {
-                    return Err(CallError::Failed(format!(
-                        "an event was not readable: {err}"
-                    )));
-                }
-            }
+            on_frame(frame)?;
         }
     }
+}
+
+/// A path segment (a job id) as it may go into a URL.
+fn segment(value: &str) -> String {
+    String::from(js_sys::encode_uri_component(value))
+}
+
+/// How many jobs one `GET /v1/jobs` asks for.
+pub const JOBS_PAGE: u32 = 50;
+
+/// `GET /v1/jobs`: the caller's jobs, newest first; `before` is the `next_before` of the page
+/// above, for the one after it.
+pub async fn list_jobs(before: Option<&str>) -> Result<JobList, CallError> {
+    let mut path = format!("/v1/jobs?limit={JOBS_PAGE}");
+    if let Some(before) = before {
+        path.push_str("&before=");
+        path.push_str(&segment(before));
+    }
+    get_json(&path, "the job list").await
+}
+
+/// `POST /v1/jobs` as `multipart/form-data`: `file` as the `file` part, and the job's analysis,
+/// priority, format (when set: else the relay reads it from the file's name or type), fields,
+/// labels and question — what the page's form sets — one part each (`fields` and `labels` once
+/// per value). One part per field, not a `request` part of JSON, so the page carries no JSON
+/// writer for job requests.
+pub async fn submit_job(file: &File, job: &JobRequest) -> Result<JobInfo, CallError> {
+    let form = FormData::new()?;
+    if let Some(analysis) = job.analysis_type {
+        form.append_with_str("analysis_type", analysis.as_str())?;
+    }
+    form.append_with_str("priority", job.priority.as_str())?;
+    if let Some(format) = job.format {
+        form.append_with_str("format", format.as_str())?;
+    }
+    for field in &job.fields {
+        form.append_with_str("fields", field)?;
+    }
+    for label in &job.labels {
+        form.append_with_str("labels", label)?;
+    }
+    if let Some(question) = &job.question {
+        form.append_with_str("question", question)?;
+    }
+    form.append_with_blob_and_filename("file", file, &file.name())?;
+    // No content type set here: the browser writes it, with the form's boundary.
+    call_json("POST", "/v1/jobs", Some(&form.into()), "the queued job").await
+}
+
+/// A completed job's answer as the page reads it: a [`fm_protocol::JobResult`] without its
+/// `data`, which holds what `text` already says (an extraction's fields are its JSON text, a
+/// classification's label is its text) and would need a JSON value decoder in the WASM.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct JobAnswer {
+    pub analysis_type: AnalysisType,
+    /// The model that gave the final answer.
+    pub model: String,
+    pub text: String,
+    /// Parts the document was split into.
+    pub chunks: u32,
+    /// Characters of text read from the document.
+    pub document_chars: u64,
+    pub usage: Usage,
+}
+
+/// `GET /v1/jobs/{id}/result`: a completed job's answer.
+pub async fn job_result(id: &str) -> Result<JobAnswer, CallError> {
+    get_json(
+        &format!("/v1/jobs/{}/result", segment(id)),
+        "the job's result",
+    )
+    .await
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels a queued or running job; answers the job as it is now.
+pub async fn cancel_job(id: &str) -> Result<JobInfo, CallError> {
+    call_json(
+        "DELETE",
+        &format!("/v1/jobs/{}", segment(id)),
+        None,
+        "the cancelled job",
+    )
+    .await
+}
+
+/// `GET /v1/jobs/{id}/events`: calls `on_status` with the job now and whenever it changes, until
+/// the relay ends the stream (the job ended, or the stream's time ran out: then the job may still
+/// be unfinished and another stream may follow it) or `abort` is aborted.
+pub async fn follow_job(
+    id: &str,
+    abort: &AbortController,
+    mut on_status: impl FnMut(JobInfo),
+) -> Result<(), CallError> {
+    let init = RequestInit::new();
+    init.set_headers(&headers()?.into());
+    init.set_signal(Some(&abort.signal()));
+    let request =
+        Request::new_with_str_and_init(&format!("/v1/jobs/{}/events", segment(id)), &init)?;
+    read_sse(&request, &mut |frame| {
+        if frame.event == "status" {
+            let job = serde_json::from_str(&frame.data).map_err(|err| {
+                CallError::Failed(format!("a job status was not readable: {err}"))
+            })?;
+            on_status(job);
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// What the socket's callbacks report to [`stream_chat_ws`].

@@ -1,12 +1,14 @@
-//! The app shell: a navigation bar and two pages, the chat (`#/`) and the TTFT dashboard
-//! (`#/dashboard`), chosen by the address's fragment so links, reloads and the back button work
-//! without a router. Both pages stay mounted (the hidden one is only hidden), so an answer keeps
-//! streaming while the dashboard is open.
+//! The app shell: a navigation bar and three pages, the chat (`#/`), the TTFT dashboard
+//! (`#/dashboard`) and the documents (`#/documents`), chosen by the address's fragment so links,
+//! reloads and the back button work without a router. Every page stays mounted (the hidden ones
+//! are only hidden), so an answer keeps streaming while the dashboard is open and document jobs
+//! keep being followed while the chat is.
 
 use leptos::prelude::*;
 
 use crate::chat::ChatPage;
 use crate::dashboard::DashboardPage;
+use crate::documents::DocumentsPage;
 use crate::history::History;
 
 /// The pages.
@@ -14,6 +16,7 @@ use crate::history::History;
 pub enum Page {
     Chat,
     Dashboard,
+    Documents,
 }
 
 impl Page {
@@ -21,6 +24,7 @@ impl Page {
     pub fn from_hash(hash: &str) -> Page {
         match hash.trim_start_matches('#').trim_start_matches('/') {
             "dashboard" => Page::Dashboard,
+            "documents" => Page::Documents,
             _ => Page::Chat,
         }
     }
@@ -55,12 +59,16 @@ pub fn App() -> impl IntoView {
             <span class="brand">"FM Relay"</span>
             {link(Page::Chat, "#/", "Chat")}
             {link(Page::Dashboard, "#/dashboard", "TTFT dashboard")}
+            {link(Page::Documents, "#/documents", "Documents")}
         </nav>
         <div class="page" hidden=move || page.get() != Page::Chat>
             <ChatPage history=history />
         </div>
         <div class="page" hidden=move || page.get() != Page::Dashboard>
             <DashboardPage history=history shown=Signal::derive(move || page.get() == Page::Dashboard) />
+        </div>
+        <div class="page" hidden=move || page.get() != Page::Documents>
+            <DocumentsPage shown=Signal::derive(move || page.get() == Page::Documents) />
         </div>
     }
 }

@@ -1,21 +1,24 @@
-//! # fm-web — the FM Relay chat page and TTFT dashboard
+//! # fm-web — the FM Relay chat page, TTFT dashboard and documents page
 //!
 //! A Leptos app rendered in the browser and served by `fm-relay` at `/`. It streams answers from
 //! the relay over SSE (`fetch`) or a WebSocket and paints them token by token as Markdown,
 //! measures the time to first token in the browser beside the relay's own figure, keeps the
-//! conversation and a bounded latency history in `localStorage`, and validates every request with
-//! the same `fm_protocol` function the relay runs.
+//! conversation and a bounded latency history in `localStorage`, sends documents to the relay's
+//! background jobs and follows them live, and validates every request with the same
+//! `fm_protocol` function the relay runs.
 //!
 //! Modules: [`api`] (the relay's API: models, statistics, streaming chat over either transport,
-//! cancellation), [`store`] (the conversation and what is saved of it), [`history`] (the latency
-//! history and its summaries), [`markdown`] (answers as DOM), [`charts`] (SVG charts),
-//! [`chat`] and [`dashboard`] (the two pages), [`app`] (the shell that switches between them).
+//! cancellation, document jobs and their event streams), [`store`] (the conversation and what is
+//! saved of it), [`history`] (the latency history and its summaries), [`markdown`] (answers as
+//! DOM), [`charts`] (SVG charts), [`chat`], [`dashboard`] and [`documents`] (the three pages),
+//! [`app`] (the shell that switches between them).
 
 pub mod api;
 pub mod app;
 pub mod charts;
 pub mod chat;
 pub mod dashboard;
+pub mod documents;
 pub mod history;
 pub mod markdown;
 pub mod store;
