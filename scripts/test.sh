@@ -35,3 +35,5 @@ FM_RELAY_BIN="$target_dir/debug/fm-relay" FM_SIM_BIN="$target_dir/debug/fm-sim" 
     node tests/e2e/chat.test.mjs
 FM_RELAY_BIN="$target_dir/debug/fm-relay" FM_SIM_BIN="$target_dir/debug/fm-sim" FM_WEB_DIR="$PWD/web/dist" \
     node tests/e2e/keys.test.mjs
+FM_RELAY_BIN="$target_dir/debug/fm-relay" FM_SIM_BIN="$target_dir/debug/fm-sim" FM_WEB_DIR="$PWD/web/dist" \
+    node tests/e2e/documents.test.mjs

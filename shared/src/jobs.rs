@@ -53,6 +53,41 @@ impl DocumentFormat {
             DocumentFormat::Pdf => "pdf",
         }
     }
+
+    /// The format a file's name or media type says, if it says one the relay reads (the rule
+    /// of the relay's uploads and of the web UI's documents page): a specific media type
+    /// decides; a generic one (`text/plain`, `application/octet-stream`, none) gives way to the
+    /// name's extension.
+    pub fn of_file(name: &str, media_type: &str) -> Option<DocumentFormat> {
+        let media = media_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let by_media = match media.as_str() {
+            "application/pdf" => Some(DocumentFormat::Pdf),
+            "text/html" | "application/xhtml+xml" => Some(DocumentFormat::Html),
+            "text/markdown" | "text/x-markdown" => Some(DocumentFormat::Markdown),
+            "text/plain" => Some(DocumentFormat::Text),
+            _ => None,
+        };
+        let extension = name
+            .rsplit_once('.')
+            .map(|(_, extension)| extension.to_ascii_lowercase());
+        let by_name = match extension.as_deref() {
+            Some("pdf") => Some(DocumentFormat::Pdf),
+            Some("html" | "htm" | "xhtml") => Some(DocumentFormat::Html),
+            Some("md" | "markdown") => Some(DocumentFormat::Markdown),
+            Some("txt" | "text") => Some(DocumentFormat::Text),
+            _ => None,
+        };
+        match (by_media, by_name) {
+            (Some(DocumentFormat::Text), Some(named)) => Some(named),
+            (Some(media), _) => Some(media),
+            (None, named) => named,
+        }
+    }
 }
 
 /// Which jobs a worker takes first. Low-priority jobs still run while higher ones keep coming:
@@ -449,5 +484,36 @@ mod tests {
                 .field,
             "text"
         );
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::DocumentFormat;
+
+    #[test]
+    fn a_file_is_read_as_its_type_says_or_its_name_when_the_type_is_generic() {
+        let of = DocumentFormat::of_file;
+        assert_eq!(
+            of("report.pdf", "application/pdf"),
+            Some(DocumentFormat::Pdf)
+        );
+        assert_eq!(of("REPORT.PDF", ""), Some(DocumentFormat::Pdf));
+        assert_eq!(of("notes.md", "text/plain"), Some(DocumentFormat::Markdown));
+        assert_eq!(
+            of("page", "text/html; charset=utf-8"),
+            Some(DocumentFormat::Html)
+        );
+        assert_eq!(
+            of("x.bin", "application/pdf; q=1"),
+            Some(DocumentFormat::Pdf)
+        );
+        assert_eq!(
+            of("readme.txt", "application/octet-stream"),
+            Some(DocumentFormat::Text)
+        );
+        assert_eq!(of("setup.exe", "application/x-msdownload"), None);
+        assert_eq!(of("photo.png", "image/png"), None);
+        assert_eq!(of("no-extension", ""), None);
     }
 }

@@ -121,41 +121,6 @@ pub const ROW_HTML: &str = concat!(
     "<div class=\"outcome\"></div>",
 );
 
-/// What the relay reads a file as, from its name or media type — the relay's own rule
-/// (`format_of` in `relay/src/jobs/documents.rs`): a specific media type decides, a generic one
-/// (`text/plain`, `application/octet-stream`) gives way to the name's extension. `None`: a file
-/// the relay refuses unless told its format.
-pub fn document_format(name: &str, media_type: &str) -> Option<DocumentFormat> {
-    let media = media_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let by_media = match media.as_str() {
-        "application/pdf" => Some(DocumentFormat::Pdf),
-        "text/html" | "application/xhtml+xml" => Some(DocumentFormat::Html),
-        "text/markdown" | "text/x-markdown" => Some(DocumentFormat::Markdown),
-        "text/plain" => Some(DocumentFormat::Text),
-        _ => None,
-    };
-    let extension = name
-        .rsplit_once('.')
-        .map(|(_, extension)| extension.to_ascii_lowercase());
-    let by_name = match extension.as_deref() {
-        Some("pdf") => Some(DocumentFormat::Pdf),
-        Some("html" | "htm" | "xhtml") => Some(DocumentFormat::Html),
-        Some("md" | "markdown") => Some(DocumentFormat::Markdown),
-        Some("txt" | "text") => Some(DocumentFormat::Text),
-        _ => None,
-    };
-    match (by_media, by_name) {
-        (Some(DocumentFormat::Text), Some(named)) => Some(named),
-        (Some(media), _) => Some(media),
-        (None, named) => named,
-    }
-}
-
 /// The name people read for a format.
 pub fn format_label(format: DocumentFormat) -> &'static str {
     FORMATS
@@ -801,7 +766,7 @@ impl Page {
         let lines: Vec<String> = files
             .iter()
             .map(|file| {
-                let kind = document_format(&file.name(), &file.type_())
+                let kind = DocumentFormat::of_file(&file.name(), &file.type_())
                     .map_or("unknown type", format_label);
                 format!("{} ({}, {})", file.name(), kind, size_text(file.size()))
             })
@@ -868,7 +833,7 @@ impl Page {
             for file in files {
                 let name = file.name();
                 let media_type = file.type_();
-                if format.is_none() && document_format(&name, &media_type).is_none() {
+                if format.is_none() && DocumentFormat::of_file(&name, &media_type).is_none() {
                     let media_type = if media_type.is_empty() {
                         "none".to_string()
                     } else {

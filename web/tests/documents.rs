@@ -12,8 +12,8 @@ use fm_protocol::{
 };
 use fm_web::api::JobAnswer;
 use fm_web::documents::{
-    DocumentsPage, JobRow, document_format, duration_text, job_request, json_block, pretty_json,
-    progress_text, relative_time, size_text, split_list, times_text,
+    DocumentsPage, JobRow, duration_text, job_request, json_block, pretty_json, progress_text,
+    relative_time, size_text, split_list, times_text,
 };
 use leptos::prelude::*;
 use wasm_bindgen::JsCast;
@@ -81,38 +81,6 @@ fn the_page_has_its_own_address() {
     assert_eq!(Page::from_hash("#/documents"), Page::Documents);
     assert_eq!(Page::from_hash("#/dashboard"), Page::Dashboard);
     assert_eq!(Page::from_hash("#/elsewhere"), Page::Chat);
-}
-
-#[wasm_bindgen_test]
-fn a_file_is_read_as_its_type_says_or_its_name_when_the_type_is_generic() {
-    assert_eq!(
-        document_format("report.pdf", "application/pdf"),
-        Some(DocumentFormat::Pdf)
-    );
-    assert_eq!(document_format("REPORT.PDF", ""), Some(DocumentFormat::Pdf));
-    assert_eq!(
-        document_format("notes.md", "text/plain"),
-        Some(DocumentFormat::Markdown),
-        "text/plain is generic: the name says more"
-    );
-    assert_eq!(
-        document_format("page", "text/html; charset=utf-8"),
-        Some(DocumentFormat::Html)
-    );
-    assert_eq!(
-        document_format("x.bin", "application/pdf"),
-        Some(DocumentFormat::Pdf)
-    );
-    assert_eq!(
-        document_format("readme.txt", "application/octet-stream"),
-        Some(DocumentFormat::Text)
-    );
-    assert_eq!(
-        document_format("setup.exe", "application/x-msdownload"),
-        None
-    );
-    assert_eq!(document_format("photo.png", "image/png"), None);
-    assert_eq!(document_format("no-extension", ""), None);
 }
 
 #[wasm_bindgen_test]

@@ -18,8 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use fm_protocol::{
-    ChatRequest, JobInfo, JobList, JobRequest, JobResult, JobStatus, encode_sse_frame,
-    validate_job_request,
+    ChatRequest, DocumentFormat, JobInfo, JobList, JobRequest, JobResult, JobStatus,
+    encode_sse_frame, validate_job_request,
 };
 
 use super::edge::Edge;
@@ -207,7 +207,12 @@ async fn read_upload(
     validate_job_request(&job, true).map_err(RelayError::Invalid)?;
     let format = job
         .format
-        .or_else(|| crate::jobs::documents::format_of(file_name.as_deref(), media_type.as_deref()))
+        .or_else(|| {
+            DocumentFormat::of_file(
+                file_name.as_deref().unwrap_or_default(),
+                media_type.as_deref().unwrap_or_default(),
+            )
+        })
         .ok_or_else(|| {
             invalid(
                 "file",

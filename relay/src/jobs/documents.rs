@@ -42,43 +42,6 @@ pub fn extract_text(format: DocumentFormat, bytes: &[u8]) -> Result<String, Rela
     Ok(text)
 }
 
-/// The format a file's name or media type says, if it says one the relay reads.
-pub fn format_of(file_name: Option<&str>, media_type: Option<&str>) -> Option<DocumentFormat> {
-    let media = media_type
-        .map(|m| {
-            m.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
-    let by_media = match media.as_str() {
-        "application/pdf" => Some(DocumentFormat::Pdf),
-        "text/html" | "application/xhtml+xml" => Some(DocumentFormat::Html),
-        "text/markdown" | "text/x-markdown" => Some(DocumentFormat::Markdown),
-        "text/plain" => Some(DocumentFormat::Text),
-        _ => None,
-    };
-    let extension = file_name
-        .and_then(|name| name.rsplit_once('.'))
-        .map(|(_, extension)| extension.to_ascii_lowercase());
-    let by_name = match extension.as_deref() {
-        Some("pdf") => Some(DocumentFormat::Pdf),
-        Some("html" | "htm" | "xhtml") => Some(DocumentFormat::Html),
-        Some("md" | "markdown") => Some(DocumentFormat::Markdown),
-        Some("txt" | "text") => Some(DocumentFormat::Text),
-        _ => None,
-    };
-    // A generic media type (`application/octet-stream`, `text/plain` for a `.md`) says less
-    // than the name.
-    match (by_media, by_name) {
-        (Some(DocumentFormat::Text), Some(named)) => Some(named),
-        (Some(media), _) => Some(media),
-        (None, named) => named,
-    }
-}
-
 /// `text` in pieces of at most `max_chars` characters: whole paragraphs (split at blank lines)
 /// gathered while they fit; a paragraph longer than a piece is cut at line ends, then at
 /// sentence ends, then anywhere.
@@ -185,22 +148,5 @@ mod tests {
             extract_text(DocumentFormat::Pdf, b"not a pdf"),
             Err(RelayError::Document(DocumentError::Unreadable { .. }))
         ));
-    }
-
-    #[test]
-    fn a_name_says_more_than_a_generic_media_type() {
-        assert_eq!(
-            format_of(Some("notes.md"), Some("text/plain")),
-            Some(DocumentFormat::Markdown)
-        );
-        assert_eq!(
-            format_of(Some("x.bin"), Some("application/pdf; q=1")),
-            Some(DocumentFormat::Pdf)
-        );
-        assert_eq!(
-            format_of(Some("report.PDF"), None),
-            Some(DocumentFormat::Pdf)
-        );
-        assert_eq!(format_of(Some("image.png"), Some("image/png")), None);
     }
 }
