@@ -269,6 +269,13 @@ pub enum RelayError {
     /// A job's document cannot be analysed.
     #[error("{0}")]
     Document(DocumentError),
+    /// A submitted document is refused: the one in the request's field `field` (`text`,
+    /// `file`, `document_ref`).
+    #[error("{error}")]
+    DocumentRefused {
+        field: &'static str,
+        error: DocumentError,
+    },
     #[error("no job `{id}` (a key sees only its own jobs)")]
     JobNotFound { id: String },
     #[error("job `{id}` is {status}: its result is there once it is COMPLETED")]
@@ -417,15 +424,17 @@ impl RelayError {
                 UpstreamFailure::Protocol => ErrorCode::UpstreamError,
             },
             RelayError::DeadlineExceeded(_) => ErrorCode::DeadlineExceeded,
-            RelayError::Document(document) => match document {
-                DocumentError::Empty | DocumentError::MissingReference(_) => {
-                    ErrorCode::InvalidRequest
+            RelayError::Document(error) | RelayError::DocumentRefused { error, .. } => {
+                match error {
+                    DocumentError::Empty | DocumentError::MissingReference(_) => {
+                        ErrorCode::InvalidRequest
+                    }
+                    DocumentError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+                    DocumentError::NoTextLayer | DocumentError::Unreadable { .. } => {
+                        ErrorCode::UnreadableDocument
+                    }
                 }
-                DocumentError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
-                DocumentError::NoTextLayer | DocumentError::Unreadable { .. } => {
-                    ErrorCode::UnreadableDocument
-                }
-            },
+            }
             RelayError::JobNotFound { .. } => ErrorCode::NotFound,
             RelayError::UploadRejected(_) => ErrorCode::InvalidRequest,
             RelayError::Upload(err) => match err.status() {
@@ -522,8 +531,7 @@ impl RelayError {
             RelayError::MalformedJson { field, .. } => field.clone(),
             RelayError::InvalidQuery { field, .. } => Some(field.clone()),
             RelayError::LargerThanLimit { .. } => Some("max_tokens".into()),
-            RelayError::Document(DocumentError::Empty) => Some("text".into()),
-            RelayError::Document(DocumentError::MissingReference(_)) => Some("document_ref".into()),
+            RelayError::DocumentRefused { field, .. } => Some((*field).into()),
             RelayError::Upload(_) | RelayError::UploadRejected(_) => Some("file".into()),
             _ => None,
         }

@@ -224,8 +224,12 @@ async fn bad_submissions_are_clear_client_errors() {
     )
     .await;
     assert_eq!(
-        (status, answer["error"]["code"].as_str()),
-        (413, Some("payload_too_large"))
+        (
+            status,
+            answer["error"]["code"].as_str(),
+            answer["error"]["field"].as_str()
+        ),
+        (413, Some("payload_too_large"), Some("text"))
     );
     // Not JSON: 415.
     let response = harness
@@ -811,6 +815,38 @@ async fn uploaded_pdf_and_html_documents_are_read_and_bad_files_refused() {
         assert_eq!(
             (got, answer["error"]["code"].as_str()),
             (status, Some(code)),
+            "{answer}"
+        );
+    }
+    // A refused file is named as the `file` part: empty, without a text layer, too large.
+    for (body, code) in [
+        (&b""[..], "invalid_request"),
+        (&scan[..], "unreadable_document"),
+        (&big[..], "payload_too_large"),
+    ] {
+        let name = if body.starts_with(b"%PDF") {
+            "scan.pdf"
+        } else {
+            "notes.txt"
+        };
+        let (_, answer) = upload(
+            &harness,
+            &[
+                text_part("analysis_type", "summarize"),
+                Part {
+                    name: "file",
+                    file: Some((name, "")),
+                    body,
+                },
+            ],
+        )
+        .await;
+        assert_eq!(
+            (
+                answer["error"]["code"].as_str(),
+                answer["error"]["field"].as_str()
+            ),
+            (Some(code), Some("file")),
             "{answer}"
         );
     }

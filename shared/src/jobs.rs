@@ -196,8 +196,10 @@ impl JobStatus {
     }
 }
 
-/// How far a running job is: its model calls, done and in all (one per chunk of the document,
-/// and one to combine the chunks' answers when there is more than one).
+/// How far a running job is, in steps done and in all: one per chunk of the document (a model
+/// call each), and for `summarize` and `qa` over more than one chunk one more for combining the
+/// chunks' answers (a call, or several for a long document), done when the job completes.
+/// `extract` and `classify` combine their chunks' answers without a call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobProgress {
     pub done: u32,

@@ -102,6 +102,7 @@ async fn submit(
                     (Some(text), _) => Document::Upload {
                         bytes: bytes::Bytes::from(text.clone().into_bytes()),
                         format,
+                        field: "text",
                     },
                     (None, location) => Document::Reference {
                         location: location.clone().unwrap_or_default(),
@@ -224,7 +225,14 @@ async fn read_upload(
             )
         })?;
     job.format = Some(format);
-    Ok((job, Document::Upload { bytes, format }))
+    Ok((
+        job,
+        Document::Upload {
+            bytes,
+            format,
+            field: "file",
+        },
+    ))
 }
 
 /// A broken or oversized upload part.

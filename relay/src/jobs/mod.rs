@@ -59,10 +59,12 @@ pub trait ModelCalls: Send + Sync + std::fmt::Debug {
 /// The document of a new job, and how it is written.
 #[derive(Debug)]
 pub enum Document {
-    /// Bytes sent with the submission.
+    /// Bytes sent with the submission, in the request's field `field` (`text`, or `file` of
+    /// an upload): a refused document names it.
     Upload {
         bytes: bytes::Bytes,
         format: DocumentFormat,
+        field: &'static str,
     },
     /// An object already in the store.
     Reference {
@@ -139,28 +141,46 @@ impl Jobs {
             self.check_callback(url).await?;
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
+        let refused = |field: &'static str| {
+            move |err| match err {
+                RelayError::Document(error) => RelayError::DocumentRefused { field, error },
+                err => err,
+            }
+        };
         let (location, format) = match document {
-            Document::Upload { bytes, format } => {
+            Document::Upload {
+                bytes,
+                format,
+                field,
+            } => {
                 let size = bytes.len() as u64;
                 if size > inner.config.max_document_bytes {
-                    return Err(RelayError::Document(DocumentError::TooLarge {
-                        size,
-                        max: inner.config.max_document_bytes,
-                    }));
+                    return Err(RelayError::DocumentRefused {
+                        field,
+                        error: DocumentError::TooLarge {
+                            size,
+                            max: inner.config.max_document_bytes,
+                        },
+                    });
                 }
                 // Read now: an unreadable document is the caller's to know at once.
-                documents::extract_text(format, &bytes)?;
+                documents::extract_text(format, &bytes).map_err(refused(field))?;
                 let location = format!("{DOCUMENTS}/{id}");
                 inner.objects.put(&location, bytes).await?;
                 (location, format)
             }
             Document::Reference { location, format } => {
                 let path = reference_path(&location)?.to_string();
-                let size = inner.objects.size(&path).await?.ok_or_else(|| {
-                    RelayError::Document(DocumentError::MissingReference(location.clone()))
-                })?;
+                let refused = |error| RelayError::DocumentRefused {
+                    field: "document_ref",
+                    error,
+                };
+                let size =
+                    inner.objects.size(&path).await?.ok_or_else(|| {
+                        refused(DocumentError::MissingReference(location.clone()))
+                    })?;
                 if size > inner.config.max_document_bytes {
-                    return Err(RelayError::Document(DocumentError::TooLarge {
+                    return Err(refused(DocumentError::TooLarge {
                         size,
                         max: inner.config.max_document_bytes,
                     }));
