@@ -278,6 +278,9 @@ pub enum RelayError {
     },
     #[error("no job `{id}` (a key sees only its own jobs)")]
     JobNotFound { id: String },
+    /// `GET /v1/models/{id}` of a model the relay does not have.
+    #[error("no model `{id}`: GET /v1/models lists the relay's models")]
+    ModelNotFound { id: String },
     #[error("job `{id}` is {status}: its result is there once it is COMPLETED")]
     JobNotFinished { id: String, status: &'static str },
     /// The key has as many unfinished jobs as `jobs.max_queued_per_key` allows.
@@ -435,7 +438,9 @@ impl RelayError {
                     }
                 }
             }
-            RelayError::JobNotFound { .. } => ErrorCode::NotFound,
+            RelayError::JobNotFound { .. } | RelayError::ModelNotFound { .. } => {
+                ErrorCode::NotFound
+            }
             RelayError::UploadRejected(_) => ErrorCode::InvalidRequest,
             RelayError::Upload(err) => match err.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use fm_protocol::{ChatResponse, ErrorCode, ModelList, StopReason, StreamEvent};
+use fm_protocol::{ChatResponse, ErrorCode, ModelInfo, ModelList, StopReason, StreamEvent};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -499,10 +499,24 @@ async fn health_and_models_describe_the_relay() {
     let health: serde_json::Value = harness.get_json("/healthz").await;
     assert_eq!(health["status"], "ok");
     let models: ModelList = harness.get_json("/v1/models").await;
-    let ids: Vec<&str> = models.models.iter().map(|m| m.id.as_str()).collect();
+    let ids: Vec<&str> = models.data.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(&ids[..3], ["plain", "slow", "paced"]);
-    assert!(models.models[0].default && !models.models[1].default);
-    assert_eq!(models.models[0].context_window, 100_000);
+    assert!(models.data[0].default && !models.data[1].default);
+    assert_eq!(models.data[0].context_window, 100_000);
+    // OpenAI's shapes: a list of model objects, and one model by id.
+    assert_eq!(models.object, "list");
+    assert_eq!(
+        (
+            models.data[0].object.as_str(),
+            models.data[0].owned_by.as_str()
+        ),
+        ("model", "bedrock")
+    );
+    assert!(models.data[0].created > 1_700_000_000);
+    let one: ModelInfo = harness.get_json("/v1/models/slow").await;
+    assert_eq!(one, models.data[1]);
+    let (status, code, _) = error_of(harness.get("/v1/models/nope").await).await;
+    assert_eq!((status, code.as_str()), (404, "not_found"));
 }
 
 /// The relay's stream write counters: (events sent, writes that carried them).

@@ -137,7 +137,7 @@ async fn openai_clients_get_openai_error_bodies() {
             json!({"model": "plain", "messages": [{"role": "user", "content": "x"}], "n": 3})
                 .to_string(),
             400,
-            "malformed_json",
+            "invalid_request",
             "invalid_request_error",
         ),
         (

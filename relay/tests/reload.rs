@@ -260,7 +260,7 @@ async fn a_reload_changes_the_models_and_keeps_the_targets_it_still_declares() {
     // The new default answers a request that names no model, and the listing says so.
     assert_eq!(harness.chat(None, "hi").await.model, "extra");
     let models: fm_protocol::ModelList = harness.get("/v1/models").await.json().await.unwrap();
-    let extra = models.models.iter().find(|m| m.id == "extra").unwrap();
+    let extra = models.data.iter().find(|m| m.id == "extra").unwrap();
     assert!(extra.default, "{models:?}");
     // The kept target keeps its window; the moved one starts afresh in its new region.
     assert_eq!(

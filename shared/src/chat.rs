@@ -246,11 +246,21 @@ pub struct ChatResponse {
     pub timings: Timings,
 }
 
-/// One model the relay can route to, as listed by `GET /v1/models`.
+/// One model the relay can route to, as listed by `GET /v1/models`: OpenAI's model object
+/// (`id`, `object`, `created`, `owned_by`) with the relay's own fields beside it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
     /// The id clients put in [`ChatRequest::model`].
     pub id: String,
+    /// Always `model` (OpenAI's object type).
+    #[serde(default = "model_object")]
+    pub object: String,
+    /// When the relay's catalog of models was loaded, in Unix seconds (OpenAI's `created`).
+    #[serde(default)]
+    pub created: u64,
+    /// Who serves it: the provider (OpenAI's `owned_by`).
+    #[serde(default)]
+    pub owned_by: String,
     pub provider: String,
     pub region: String,
     /// US dollars per 1 000 input tokens.
@@ -267,10 +277,22 @@ pub struct ModelInfo {
     pub capabilities: Vec<crate::route::Capability>,
 }
 
-/// The answer of `GET /v1/models`.
+fn model_object() -> String {
+    "model".into()
+}
+
+fn list_object() -> String {
+    "list".into()
+}
+
+/// The answer of `GET /v1/models`: OpenAI's list shape (`object: "list"`, `data`), which the
+/// OpenAI SDKs read, with the relay's routing hints beside it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelList {
-    pub models: Vec<ModelInfo>,
+    /// Always `list`.
+    #[serde(default = "list_object")]
+    pub object: String,
+    pub data: Vec<ModelInfo>,
     /// The routing hints a request may give (`routing_hint`, `x-fm-route-hint`).
     #[serde(default)]
     pub hints: Vec<String>,

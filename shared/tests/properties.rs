@@ -309,8 +309,9 @@ proptest! {
         id in text(), provider in text(), region in text(),
         prices in (0.0f64..10.0, 0.0f64..10.0), context_window in any::<u32>(), default in any::<bool>(),
     ) {
-        round_trips(&ModelList { models: vec![ModelInfo {
-            id, provider, region, input_price_per_1k: prices.0, output_price_per_1k: prices.1,
+        round_trips(&ModelList { object: "list".into(), data: vec![ModelInfo {
+            id, object: "model".into(), created: 1_700_000_000, owned_by: provider.clone(),
+            provider, region, input_price_per_1k: prices.0, output_price_per_1k: prices.1,
             context_window, default, tier: Tier::Premium, capabilities: vec![Capability::Code],
         }], hints: vec!["fast".into()] })?;
     }

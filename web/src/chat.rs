@@ -53,7 +53,7 @@ pub fn ChatPage(history: History) -> impl IntoView {
             match api::models().await {
                 Ok(list) => {
                     hints.set(list.hints);
-                    models.set(list.models);
+                    models.set(list.data);
                 }
                 Err(CallError::Unauthorized(message)) => needs_key.set(Some(message)),
                 Err(_) => {}

@@ -1,4 +1,5 @@
-//! `GET /healthz` (liveness and drain state), `GET /v1/models` (the configured models),
+//! `GET /healthz` (liveness and drain state), `GET /v1/models` and `GET /v1/models/{id}` (the
+//! configured models, in OpenAI's list and model shapes with the relay's fields beside),
 //! `GET /v1/stats?window_secs=N` (server-side latency per model over the last N seconds, default
 //! 300, at most 3600) and `GET /metrics` (for Prometheus, in the OpenMetrics text format through
 //! `prometheus-client`: histograms of time to first token, total time, tokens and attempts;
@@ -7,11 +8,11 @@
 
 use std::time::Duration;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use fm_protocol::{ModelList, StatsResponse};
+use fm_protocol::{ModelInfo, ModelList, StatsResponse};
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -26,6 +27,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health))
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
         .route("/v1/stats", get(stats))
         .route("/metrics", get(metrics))
 }
@@ -43,6 +45,23 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 
 async fn models(State(state): State<AppState>) -> Json<ModelList> {
     Json(state.routing().table().list())
+}
+
+/// One model by its id (a 404 naming it for one the relay does not have).
+async fn model(
+    State(state): State<AppState>,
+    RequestId(request_id): RequestId,
+    Path(id): Path<String>,
+) -> Result<Json<ModelInfo>, RequestError> {
+    state
+        .routing()
+        .table()
+        .list()
+        .data
+        .into_iter()
+        .find(|model| model.id == id)
+        .map(Json)
+        .ok_or_else(|| RelayError::ModelNotFound { id }.with_request_id(&request_id))
 }
 
 /// The window `GET /v1/stats` reports when none is asked for.

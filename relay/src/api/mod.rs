@@ -115,7 +115,7 @@ impl AppState {
             jobs,
         } = parts;
         let window = Arc::new(LiveWindow::new(
-            catalog.list().models.into_iter().map(|model| model.id),
+            catalog.list().data.into_iter().map(|model| model.id),
         ));
         let executor = Executor::new(&config, cache.clone(), window.clone(), shutdown.clone());
         let routing = Routing::new(&config, catalog);

@@ -89,11 +89,9 @@ struct StreamOptions {
     include_usage: bool,
 }
 
+/// A 400 `invalid_request` naming `field`: well-formed, but not something the relay does.
 fn unsupported(field: &str, message: &str) -> RelayError {
-    RelayError::MalformedJson {
-        message: format!("{field}: {message}"),
-        field: Some(field.to_string()),
-    }
+    RelayError::Invalid(fm_protocol::ValidationError::new(field, message))
 }
 
 impl CompletionRequest {

@@ -76,6 +76,8 @@ pub struct ModelCatalog {
     default_index: usize,
     /// Each model's plan, built once: a request routed to one healthy model only picks one.
     plans: Vec<Arc<[PlanStep]>>,
+    /// When it was built (Unix seconds): the models' `created` in `GET /v1/models`.
+    built_secs: u64,
 }
 
 impl ModelCatalog {
@@ -94,6 +96,9 @@ impl ModelCatalog {
             by_id,
             default_index,
             plans: Vec::new(),
+            built_secs: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs()),
         };
         catalog.plans = (0..catalog.models.len())
             .map(|index| catalog.plan_of(&catalog.with_fallbacks(&[index], |_| true)))
@@ -203,7 +208,8 @@ impl ModelCatalog {
     /// The listing of `GET /v1/models` (without the hints, which the policy knows).
     pub fn list(&self) -> ModelList {
         ModelList {
-            models: self
+            object: "list".into(),
+            data: self
                 .models
                 .iter()
                 .enumerate()
@@ -215,9 +221,13 @@ impl ModelCatalog {
                     {
                         capabilities.push(fm_protocol::Capability::Prefill);
                     }
+                    let provider = entry.targets[0].provider.kind().to_string();
                     ModelInfo {
                         id: config.id.clone(),
-                        provider: entry.targets[0].provider.kind().to_string(),
+                        object: "model".into(),
+                        created: self.built_secs,
+                        owned_by: provider.clone(),
+                        provider,
                         region: config.region.clone(),
                         input_price_per_1k: config.input_price_per_1k,
                         output_price_per_1k: config.output_price_per_1k,
