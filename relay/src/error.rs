@@ -468,7 +468,12 @@ impl RelayError {
     }
 
     pub fn status(&self) -> StatusCode {
-        match self.code() {
+        RelayError::status_of(self.code())
+    }
+
+    /// The HTTP status of an error of `code` (one place: every surface answers with it).
+    pub fn status_of(code: ErrorCode) -> StatusCode {
+        match code {
             ErrorCode::InvalidRequest
             | ErrorCode::MalformedJson
             | ErrorCode::UnknownModel

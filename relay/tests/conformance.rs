@@ -80,3 +80,15 @@ async fn the_openai_sdk_works_with_only_the_base_url_changed() {
     .await;
     assert!(said.contains("openai SDK"), "{said}");
 }
+
+#[tokio::test]
+async fn the_anthropic_sdk_works_with_only_the_base_url_changed() {
+    let harness = keyed().await;
+    let base_url = harness.url("");
+    let said = run_script(
+        "anthropic_sdk.py",
+        &[base_url.trim_end_matches('/'), KEY, "plain"],
+    )
+    .await;
+    assert!(said.contains("anthropic SDK"), "{said}");
+}

@@ -1,5 +1,6 @@
 //! The HTTP surfaces, one file each: [`chat`] (`POST /v1/chat`), [`sse`]
 //! (`POST /v1/chat/stream`), [`ws`] (`GET /v1/ws`), [`openai`] (`POST /v1/chat/completions`),
+//! [`anthropic`] (`POST /v1/messages`) — the two drop-in surfaces share [`compat`] —
 //! [`routes`] (the purpose-built `[[routes]]`: `/v1/moderate`, `/v1/summarize`, ...),
 //! [`explain`] (`POST /v1/route/explain`), [`reload`] (`POST /v1/admin/reload`, and `SIGHUP`),
 //! [`jobs`] (`/v1/jobs`: async document jobs), [`usage`] (`GET /v1/usage`, `GET
@@ -10,7 +11,9 @@
 //! check, validation, the key's models, routing, the limits' reservation) and hands it to the
 //! executor.
 
+pub mod anthropic;
 pub mod chat;
+pub mod compat;
 pub mod edge;
 pub mod explain;
 pub mod extract;
@@ -369,6 +372,7 @@ pub fn app(state: AppState) -> Router {
         .merge(sse::routes())
         .merge(ws::routes())
         .merge(openai::routes())
+        .merge(anthropic::routes())
         .merge(usage::routes())
         .merge(routes::routes(&state))
         .merge(explain::routes())

@@ -19,20 +19,19 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::Router;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
-use axum::{Json, Router};
 use fm_protocol::{ChatRequest, ChatResponse, ErrorCode, Message, StopReason, StreamEvent, Usage};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::edge::Edge;
 use super::extract::ApiJson;
-use super::sse::{SseEncoder, sse_body, sse_response};
-use super::{AppState, admit, open_stream};
+use super::sse::SseEncoder;
+use super::{AppState, compat};
 use crate::error::{RelayError, RequestError};
-use crate::resilience::Restart;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/chat/completions", post(chat_completions))
@@ -174,26 +173,26 @@ async fn chat_completions(
         let request = completion.to_chat_request()?;
         // An OpenAI client expects usage; when the upstream reports none, it gets an estimate.
         let prompt_chars = request.prompt_chars();
-        if completion.stream {
-            let events = open_stream(&state, &edge, request, Restart::Replay).await?;
-            let encoder = ChunkEncoder {
-                id: format!("chatcmpl-{request_id}"),
-                created: unix_seconds(),
-                model: String::new(),
-                include_usage: completion.include_usage(),
-                prompt_chars,
-                answer_chars: 0,
-                sent_text: false,
-            };
-            Ok(sse_response(sse_body(&state, events, encoder)))
-        } else {
-            let (ctx, decision) = admit(&state, &edge, &request, false).await?;
-            let answer = state.executor().complete(ctx, decision, request).await?;
-            Ok(Json(completion_body(&answer, prompt_chars)).into_response())
-        }
+        let stream = completion.stream.then(|| ChunkEncoder {
+            id: format!("chatcmpl-{request_id}"),
+            created: unix_seconds(),
+            model: String::new(),
+            include_usage: completion.include_usage(),
+            prompt_chars,
+            answer_chars: 0,
+            sent_text: false,
+        });
+        compat::answer(&state, &edge, request, stream, |answer| {
+            completion_body(answer, prompt_chars)
+        })
+        .await
     }
     .await;
-    answer.unwrap_or_else(|err: RelayError| error_response(err, request_id))
+    answer.unwrap_or_else(|err: RelayError| {
+        compat::error_response(err, request_id, |error, _| {
+            error_body(error.code, &error.message, error.field.as_deref())
+        })
+    })
 }
 
 fn unix_seconds() -> u64 {
@@ -259,22 +258,6 @@ fn error_body(code: ErrorCode, message: &str, field: Option<&str>) -> Value {
     json!({"error": {"message": message, "type": kind, "param": field, "code": code}})
 }
 
-/// An error as an OpenAI error answer, with the relay's status (and `Retry-After` when known).
-fn error_response(err: RelayError, request_id: &str) -> Response {
-    let status = err.status();
-    if status.is_server_error() {
-        tracing::warn!(error = %err, request_id, "request failed");
-    }
-    let body = err.to_body(Some(request_id)).error;
-    let mut response = (
-        status,
-        Json(error_body(body.code, &body.message, body.field.as_deref())),
-    )
-        .into_response();
-    err.add_retry_after(&mut response);
-    response
-}
-
 /// Writes stream events as `chat.completion.chunk`s.
 struct ChunkEncoder {
     id: String,
@@ -333,10 +316,8 @@ impl SseEncoder for ChunkEncoder {
                 discard_partial, ..
             } => {
                 if *discard_partial && self.sent_text {
-                    let message = "the upstream broke off and the answer restarted on another \
-                                   target; the partial answer cannot be taken back: send the \
-                                   request again";
-                    let error = error_body(ErrorCode::UpstreamError, message, None);
+                    let error =
+                        error_body(ErrorCode::UpstreamError, compat::CANNOT_TAKE_BACK, None);
                     Self::push(chunk, &error.to_string());
                     return false;
                 }
