@@ -54,6 +54,10 @@
 //! knowing no surface and no limit; `provider` knows neither surfaces nor routing; everyone writes `telemetry`. No module
 //! imports one that imports it back (`module-cycles` checks).
 
+// The futures of the drop-in surfaces (a JSON answer or a stream of frames, through admission,
+// routing and resilience) nest deeper than the compiler's default layout depth of 128.
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod auth;
 pub mod cache;

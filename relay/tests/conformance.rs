@@ -8,8 +8,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::*;
-use fm_relay::auth::key_digest;
-use fm_relay::config::{ApiKeyConfig, AuthMode, KeyLimits};
+use fm_relay::config::{AuthMode, KeyLimits};
 
 /// The workspace's `.venv` Python (`FM_PYTHON` overrides it).
 fn python() -> PathBuf {
@@ -52,19 +51,22 @@ async fn run_script(script: &str, args: &[&str]) -> String {
 /// The key the SDKs send.
 const KEY: &str = "fmr_conformance_test_key";
 
-/// A relay that requires keys, with [`KEY`].
+/// A key allowed one request a minute.
+const LIMITED_KEY: &str = "fmr_conformance_limited_key";
+
+/// A relay that requires keys, with [`KEY`] and [`LIMITED_KEY`].
 async fn keyed() -> Harness {
     start_with(sim_config(), |config| {
         config.auth.mode = AuthMode::Keys;
-        config.auth.keys = vec![ApiKeyConfig {
-            name: "sdk".into(),
-            key_sha256: hex::encode(key_digest(KEY)),
-            admin: false,
-            revoked: false,
-            models: Vec::new(),
-            routes: Vec::new(),
-            limits: KeyLimits::default(),
-        }];
+        let limited = KeyLimits {
+            requests_per_minute: Some(1),
+            burst: Some(1),
+            ..KeyLimits::default()
+        };
+        config.auth.keys = vec![
+            api_key("sdk", KEY, KeyLimits::default()),
+            api_key("limited", LIMITED_KEY, limited),
+        ];
     })
     .await
 }
@@ -91,4 +93,22 @@ async fn the_anthropic_sdk_works_with_only_the_base_url_changed() {
     )
     .await;
     assert!(said.contains("anthropic SDK"), "{said}");
+}
+
+#[tokio::test]
+async fn boto3_s_bedrock_runtime_client_works_with_only_the_endpoint_changed() {
+    let harness = keyed().await;
+    let base_url = harness.url("");
+    let said = run_script(
+        "boto3_sdk.py",
+        &[
+            base_url.trim_end_matches('/'),
+            KEY,
+            "plain",
+            UPSTREAM,
+            LIMITED_KEY,
+        ],
+    )
+    .await;
+    assert!(said.contains("boto3"), "{said}");
 }

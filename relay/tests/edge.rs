@@ -9,29 +9,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, chat_body, error_of, sim_config, sse_events, start_with};
+use common::{Harness, api_key as key, chat_body, error_of, sim_config, sse_events, start_with};
 use fm_protocol::{ChatResponse, KeyUsage, StreamEvent, Usage, UsageReport};
 use fm_relay::RelayConfig;
-use fm_relay::auth::key_digest;
-use fm_relay::config::{ApiKeyConfig, AuthMode, KeyLimits};
+use fm_relay::config::{AuthMode, KeyLimits};
 use futures_util::{SinkExt, StreamExt};
 
 const ALICE: &str = "fmr_alice_test_key";
 const BOB: &str = "fmr_bob_test_key";
 const ADMIN: &str = "fmr_admin_test_key";
 const REVOKED: &str = "fmr_revoked_test_key";
-
-fn key(name: &str, secret: &str, limits: KeyLimits) -> ApiKeyConfig {
-    ApiKeyConfig {
-        name: name.into(),
-        key_sha256: hex::encode(key_digest(secret)),
-        admin: false,
-        revoked: false,
-        models: Vec::new(),
-        routes: Vec::new(),
-        limits,
-    }
-}
 
 /// Keys mode with alice (limits as given), bob, an admin and a revoked key.
 fn with_keys(config: &mut RelayConfig, alice: KeyLimits) {

@@ -298,16 +298,8 @@ async fn jobs_are_listed_newest_first_in_pages_and_by_status() {
 
 #[tokio::test]
 async fn a_key_sees_and_cancels_only_its_own_jobs() {
-    use fm_relay::config::{ApiKeyConfig, AuthMode, KeyLimits};
-    let key = |name: &str, secret: &str| ApiKeyConfig {
-        name: name.into(),
-        key_sha256: hex::encode(fm_relay::auth::key_digest(secret)),
-        admin: false,
-        revoked: false,
-        models: Vec::new(),
-        routes: Vec::new(),
-        limits: KeyLimits::default(),
-    };
+    use fm_relay::config::{AuthMode, KeyLimits};
+    let key = |name: &str, secret: &str| api_key(name, secret, KeyLimits::default());
     let harness = start_with(sim_config(), |config| {
         quick_jobs(config);
         config.auth.mode = AuthMode::Keys;

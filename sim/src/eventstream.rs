@@ -27,6 +27,15 @@ pub fn event_frame(event_type: &'static str, json: &serde_json::Value) -> Bytes 
     encode(&message)
 }
 
+/// A `chunk` frame of InvokeModelWithResponseStream: the model's event `event` (Anthropic's, for
+/// Claude) as base64 JSON in `bytes`.
+pub fn chunk_frame(event: &serde_json::Value) -> Bytes {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD
+        .encode(serde_json::to_vec(event).unwrap_or_default());
+    event_frame("chunk", &serde_json::json!({ "bytes": encoded }))
+}
+
 /// An `exception` frame, as Bedrock sends when a stream fails after it started.
 pub fn exception_frame(exception_type: &'static str, message: &str) -> Bytes {
     let payload = serde_json::json!({ "message": message });

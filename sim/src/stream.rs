@@ -12,13 +12,12 @@ use std::task::{Poll, ready};
 use std::time::Instant;
 
 use axum::body::Body;
-use base64::Engine;
 use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::answer::Answer;
-use crate::eventstream::{event_frame, exception_frame};
+use crate::eventstream::{chunk_frame, event_frame, exception_frame};
 use crate::fault::{Fault, HttpFault};
 use crate::stats::SimStats;
 
@@ -252,7 +251,7 @@ impl Producer {
                 vec![event_frame("messageStart", &json!({"role": "assistant"}))]
             }
             StreamFormat::Invoke => vec![
-                chunk(&json!({
+                chunk_frame(&json!({
                     "type": "message_start",
                     "message": {
                         "id": format!("msg_bdrk_{}", self.request_id),
@@ -265,7 +264,7 @@ impl Producer {
                         "usage": {"input_tokens": answer.input_tokens, "output_tokens": 1},
                     },
                 })),
-                chunk(&json!({
+                chunk_frame(&json!({
                     "type": "content_block_start",
                     "index": 0,
                     "content_block": {"type": "text", "text": ""},
@@ -288,7 +287,7 @@ impl Producer {
                 "contentBlockDelta",
                 &json!({"contentBlockIndex": 0, "delta": {"text": token}}),
             ),
-            StreamFormat::Invoke => chunk(&json!({
+            StreamFormat::Invoke => chunk_frame(&json!({
                 "type": "content_block_delta",
                 "index": 0,
                 "delta": {"type": "text_delta", "text": token},
@@ -344,8 +343,8 @@ impl Producer {
                 frames
             }
             StreamFormat::Invoke => vec![
-                chunk(&json!({"type": "content_block_stop", "index": 0})),
-                chunk(&json!({
+                chunk_frame(&json!({"type": "content_block_stop", "index": 0})),
+                chunk_frame(&json!({
                     "type": "message_delta",
                     "delta": {
                         "stop_reason": answer.stop.as_str(),
@@ -353,7 +352,7 @@ impl Producer {
                     },
                     "usage": {"output_tokens": output_tokens},
                 })),
-                chunk(&json!({
+                chunk_frame(&json!({
                     "type": "message_stop",
                     "amazon-bedrock-invocationMetrics": {
                         "inputTokenCount": answer.input_tokens,
@@ -402,11 +401,4 @@ pub fn openai_error_body(fault: HttpFault) -> serde_json::Value {
         HttpFault::ContextTooLong => ("invalid_request_error", "context_length_exceeded"),
     };
     json!({"error": {"message": fault.message(), "type": kind, "param": null, "code": code}})
-}
-
-/// An InvokeModelWithResponseStream `chunk` frame carrying one Anthropic event.
-fn chunk(event: &serde_json::Value) -> Bytes {
-    let encoded = base64::engine::general_purpose::STANDARD
-        .encode(serde_json::to_vec(event).unwrap_or_default());
-    event_frame("chunk", &json!({ "bytes": encoded }))
 }

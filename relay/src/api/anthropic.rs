@@ -21,13 +21,13 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::post;
-use fm_protocol::{ChatRequest, ChatResponse, ErrorCode, Message, StopReason, StreamEvent, Usage};
+use fm_protocol::{ChatRequest, ChatResponse, ErrorCode, StopReason, StreamEvent, Usage};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::edge::Edge;
 use super::extract::ApiJson;
-use super::sse::SseEncoder;
+use super::sse::StreamEncoder;
 use super::{AppState, compat};
 use crate::error::{RelayError, RequestError};
 
@@ -35,9 +35,9 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/messages", post(messages))
 }
 
-/// The request, as far as the relay reads it.
+/// The request, as far as the relay reads it (also the body of Bedrock's InvokeModel).
 #[derive(Debug, Deserialize)]
-struct MessagesRequest {
+pub(super) struct MessagesRequest {
     model: Option<String>,
     #[serde(default)]
     messages: Vec<AnthropicMessage>,
@@ -70,11 +70,6 @@ struct Block {
     text: Option<String>,
 }
 
-/// A 400 `invalid_request` naming `field`: well-formed, but not something the relay does.
-fn unsupported(field: String, message: String) -> RelayError {
-    RelayError::Invalid(fm_protocol::ValidationError::new(field, message))
-}
-
 impl Content {
     /// The text of a string or of `text` blocks; `field` names the content in a refusal.
     fn text(&self, field: &str) -> Result<String, RelayError> {
@@ -86,7 +81,7 @@ impl Content {
                     .enumerate()
                     .find(|(_, block)| block.kind != "text")
                 {
-                    return Err(unsupported(
+                    return Err(compat::unsupported(
                         format!("{field}[{index}].type"),
                         format!("only text blocks are supported, got `{}`", block.kind),
                     ));
@@ -103,11 +98,11 @@ impl Content {
 
 impl MessagesRequest {
     /// The relay's request for this one.
-    fn to_chat_request(&self) -> Result<ChatRequest, RelayError> {
+    pub(super) fn to_chat_request(&self) -> Result<ChatRequest, RelayError> {
         if self.tools.is_some() {
-            return Err(unsupported(
-                "tools".into(),
-                "tool use is not supported by the relay yet".into(),
+            return Err(compat::unsupported(
+                "tools",
+                "tool use is not supported by the relay yet",
             ));
         }
         let mut messages = Vec::with_capacity(self.messages.len());
@@ -115,16 +110,7 @@ impl MessagesRequest {
             let text = message
                 .content
                 .text(&format!("messages[{index}].content"))?;
-            match message.role.as_str() {
-                "user" => messages.push(Message::user(text)),
-                "assistant" => messages.push(Message::assistant(text)),
-                other => {
-                    return Err(unsupported(
-                        format!("messages[{index}].role"),
-                        format!("role `{other}` is not one of `user`, `assistant`"),
-                    ));
-                }
-            }
+            messages.push(compat::message(index, &message.role, text)?);
         }
         Ok(ChatRequest {
             messages,
@@ -148,11 +134,11 @@ async fn messages(
         let ApiJson(asked) = body.map_err(|rejection| rejection.error)?;
         let request = asked.to_chat_request()?;
         let prompt_chars = request.prompt_chars();
-        let stream = asked.stream.then(|| EventEncoder {
-            id: format!("msg_{request_id}"),
-            prompt_chars,
-            answer_chars: 0,
-            sent_text: false,
+        let stream = asked.stream.then(|| {
+            SseEvents(AnthropicEvents::new(
+                format!("msg_{request_id}"),
+                prompt_chars,
+            ))
         });
         compat::answer(&state, &edge, request, stream, |answer| {
             message_body(answer, prompt_chars)
@@ -180,7 +166,7 @@ fn stop_reason(stop: StopReason) -> &'static str {
 /// Anthropic's `usage`: the upstream's counts, or the relay's estimate (marked
 /// `"estimated": true`) when it reported none.
 fn usage_body(usage: Option<Usage>, prompt_chars: usize, answer_chars: usize) -> Value {
-    let usage = usage.unwrap_or_else(|| Usage::estimate_from_chars(prompt_chars, answer_chars));
+    let usage = compat::usage_or_estimate(usage, prompt_chars, answer_chars);
     let mut body = json!({
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
@@ -192,7 +178,7 @@ fn usage_body(usage: Option<Usage>, prompt_chars: usize, answer_chars: usize) ->
 }
 
 /// A `message` for the relay's answer.
-fn message_body(answer: &ChatResponse, prompt_chars: usize) -> Value {
+pub(super) fn message_body(answer: &ChatResponse, prompt_chars: usize) -> Value {
     json!({
         "id": format!("msg_{}", answer.request_id),
         "type": "message",
@@ -228,8 +214,9 @@ fn error_body(kind: &str, message: &str) -> Value {
     json!({"type": "error", "error": {"type": kind, "message": message}})
 }
 
-/// Writes stream events as Anthropic's named SSE events.
-struct EventEncoder {
+/// Anthropic's stream events for the relay's, in order: what `/v1/messages` sends as named SSE
+/// events and InvokeModelWithResponseStream (the Bedrock surface) inside `chunk` frames.
+pub(super) struct AnthropicEvents {
     id: String,
     /// Characters of the prompt and of the answer so far, for a usage estimate.
     prompt_chars: usize,
@@ -237,46 +224,55 @@ struct EventEncoder {
     sent_text: bool,
 }
 
-impl EventEncoder {
-    fn push(chunk: &mut Vec<u8>, event: &str, data: &Value) {
-        chunk.extend_from_slice(b"event: ");
-        chunk.extend_from_slice(event.as_bytes());
-        chunk.extend_from_slice(b"\ndata: ");
-        chunk.extend_from_slice(data.to_string().as_bytes());
-        chunk.extend_from_slice(b"\n\n");
+impl AnthropicEvents {
+    pub(super) fn new(id: String, prompt_chars: usize) -> AnthropicEvents {
+        AnthropicEvents {
+            id,
+            prompt_chars,
+            answer_chars: 0,
+            sent_text: false,
+        }
     }
-}
 
-impl SseEncoder for EventEncoder {
-    fn encode(&mut self, event: &StreamEvent, chunk: &mut Vec<u8>) -> bool {
+    /// Appends the events (name, data) for `event` to `out`; `false` ends the stream after them.
+    pub(super) fn next(
+        &mut self,
+        event: &StreamEvent,
+        out: &mut Vec<(&'static str, Value)>,
+    ) -> bool {
         match event {
             StreamEvent::Start { model, .. } => {
                 let input = Usage::estimate_from_chars(self.prompt_chars, 0).input_tokens;
-                let start = json!({"type": "message_start", "message": {
-                    "id": self.id, "type": "message", "role": "assistant", "model": model,
-                    "content": [], "stop_reason": null, "stop_sequence": null,
-                    "usage": {"input_tokens": input, "output_tokens": 0},
-                }});
-                Self::push(chunk, "message_start", &start);
-                let block = json!({"type": "content_block_start", "index": 0,
-                    "content_block": {"type": "text", "text": ""}});
-                Self::push(chunk, "content_block_start", &block);
-                Self::push(chunk, "ping", &json!({"type": "ping"}));
+                out.push((
+                    "message_start",
+                    json!({"type": "message_start", "message": {
+                        "id": self.id, "type": "message", "role": "assistant", "model": model,
+                        "content": [], "stop_reason": null, "stop_sequence": null,
+                        "usage": {"input_tokens": input, "output_tokens": 0},
+                    }}),
+                ));
+                out.push((
+                    "content_block_start",
+                    json!({"type": "content_block_start",
+                    "index": 0, "content_block": {"type": "text", "text": ""}}),
+                ));
+                out.push(("ping", json!({"type": "ping"})));
             }
             StreamEvent::TextDelta { text } => {
                 self.sent_text = true;
                 self.answer_chars += text.chars().count();
-                let delta = json!({"type": "content_block_delta", "index": 0,
-                    "delta": {"type": "text_delta", "text": text}});
-                Self::push(chunk, "content_block_delta", &delta);
+                out.push((
+                    "content_block_delta",
+                    json!({"type": "content_block_delta",
+                    "index": 0, "delta": {"type": "text_delta", "text": text}}),
+                ));
             }
             StreamEvent::Usage { .. } => {}
             StreamEvent::Failover {
                 discard_partial, ..
             } => {
                 if *discard_partial && self.sent_text {
-                    let error = error_body("api_error", compat::CANNOT_TAKE_BACK);
-                    Self::push(chunk, "error", &error);
+                    out.push(("error", error_body("api_error", compat::CANNOT_TAKE_BACK)));
                     return false;
                 }
             }
@@ -287,26 +283,23 @@ impl SseEncoder for EventEncoder {
                 timings,
                 degraded,
             } => {
-                Self::push(
-                    chunk,
+                out.push((
                     "content_block_stop",
-                    &json!({"type": "content_block_stop", "index": 0}),
-                );
-                let delta = json!({"type": "message_delta",
+                    json!({"type": "content_block_stop", "index": 0}),
+                ));
+                out.push((
+                    "message_delta",
+                    json!({"type": "message_delta",
                     "delta": {"stop_reason": stop_reason(*stop), "stop_sequence": null},
                     "usage": usage_body(*usage, self.prompt_chars, self.answer_chars),
-                    "fm_relay": {"route": route, "timings": timings, "degraded": degraded}});
-                Self::push(chunk, "message_delta", &delta);
-                Self::push(chunk, "message_stop", &json!({"type": "message_stop"}));
+                    "fm_relay": {"route": route, "timings": timings, "degraded": degraded}}),
+                ));
+                out.push(("message_stop", json!({"type": "message_stop"})));
                 return false;
             }
             StreamEvent::Error { code, message, .. } => {
                 let status = RelayError::status_of(*code).as_u16();
-                Self::push(
-                    chunk,
-                    "error",
-                    &error_body(error_type(*code, status), message),
-                );
+                out.push(("error", error_body(error_type(*code, status), message)));
                 return false;
             }
         }
@@ -314,9 +307,28 @@ impl SseEncoder for EventEncoder {
     }
 }
 
+/// `/v1/messages` streams: each event as a named SSE event.
+struct SseEvents(AnthropicEvents);
+
+impl StreamEncoder for SseEvents {
+    fn encode(&mut self, event: &StreamEvent, chunk: &mut Vec<u8>) -> bool {
+        let mut events = Vec::new();
+        let go_on = self.0.next(event, &mut events);
+        for (name, data) in events {
+            chunk.extend_from_slice(b"event: ");
+            chunk.extend_from_slice(name.as_bytes());
+            chunk.extend_from_slice(b"\ndata: ");
+            chunk.extend_from_slice(data.to_string().as_bytes());
+            chunk.extend_from_slice(b"\n\n");
+        }
+        go_on
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fm_protocol::Message;
 
     fn parse(body: Value) -> Result<ChatRequest, RelayError> {
         serde_json::from_value::<MessagesRequest>(body)

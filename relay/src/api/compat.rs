@@ -7,11 +7,11 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use fm_protocol::{ApiError, ChatRequest, ChatResponse};
+use fm_protocol::{ApiError, ChatRequest, ChatResponse, Message, Usage};
 use serde_json::Value;
 
 use super::edge::Edge;
-use super::sse::{SseEncoder, sse_body, sse_response};
+use super::sse::{StreamEncoder, stream_body, stream_response};
 use super::{AppState, admit, open_stream};
 use crate::error::RelayError;
 use crate::resilience::Restart;
@@ -26,13 +26,17 @@ pub(super) async fn answer(
     state: &AppState,
     edge: &Edge,
     request: ChatRequest,
-    stream: Option<impl SseEncoder>,
+    stream: Option<impl StreamEncoder>,
     body: impl FnOnce(&ChatResponse) -> Value,
 ) -> Result<Response, RelayError> {
     match stream {
         Some(encoder) => {
+            let content_type = encoder.content_type();
             let events = open_stream(state, edge, request, Restart::Replay).await?;
-            Ok(sse_response(sse_body(state, events, encoder)))
+            Ok(stream_response(
+                stream_body(state, events, encoder),
+                content_type,
+            ))
         }
         None => {
             let (ctx, decision) = admit(state, edge, &request, false).await?;
@@ -57,4 +61,31 @@ pub(super) fn error_response(
     let mut response = (status, Json(body(&error, status))).into_response();
     err.add_retry_after(&mut response);
     response
+}
+
+/// A 400 `invalid_request` naming `field`: well-formed, but not something the relay does.
+pub(super) fn unsupported(field: impl Into<String>, message: impl Into<String>) -> RelayError {
+    RelayError::Invalid(fm_protocol::ValidationError::new(field, message))
+}
+
+/// Message `index` of a conversation whose roles are `user` and `assistant`.
+pub(super) fn message(index: usize, role: &str, text: String) -> Result<Message, RelayError> {
+    match role {
+        "user" => Ok(Message::user(text)),
+        "assistant" => Ok(Message::assistant(text)),
+        other => Err(unsupported(
+            format!("messages[{index}].role"),
+            format!("role `{other}` is not one of `user`, `assistant`"),
+        )),
+    }
+}
+
+/// The upstream's token counts, or — for clients that expect counts — the relay's estimate from
+/// the prompt's and the answer's characters when it reported none (marked `estimated`).
+pub(super) fn usage_or_estimate(
+    usage: Option<Usage>,
+    prompt_chars: usize,
+    answer_chars: usize,
+) -> Usage {
+    usage.unwrap_or_else(|| Usage::estimate_from_chars(prompt_chars, answer_chars))
 }

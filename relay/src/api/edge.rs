@@ -9,8 +9,9 @@
 //!    developer's machine, over fetch or WebSocket (browsers apply no CORS to WebSockets);
 //! 4. **CORS** (`tower-http`) — preflights answered and the headers a page may read exposed, for
 //!    the allowed origins;
-//! 5. **auth and limits** — under `/v1/` and `/metrics`: the API key from `Authorization:
-//!    Bearer …` or `x-api-key` identifies the [`Caller`] (401 when missing or not valid, in keys
+//! 5. **auth and limits** — under `/v1/`, the Bedrock routes (`/model/…`) and `/metrics`: the
+//!    API key from `Authorization: Bearer …`, `x-api-key` or a SigV4 signature's access key id
+//!    identifies the [`Caller`] (401 when missing or not valid, in keys
 //!    mode), whose routes are checked (403; `/v1/admin/` needs an admin key). Routes that call a
 //!    model (the chat surfaces and the purpose-built `[[routes]]`) are admitted by
 //!    [`super::admit`] with the request's tokens; every other route here by its request rates.
@@ -19,7 +20,8 @@
 //! 6. **JSON only** — a POST whose body is not `application/json` is refused with 415, so a
 //!    cross-site "simple" form or `text/plain` POST never reaches a model; the one exception is
 //!    a document upload (`multipart/form-data`) to `POST /v1/jobs` (a cross-site form is still
-//!    stopped by the origin check);
+//!    stopped by the origin check), and a Bedrock route's body without a content type (as
+//!    boto3's InvokeModel sends it);
 //! 7. **body limit** — 413 over [`MAX_BODY_BYTES`] (`POST /v1/jobs` sets its own, from
 //!    `jobs.max_document_bytes`).
 
@@ -40,7 +42,7 @@ use tracing::Instrument;
 use super::AppState;
 use super::extract::{self, RequestId};
 use crate::auth::Caller;
-use crate::config::routing::CHAT_PATHS;
+use crate::config::routing::{BEDROCK_PREFIX, CHAT_PATHS};
 use crate::error::{Refusal, RelayError, RequestError};
 use crate::limits::RateHeaders;
 use crate::limits::gcra::Headroom;
@@ -253,10 +255,25 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
+        .or_else(|| sigv4_access_key(headers))
+}
+
+/// The access key id of an AWS SigV4 `Authorization` header (`AWS4-HMAC-SHA256
+/// Credential=<key id>/<date>/<region>/<service>/aws4_request, ...`): how boto3 and the AWS SDKs
+/// present a relay key on the Bedrock routes. The signature is not checked: the key is the
+/// credential, as a bearer token is.
+fn sigv4_access_key(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let rest = value.strip_prefix("AWS4-HMAC-SHA256")?;
+    let credential = rest
+        .split(',')
+        .map(str::trim)
+        .find_map(|part| part.strip_prefix("Credential="))?;
+    credential.split('/').next().filter(|key| !key.is_empty())
 }
 
 fn is_guarded(path: &str) -> bool {
-    path.starts_with("/v1/") || path == "/metrics"
+    path.starts_with("/v1/") || path.starts_with(BEDROCK_PREFIX) || path == "/metrics"
 }
 
 async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
@@ -283,8 +300,9 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         return refuse(&request, RelayError::Forbidden(refusal));
     }
     let answer_headers = Arc::new(Mutex::new(AnswerHeaders::default()));
-    let calls_a_model =
-        CHAT_PATHS.contains(&&*path) || state.routing().table().policy().route(&path).is_some();
+    let calls_a_model = CHAT_PATHS.contains(&&*path)
+        || path.starts_with(BEDROCK_PREFIX)
+        || state.routing().table().policy().route(&path).is_some();
     if !calls_a_model {
         let (admitted, headers) = state.limits().admit_request(&caller).await;
         answer_headers
@@ -358,7 +376,7 @@ fn format_reset(wait: Duration) -> String {
 }
 
 /// Refuses a POST whose body is not JSON — but for a document upload (`multipart/form-data`)
-/// to `POST /v1/jobs`.
+/// to `POST /v1/jobs`, and a Bedrock route's body sent without a content type (read as JSON).
 async fn require_json(request: Request, next: Next) -> Response {
     if request.method() == Method::POST {
         let content_type = request
@@ -367,9 +385,11 @@ async fn require_json(request: Request, next: Next) -> Response {
             .and_then(|v| v.to_str().ok());
         let essence = content_type.map(|value| value.split(';').next().unwrap_or("").trim());
         let is = |media: &str| essence.is_some_and(|e| e.eq_ignore_ascii_case(media));
+        let path = request.uri().path();
+        // boto3's InvokeModel sends no content type unless told one; a browser always sends one.
         let accepted = is("application/json")
-            || (is("multipart/form-data")
-                && request.uri().path() == crate::config::routing::JOBS_PATH);
+            || (is("multipart/form-data") && path == crate::config::routing::JOBS_PATH)
+            || (content_type.is_none() && path.starts_with(BEDROCK_PREFIX));
         if !accepted {
             let got = content_type.map(str::to_string);
             return refuse(&request, RelayError::UnsupportedMediaType { got });
@@ -408,6 +428,15 @@ mod tests {
         );
         assert_eq!(presented_key(&headers), Some("fmr_z"));
         assert_eq!(presented_key(&HeaderMap::new()), None);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "authorization",
+            HeaderValue::from_static(
+                "AWS4-HMAC-SHA256 Credential=fmr_w/20261204/us-east-1/bedrock/aws4_request, \
+                 SignedHeaders=host;x-amz-date, Signature=abc",
+            ),
+        );
+        assert_eq!(presented_key(&headers), Some("fmr_w"));
     }
 
     #[test]

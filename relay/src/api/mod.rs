@@ -1,6 +1,7 @@
 //! The HTTP surfaces, one file each: [`chat`] (`POST /v1/chat`), [`sse`]
 //! (`POST /v1/chat/stream`), [`ws`] (`GET /v1/ws`), [`openai`] (`POST /v1/chat/completions`),
-//! [`anthropic`] (`POST /v1/messages`) — the two drop-in surfaces share [`compat`] —
+//! [`anthropic`] (`POST /v1/messages`), [`bedrock`] (`POST /model/{id}/converse` and the other
+//! Bedrock Runtime operations) — the drop-in surfaces share [`compat`] —
 //! [`routes`] (the purpose-built `[[routes]]`: `/v1/moderate`, `/v1/summarize`, ...),
 //! [`explain`] (`POST /v1/route/explain`), [`reload`] (`POST /v1/admin/reload`, and `SIGHUP`),
 //! [`jobs`] (`/v1/jobs`: async document jobs), [`usage`] (`GET /v1/usage`, `GET
@@ -12,6 +13,7 @@
 //! executor.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod chat;
 pub mod compat;
 pub mod edge;
@@ -373,6 +375,7 @@ pub fn app(state: AppState) -> Router {
         .merge(ws::routes())
         .merge(openai::routes())
         .merge(anthropic::routes())
+        .merge(bedrock::routes())
         .merge(usage::routes())
         .merge(routes::routes(&state))
         .merge(explain::routes())
@@ -395,7 +398,10 @@ pub fn app(state: AppState) -> Router {
         None => api.fallback(not_found),
     };
     let api = api.method_not_allowed_fallback(method_not_allowed);
-    edge::layers(state.clone(), api).with_state(state)
+    // Outermost: an error answer on the Bedrock routes, the edge's included, in Bedrock's dialect.
+    edge::layers(state.clone(), api)
+        .layer(axum::middleware::from_fn(bedrock::error_dialect))
+        .with_state(state)
 }
 
 async fn not_found(RequestId(id): RequestId, method: Method, uri: Uri) -> RequestError {

@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 
 use super::edge::Edge;
 use super::extract::ApiJson;
-use super::sse::SseEncoder;
+use super::sse::StreamEncoder;
 use super::{AppState, compat};
 use crate::error::{RelayError, RequestError};
 
@@ -88,22 +88,17 @@ struct StreamOptions {
     include_usage: bool,
 }
 
-/// A 400 `invalid_request` naming `field`: well-formed, but not something the relay does.
-fn unsupported(field: &str, message: &str) -> RelayError {
-    RelayError::Invalid(fm_protocol::ValidationError::new(field, message))
-}
-
 impl CompletionRequest {
     /// The relay's request for this one.
     fn to_chat_request(&self) -> Result<ChatRequest, RelayError> {
         if self.n.is_some_and(|n| n != 1) {
-            return Err(unsupported(
+            return Err(compat::unsupported(
                 "n",
                 "the relay answers with one choice; send n = 1",
             ));
         }
         if self.tools.is_some() {
-            return Err(unsupported(
+            return Err(compat::unsupported(
                 "tools",
                 "tool calls are not supported by the relay",
             ));
@@ -115,9 +110,9 @@ impl CompletionRequest {
                 Some(Content::Text(text)) => text.clone(),
                 Some(Content::Parts(parts)) => {
                     if let Some(part) = parts.iter().find(|part| part.kind != "text") {
-                        return Err(unsupported(
-                            &format!("messages[{index}].content"),
-                            &format!("only text parts are supported, got `{}`", part.kind),
+                        return Err(compat::unsupported(
+                            format!("messages[{index}].content"),
+                            format!("only text parts are supported, got `{}`", part.kind),
                         ));
                     }
                     parts
@@ -133,9 +128,9 @@ impl CompletionRequest {
                 "user" => messages.push(Message::user(text)),
                 "assistant" => messages.push(Message::assistant(text)),
                 other => {
-                    return Err(unsupported(
-                        &format!("messages[{index}].role"),
-                        &format!("role `{other}` is not supported; use system, user or assistant"),
+                    return Err(compat::unsupported(
+                        format!("messages[{index}].role"),
+                        format!("role `{other}` is not supported; use system, user or assistant"),
                     ));
                 }
             }
@@ -213,7 +208,7 @@ fn finish_reason(stop: StopReason) -> &'static str {
 /// OpenAI's `usage` object: the upstream's counts, or (marked `"estimated": true`) the relay's
 /// estimate from the prompt's and the answer's characters when it reported none.
 fn usage_body(usage: Option<Usage>, prompt_chars: usize, answer_chars: usize) -> Value {
-    let usage = usage.unwrap_or_else(|| Usage::estimate_from_chars(prompt_chars, answer_chars));
+    let usage = compat::usage_or_estimate(usage, prompt_chars, answer_chars);
     let mut body = json!({
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
@@ -289,7 +284,7 @@ impl ChunkEncoder {
     }
 }
 
-impl SseEncoder for ChunkEncoder {
+impl StreamEncoder for ChunkEncoder {
     fn encode(&mut self, event: &StreamEvent, chunk: &mut Vec<u8>) -> bool {
         match event {
             StreamEvent::Start { model, .. } => {

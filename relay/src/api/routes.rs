@@ -13,7 +13,7 @@ use fm_protocol::{ChatRequest, ValidationError};
 
 use super::edge::Edge;
 use super::extract::{ApiJson, query_param};
-use super::sse::{NativeEvents, sse_body, sse_response};
+use super::sse::{NativeEvents, sse_response, stream_body};
 use super::{AppState, admit, open_stream};
 use crate::config::RouteConfig;
 use crate::error::{RelayError, RequestError};
@@ -47,7 +47,7 @@ async fn purpose_route(
         frame(&mut request, &route.config)?;
         if wants_stream(query.as_deref(), &headers)? {
             let events = open_stream(&state, &edge, request, Restart::Announce).await?;
-            Ok(sse_response(sse_body(&state, events, NativeEvents)))
+            Ok(sse_response(stream_body(&state, events, NativeEvents)))
         } else {
             let (ctx, decision) = admit(&state, &edge, &request, false).await?;
             let answer = state.executor().complete(ctx, decision, request).await?;

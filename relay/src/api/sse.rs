@@ -39,33 +39,49 @@ async fn chat_stream(
 ) -> Result<Response, RequestError> {
     let opened = open_stream(&state, &edge, request, Restart::Announce).await;
     let events = opened.map_err(|error| error.with_request_id(&edge.request_id))?;
-    Ok(sse_response(sse_body(&state, events, NativeEvents)))
+    Ok(sse_response(stream_body(&state, events, NativeEvents)))
 }
 
 /// A `text/event-stream` answer carrying `body`.
 pub(super) fn sse_response(body: Body) -> Response {
+    stream_response(body, SSE)
+}
+
+const SSE: &str = "text/event-stream";
+
+/// A streamed answer of `content_type` carrying `body`, which no cache or proxy should hold.
+pub(super) fn stream_response(body: Body, content_type: &'static str) -> Response {
     let mut response = Response::new(body);
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Ask reverse proxies (nginx) not to buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
 }
 
-/// Turns stream events into SSE text for one surface.
-pub(super) trait SseEncoder: Send + 'static {
-    /// Appends the SSE events for `event` to `chunk`; `false` ends the body after them.
+/// Turns stream events into one surface's frames: SSE text, or (Bedrock's surface) AWS
+/// event-stream frames.
+pub(super) trait StreamEncoder: Send + 'static {
+    /// Appends the frames for `event` to `chunk`; `false` ends the body after them.
     fn encode(&mut self, event: &StreamEvent, chunk: &mut Vec<u8>) -> bool;
+
+    /// The answer's content type.
+    fn content_type(&self) -> &'static str {
+        SSE
+    }
+
+    /// What is sent after `server.sse_keep_alive_secs` of silence; `None` for a framing that has
+    /// no harmless frame.
+    fn keep_alive(&self) -> Option<&'static [u8]> {
+        Some(b": keep-alive\n\n")
+    }
 }
 
 /// The native surface: one SSE event per stream event, named after it.
 pub(super) struct NativeEvents;
 
-impl SseEncoder for NativeEvents {
+impl StreamEncoder for NativeEvents {
     fn encode(&mut self, event: &StreamEvent, chunk: &mut Vec<u8>) -> bool {
         // Compact JSON never contains a line break (serde_json escapes them inside strings), so
         // the event is one `data:` line, serialised straight into the chunk: no string per event.
@@ -84,13 +100,13 @@ impl SseEncoder for NativeEvents {
     }
 }
 
-/// The SSE body: each chunk holds the events that came together (see [`take_burst`]), or a
-/// keep-alive comment after `server.sse_keep_alive_secs` of silence. One timer per stream: when
+/// The streamed body: each chunk holds the frames of the events that came together (see
+/// [`take_burst`]), or the encoder's keep-alive after `server.sse_keep_alive_secs` of silence. One timer per stream: when
 /// it fires after recent writes it is re-armed for the keep-alive interval after the last one.
-pub(super) fn sse_body(
+pub(super) fn stream_body(
     state: &AppState,
     events: ChatEventStream,
-    encoder: impl SseEncoder,
+    encoder: impl StreamEncoder,
 ) -> Body {
     let keep_alive = Duration::from_secs(state.config().server.sse_keep_alive_secs);
     struct State<E> {
@@ -127,11 +143,16 @@ pub(super) fn sse_body(
                 }
                 () = state.timer.as_mut() => {
                     let due = state.last_write + keep_alive;
-                    if Instant::now() < due {
-                        state.timer.as_mut().reset(due);
-                        continue;
+                    let now = Instant::now();
+                    match state.encoder.keep_alive() {
+                        Some(_) if now < due => state.timer.as_mut().reset(due),
+                        Some(frame) => {
+                            chunk.extend_from_slice(frame);
+                            break;
+                        }
+                        None => state.timer.as_mut().reset(now + keep_alive),
                     }
-                    chunk.extend_from_slice(b": keep-alive\n\n");
+                    continue;
                 }
             }
             break;

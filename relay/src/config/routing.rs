@@ -13,8 +13,13 @@ pub const CHAT_PATHS: &[&str] = &[
     "/v1/chat",
     "/v1/chat/stream",
     "/v1/chat/completions",
+    "/v1/messages",
     "/v1/ws",
 ];
+
+/// Where the Bedrock Runtime routes live (`/model/{modelId}/converse`, ...): model calls, like
+/// the chat paths.
+pub const BEDROCK_PREFIX: &str = "/model/";
 
 /// The path of async document jobs (`POST /v1/jobs`): its model calls are routed by the rules
 /// that name it, else by the default model.

@@ -404,3 +404,20 @@ where
         rest_of_log,
     }
 }
+
+/// A configured API key: `name`, the digest of `secret`, `limits`.
+pub fn api_key(
+    name: &str,
+    secret: &str,
+    limits: fm_relay::config::KeyLimits,
+) -> fm_relay::config::ApiKeyConfig {
+    fm_relay::config::ApiKeyConfig {
+        name: name.into(),
+        key_sha256: hex::encode(fm_relay::auth::key_digest(secret)),
+        admin: false,
+        revoked: false,
+        models: Vec::new(),
+        routes: Vec::new(),
+        limits,
+    }
+}
