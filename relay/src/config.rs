@@ -684,6 +684,14 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// The highest sampling temperature its models take: Bedrock's 1, OpenAI's 2.
+    pub fn max_temperature(self) -> f32 {
+        match self {
+            ProviderKind::Bedrock => 1.0,
+            ProviderKind::OpenAi => fm_protocol::limits::MAX_TEMPERATURE,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Bedrock => "bedrock",

@@ -42,6 +42,40 @@ async fn start(adjust: impl FnOnce(&mut RelayConfig, &str)) -> Harness {
     .await
 }
 
+#[tokio::test]
+async fn a_temperature_is_held_to_the_range_of_the_model_that_answers() {
+    let harness = start(|_, _| {}).await;
+    let asked = |model: &str, temperature: f32| {
+        json!({"model": model, "temperature": temperature,
+               "messages": [{"role": "user", "content": "Hi"}]})
+        .to_string()
+    };
+    // OpenAI's range on an OpenAI-compatible model.
+    let answered = harness
+        .post("/v1/chat/completions", asked("ollama", 1.5))
+        .await;
+    assert_eq!(answered.status(), 200);
+    // Beyond a Bedrock model's: a 400 naming the field and the model.
+    let refused = harness
+        .post("/v1/chat/completions", asked("plain", 1.5))
+        .await;
+    assert_eq!(refused.status(), 400);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "temperature", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`plain`"),
+        "{error}"
+    );
+    // Beyond any model's.
+    let refused = harness
+        .post("/v1/chat/completions", asked("ollama", 2.5))
+        .await;
+    assert_eq!(refused.status(), 400);
+}
+
 fn completion_request(model: &str, stream: bool) -> String {
     json!({
         "model": model,

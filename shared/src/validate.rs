@@ -3,7 +3,8 @@
 //!
 //! The rules (see the project's DESIGN.md, "Request limits"): 1 to 50 messages; roles alternate
 //! starting with `user`; each content 1 to 100 000 characters and not blank; `max_tokens` 1 to
-//! 4096; `temperature` 0 to 1; at most 4 stop sequences of 1 to 200 characters; a system prompt,
+//! 4096; `temperature` 0 to 2 (the widest range a provider takes; the relay holds each model to
+//! its own — Bedrock's 0 to 1); at most 4 stop sequences of 1 to 200 characters; a system prompt,
 //! when given, 1 to 100 000 characters; the model, when given, one the relay declares. The 1 MiB
 //! body limit is enforced by whoever reads the body ([`limits::MAX_BODY_BYTES`]).
 
@@ -24,6 +25,9 @@ pub mod limits {
     pub const MAX_TOKENS: u32 = 4096;
     /// `max_tokens` when the request leaves it out.
     pub const DEFAULT_MAX_TOKENS: u32 = 1024;
+    /// The highest `temperature` any model takes (OpenAI's range is 0 to 2; Bedrock's models
+    /// take 0 to 1, which the relay checks once it knows the model).
+    pub const MAX_TEMPERATURE: f32 = 2.0;
     /// Most stop sequences in a request.
     pub const MAX_STOP_SEQUENCES: usize = 4;
     /// Most characters in one stop sequence.
@@ -134,11 +138,14 @@ pub fn validate_chat_request(
         ));
     }
     if let Some(temperature) = request.temperature
-        && !(0.0..=1.0).contains(&temperature)
+        && !(0.0..=limits::MAX_TEMPERATURE).contains(&temperature)
     {
         return Err(ValidationError::new(
             "temperature",
-            format!("must be between 0.0 and 1.0, got {temperature}"),
+            format!(
+                "must be between 0.0 and {}, got {temperature}",
+                limits::MAX_TEMPERATURE
+            ),
         ));
     }
     if request.stop_sequences.len() > MAX_STOP_SEQUENCES {
@@ -276,7 +283,7 @@ mod tests {
             ),
             (
                 ChatRequest {
-                    temperature: Some(1.5),
+                    temperature: Some(2.5),
                     ..base.clone()
                 },
                 "temperature",

@@ -275,6 +275,19 @@ pub fn decide(
     })?;
     span.record("rule", decision.choice.rule.as_str());
     span.record("model", decision.first_model().config.id.as_str());
+    // Each model takes its own range: an OpenAI client's 1.5 suits an OpenAI-compatible model,
+    // not a Bedrock one.
+    let model = &decision.first_model().config;
+    let max_temperature = model.provider.max_temperature();
+    if let Some(temperature) = request.temperature.filter(|t| *t > max_temperature) {
+        return Err(RelayError::Invalid(fm_protocol::ValidationError::new(
+            "temperature",
+            format!(
+                "model `{}` takes a temperature of 0.0 to {max_temperature:.1}, got {temperature}",
+                model.id
+            ),
+        )));
+    }
     Ok(decision)
 }
 

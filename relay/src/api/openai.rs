@@ -4,7 +4,7 @@
 //!
 //! Requests: `model` (a relay model id), `messages` (`system` / `developer` messages become the
 //! system prompt; content as a string or text parts), `max_tokens` or `max_completion_tokens`,
-//! `temperature` (the relay accepts 0 to 1), `stop`, `stream`, `stream_options.include_usage`.
+//! `temperature` (OpenAI's 0 to 2 where the model takes it: Bedrock's models take 0 to 1), `stop`, `stream`, `stream_options.include_usage`.
 //! Fields the relay does not use are ignored, as OpenAI-compatible servers do; `n` above 1 and
 //! tool calls are refused, since the relay cannot honour them.
 //!

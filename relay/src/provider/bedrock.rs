@@ -432,7 +432,12 @@ fn to_converse(request: &ChatRequest) -> ConverseParts {
         .map(|text| vec![SystemContentBlock::Text(text.clone())]);
     let inference = InferenceConfiguration::builder()
         .max_tokens(i32::try_from(request.max_tokens_or_default()).unwrap_or(i32::MAX))
-        .set_temperature(request.temperature)
+        // A fallback from a model that takes more keeps to Bedrock's range.
+        .set_temperature(
+            request
+                .temperature
+                .map(|t| t.min(crate::config::ProviderKind::Bedrock.max_temperature())),
+        )
         .set_stop_sequences(
             (!request.stop_sequences.is_empty()).then(|| request.stop_sequences.clone()),
         )
