@@ -76,6 +76,37 @@ async fn a_temperature_is_held_to_the_range_of_the_model_that_answers() {
     assert_eq!(refused.status(), 400);
 }
 
+#[tokio::test]
+async fn a_response_format_goes_to_models_that_take_one_and_is_refused_by_others() {
+    let harness = start(|_, _| {}).await;
+    let asked = |model: &str, format: Value| {
+        json!({"model": model, "response_format": format,
+               "messages": [{"role": "user", "content": "Hi"}]})
+        .to_string()
+    };
+    let json_object = json!({"type": "json_object"});
+    let answered = harness
+        .post("/v1/chat/completions", asked("ollama", json_object.clone()))
+        .await;
+    assert_eq!(answered.status(), 200);
+    for (model, format) in [("plain", json_object), ("ollama", json!({"type": "yaml"}))] {
+        let refused = harness
+            .post("/v1/chat/completions", asked(model, format.clone()))
+            .await;
+        assert_eq!(refused.status(), 400, "{model} {format}");
+        let error: Value = refused.json().await.unwrap();
+        assert_eq!(error["error"]["param"], "response_format", "{error}");
+    }
+    // Plain text is what every model answers.
+    let text = harness
+        .post(
+            "/v1/chat/completions",
+            asked("plain", json!({"type": "text"})),
+        )
+        .await;
+    assert_eq!(text.status(), 200);
+}
+
 fn completion_request(model: &str, stream: bool) -> String {
     json!({
         "model": model,

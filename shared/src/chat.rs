@@ -77,15 +77,40 @@ pub struct ChatRequest {
     /// `"highest"` asks for the premium tier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality_requirement: Option<crate::route::QualityRequirement>,
-    /// Sampling temperature, 0.0 to 1.0.
+    /// Sampling temperature, 0.0 to 2.0 and within the answering model's range (Bedrock's
+    /// models take 0.0 to 1.0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
+    /// The answer's form, for models that take one (OpenAI-compatible upstreams): any JSON
+    /// object, or JSON matching a schema. A model that cannot honour it refuses the request (a
+    /// 400 naming the field) rather than answer in another form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
     /// Strings that end the answer when the model produces them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop_sequences: Vec<String>,
     /// Neither serve this request from the relay's answer cache nor store its answer.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_cache: bool,
+}
+
+/// The form an answer must take (OpenAI's `response_format`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// Plain text: what every model answers anyway.
+    Text,
+    /// One JSON object.
+    JsonObject,
+    /// JSON matching `json_schema` (OpenAI's `{"name", "schema", "strict"}`).
+    JsonSchema { json_schema: serde_json::Value },
+}
+
+impl ResponseFormat {
+    /// Whether it asks for more than plain text.
+    pub fn constrains(&self) -> bool {
+        !matches!(self, ResponseFormat::Text)
+    }
 }
 
 impl ChatRequest {

@@ -30,8 +30,8 @@ pub mod usage;
 pub mod validate;
 
 pub use chat::{
-    ChatRequest, ChatResponse, Message, ModelInfo, ModelList, ResponseSource, Role, RouteInfo,
-    StopReason, Timings, Usage,
+    ChatRequest, ChatResponse, Message, ModelInfo, ModelList, ResponseFormat, ResponseSource, Role,
+    RouteInfo, StopReason, Timings, Usage,
 };
 pub use error::{ApiError, ApiErrorBody, ErrorCode};
 pub use event::StreamEvent;

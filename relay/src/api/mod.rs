@@ -38,7 +38,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::KeyRing;
 use crate::cache::AnswerCache;
-use crate::config::RelayConfig;
+use crate::config::{ProviderKind, RelayConfig};
 use crate::connections::ConnectionStats;
 use crate::error::{RelayError, RequestError};
 use crate::limits::Limits;
@@ -285,6 +285,20 @@ pub fn decide(
             format!(
                 "model `{}` takes a temperature of 0.0 to {max_temperature:.1}, got {temperature}",
                 model.id
+            ),
+        )));
+    }
+    if request
+        .response_format
+        .as_ref()
+        .is_some_and(|format| format.constrains() && model.provider != ProviderKind::OpenAi)
+    {
+        return Err(RelayError::Invalid(fm_protocol::ValidationError::new(
+            "response_format",
+            format!(
+                "model `{}` ({}) takes no response format; OpenAI-compatible models do",
+                model.id,
+                model.provider.as_str()
             ),
         )));
     }

@@ -4,7 +4,9 @@
 //!
 //! Requests: `model` (a relay model id), `messages` (`system` / `developer` messages become the
 //! system prompt; content as a string or text parts), `max_tokens` or `max_completion_tokens`,
-//! `temperature` (OpenAI's 0 to 2 where the model takes it: Bedrock's models take 0 to 1), `stop`, `stream`, `stream_options.include_usage`.
+//! `temperature` (OpenAI's 0 to 2 where the model takes it: Bedrock's models take 0 to 1),
+//! `response_format` (passed to OpenAI-compatible models; a 400 for others), `stop`, `stream`,
+//! `stream_options.include_usage`.
 //! Fields the relay does not use are ignored, as OpenAI-compatible servers do; `n` above 1 and
 //! tool calls are refused, since the relay cannot honour them.
 //!
@@ -52,6 +54,7 @@ struct CompletionRequest {
     stream_options: Option<StreamOptions>,
     n: Option<u32>,
     tools: Option<Value>,
+    response_format: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +144,18 @@ impl CompletionRequest {
             model: self.model.clone(),
             max_tokens: self.max_completion_tokens.or(self.max_tokens),
             temperature: self.temperature,
+            response_format: self
+                .response_format
+                .as_ref()
+                .map(|format| {
+                    serde_json::from_value(format.clone()).map_err(|err| {
+                        compat::unsupported(
+                            "response_format",
+                            format!("is not `text`, `json_object` or `json_schema`: {err}"),
+                        )
+                    })
+                })
+                .transpose()?,
             stop_sequences: match &self.stop {
                 Some(Stop::One(stop)) => vec![stop.clone()],
                 Some(Stop::Many(stops)) => stops.clone(),

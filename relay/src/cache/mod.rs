@@ -104,6 +104,7 @@ struct KeyMaterial<'a> {
     max_tokens: u32,
     temperature: Option<f32>,
     stop_sequences: &'a [String],
+    response_format: Option<&'a fm_protocol::ResponseFormat>,
     guard_terms: Option<Vec<String>>,
 }
 
@@ -137,6 +138,7 @@ impl AnswerCache {
             max_tokens: request.max_tokens_or_default(),
             temperature: request.temperature,
             stop_sequences: &request.stop_sequences,
+            response_format: request.response_format.as_ref(),
             guard_terms,
         };
         let exact = digest(&material(Some(&request.messages), None));

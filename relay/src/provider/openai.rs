@@ -155,6 +155,9 @@ fn body(upstream_id: &str, request: &ChatRequest, stream: bool) -> Value {
     if let Some(temperature) = request.temperature {
         body["temperature"] = json!(temperature);
     }
+    if let Some(format) = &request.response_format {
+        body["response_format"] = json!(format);
+    }
     if !request.stop_sequences.is_empty() {
         body["stop"] = json!(request.stop_sequences);
     }
@@ -454,6 +457,7 @@ mod tests {
             temperature: Some(0.2),
             stop_sequences: vec!["END".into()],
             max_tokens: Some(50),
+            response_format: Some(fm_protocol::ResponseFormat::JsonObject),
             ..ChatRequest::from_prompt("hello")
         };
         let body = body("llama3", &request, true);
@@ -466,5 +470,6 @@ mod tests {
         assert_eq!(body["max_tokens"], 50);
         assert_eq!(body["stop"], json!(["END"]));
         assert_eq!(body["stream_options"]["include_usage"], true);
+        assert_eq!(body["response_format"], json!({"type": "json_object"}));
     }
 }
