@@ -715,9 +715,12 @@ async fn uploaded_pdf_and_html_documents_are_read_and_bad_files_refused() {
     .await;
     assert_eq!(status, 202, "{queued}");
     assert_eq!(queued["format"], "pdf");
+    // The file's name names the job's document.
+    assert_eq!(queued["document_name"], "report.pdf");
     let id = queued["job_id"].as_str().unwrap();
     let done = ended(&harness, id, Duration::from_secs(10)).await;
     assert_eq!(done.status, JobStatus::Completed, "{done:?}");
+    assert_eq!(done.document_name.as_deref(), Some("report.pdf"));
     let answer = result(&harness, id).await;
     // Both lines of the page were read.
     assert!(answer.document_chars >= 55, "{answer:?}");
@@ -742,6 +745,28 @@ async fn uploaded_pdf_and_html_documents_are_read_and_bad_files_refused() {
         (202, Some("html")),
         "{queued}"
     );
+    // A name given with the job wins over the file's; one with control characters is refused.
+    for (name, status) in [("Bill of March", 202), ("two\nlines", 400)] {
+        let (got, queued) = upload(
+            &harness,
+            &[
+                text_part("analysis_type", "summarize"),
+                text_part("document_name", name),
+                Part {
+                    name: "file",
+                    file: Some(("bill.txt", "text/plain")),
+                    body: b"Invoice 43: 80 EUR.",
+                },
+            ],
+        )
+        .await;
+        assert_eq!(got, status, "{queued}");
+        if status == 202 {
+            assert_eq!(queued["document_name"], name);
+        } else {
+            assert_eq!(queued["error"]["field"], "document_name", "{queued}");
+        }
+    }
     // A PDF without a text layer, an image, no file, an oversized file, a stray part.
     let scan = pdf(&[]);
     let image = [0x89u8, b'P', b'N', b'G'];

@@ -125,6 +125,10 @@ pub struct JobRequest {
     /// The key of a document in the relay's store (under `documents/`), instead of `text`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub document_ref: Option<String>,
+    /// What to call the document (1 to 200 characters): an upload's file name when not given.
+    /// The job's status shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document_name: Option<String>,
     /// `extract`: the fields to read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<String>,
@@ -219,6 +223,9 @@ pub struct JobError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobInfo {
     pub job_id: String,
+    /// The document's name, when the submission gave one (an upload's file name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document_name: Option<String>,
     pub status: JobStatus,
     pub analysis_type: AnalysisType,
     pub priority: Priority,
@@ -339,6 +346,16 @@ pub fn validate_job_request(
         _ => {}
     }
     let name_ok = |name: &String| !name.trim().is_empty() && name.chars().count() <= MAX_NAME_CHARS;
+    if let Some(name) = &request.document_name
+        && (!name_ok(name) || name.chars().any(char::is_control))
+    {
+        return Err(ValidationError::new(
+            "document_name",
+            format!(
+                "a document's name is 1 to {MAX_NAME_CHARS} characters, none of them control characters"
+            ),
+        ));
+    }
     match analysis {
         AnalysisType::Extract => {
             let schema_fields = request

@@ -15,8 +15,9 @@
 //! few seconds while the page is shown). A completed job shows its answer through the chat's
 //! Markdown renderer (an extraction's fields as a JSON block, a classification's label), the
 //! chunks covered and the model; a failed one its error; a queued or running one a Cancel
-//! button. The relay does not keep a job's file name, so the page keeps it, per job id, in
-//! `localStorage` ([`FILE_NAMES_KEY`]).
+//! button. A job's name is the one the relay keeps (`document_name`, an upload's file name);
+//! for jobs of relays from before that, the page's own record, per job id, in `localStorage`
+//! ([`FILE_NAMES_KEY`]).
 //!
 //! **Written against the DOM, not as Leptos views.** The page's fixed markup is HTML text (words
 //! and form controls, no data: [`PAGE_HTML`], [`ROW_HTML`]); one listener on the page's root
@@ -326,7 +327,8 @@ pub struct JobRow {
 }
 
 impl JobRow {
-    /// The row of the job `info`, sent as `file_name` when this browser knows it.
+    /// The row of the job `info`, named as the relay kept it, else as `file_name` when this
+    /// browser knows it.
     pub fn new(info: JobInfo, file_name: Option<&str>) -> JobRow {
         let li = document()
             .create_element("li")
@@ -335,7 +337,8 @@ impl JobRow {
         let _ = li.set_attribute("data-job-id", &info.job_id);
         li.set_inner_html(ROW_HTML);
         let file = part(&li, ".file");
-        set_text(&file, file_name.unwrap_or(&info.job_id));
+        let name = info.document_name.as_deref().or(file_name);
+        set_text(&file, name.unwrap_or(&info.job_id));
         let _ = file.set_attribute("title", &info.job_id);
         let kind = format!(
             "{} · {} · {} priority",

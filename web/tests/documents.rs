@@ -56,6 +56,7 @@ fn text_of(root: &Element, selector: &str) -> String {
 fn job(status: JobStatus, analysis: AnalysisType, progress: (u32, u32)) -> JobInfo {
     JobInfo {
         job_id: "0123abcd".into(),
+        document_name: None,
         status,
         analysis_type: analysis,
         priority: Priority::Normal,
@@ -330,6 +331,27 @@ async fn a_job_row_follows_its_status_and_shows_the_result_or_the_error() {
     failed.show_note(Some("could not cancel: gone"));
     assert_eq!(text_of(failed.element(), ".note"), "could not cancel: gone");
     assert!(!find(failed.element(), ".note").has_attribute("hidden"));
+    // The name the relay kept wins over this browser's record; the id when neither has one.
+    let named = JobInfo {
+        document_name: Some("lease.pdf".into()),
+        ..job(JobStatus::Queued, AnalysisType::Summarize, (0, 0))
+    };
+    assert_eq!(
+        text_of(JobRow::new(named, Some("old.pdf")).element(), ".file"),
+        "lease.pdf"
+    );
+    let unnamed = job(JobStatus::Queued, AnalysisType::Summarize, (0, 0));
+    assert_eq!(
+        text_of(
+            JobRow::new(unnamed.clone(), Some("old.pdf")).element(),
+            ".file"
+        ),
+        "old.pdf"
+    );
+    assert_eq!(
+        text_of(JobRow::new(unnamed, None).element(), ".file"),
+        "0123abcd"
+    );
 }
 
 #[wasm_bindgen_test]

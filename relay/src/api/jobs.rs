@@ -182,6 +182,7 @@ async fn read_upload(
             "question" => job.question = Some(text),
             "model" => job.model = Some(text),
             "routing_hint" => job.routing_hint = Some(text),
+            "document_name" => job.document_name = Some(text),
             "callback_url" => job.callback_url = Some(text),
             "fields" => job.fields.push(text),
             "labels" => job.labels.push(text),
@@ -194,7 +195,7 @@ async fn read_upload(
             other => {
                 return Err(invalid(
                     other,
-                    "is not a part of a job upload: file, request, analysis_type, question, priority, model, routing_hint, callback_url, format, schema, fields, labels".into(),
+                    "is not a part of a job upload: file, request, analysis_type, question, priority, model, routing_hint, callback_url, format, schema, fields, labels, document_name".into(),
                 ));
             }
         }
@@ -205,6 +206,13 @@ async fn read_upload(
             "a multipart submission needs the document as its `file` part".into(),
         ));
     };
+    // The file's name names the document unless the submission named it.
+    if job.document_name.is_none() {
+        job.document_name = file_name
+            .as_deref()
+            .map(|name| name.chars().filter(|c| !c.is_control()).take(200).collect())
+            .filter(|name: &String| !name.trim().is_empty());
+    }
     validate_job_request(&job, true).map_err(RelayError::Invalid)?;
     let format = job
         .format

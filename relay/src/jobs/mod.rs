@@ -367,6 +367,7 @@ pub(crate) fn info(job: &JobRecord) -> JobInfo {
     let status_url = format!("/v1/jobs/{}", job.id);
     JobInfo {
         job_id: job.id.clone(),
+        document_name: job.request.document_name.clone(),
         status: job.status,
         analysis_type: job.analysis,
         priority: job.priority,
