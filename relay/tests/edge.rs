@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Harness, api_key as key, chat_body, error_of, sim_config, sse_events, start_with};
-use fm_protocol::{ChatResponse, KeyUsage, StreamEvent, Usage, UsageReport};
+use fm_protocol::{ChatResponse, KeyUsage, ModelList, StreamEvent, Usage, UsageReport};
 use fm_relay::RelayConfig;
 use fm_relay::config::{AuthMode, KeyLimits};
 use futures_util::{SinkExt, StreamExt};
@@ -154,6 +154,40 @@ async fn models_routes_and_admin_routes_the_key_may_not_use_are_403() {
     );
     assert_eq!(
         get_as(&harness, ADMIN, "/v1/admin/usage").await.status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_key_that_names_its_models_is_shown_only_those() {
+    let harness = start_with(sim_config(), |config| {
+        with_keys(config, KeyLimits::default());
+        config.auth.keys[0].models = vec!["plain".into()];
+    })
+    .await;
+    let listed = |key: &'static str| {
+        let harness = &harness;
+        async move {
+            let list: ModelList = get_as(harness, key, "/v1/models")
+                .await
+                .json()
+                .await
+                .unwrap();
+            list.data.into_iter().map(|m| m.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(ALICE).await, ["plain"]);
+    assert!(listed(BOB).await.len() > 1);
+    assert_eq!(
+        get_as(&harness, ALICE, "/v1/models/plain").await.status(),
+        200
+    );
+    assert_eq!(
+        get_as(&harness, ALICE, "/v1/models/paced").await.status(),
+        404
+    );
+    assert_eq!(
+        get_as(&harness, BOB, "/v1/models/paced").await.status(),
         200
     );
 }

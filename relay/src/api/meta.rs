@@ -16,6 +16,7 @@ use fm_protocol::{ModelInfo, ModelList, StatsResponse};
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::edge::Edge;
 use super::extract::{RequestId, query_param};
 use crate::error::{RelayError, RequestError};
 use crate::shutdown::Phase;
@@ -43,14 +44,19 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     }
 }
 
-async fn models(State(state): State<AppState>) -> Json<ModelList> {
-    Json(state.routing().table().list())
+/// The models the caller's key may use (a key that names its models sees only those).
+async fn models(State(state): State<AppState>, edge: Edge) -> Json<ModelList> {
+    let mut list = state.routing().table().list();
+    list.data
+        .retain(|model| edge.caller.key().may_use_model(&model.id));
+    Json(list)
 }
 
-/// One model by its id (a 404 naming it for one the relay does not have).
+/// One model by its id (a 404 naming it for one the relay does not have or the key may not use).
 async fn model(
     State(state): State<AppState>,
     RequestId(request_id): RequestId,
+    edge: Edge,
     Path(id): Path<String>,
 ) -> Result<Json<ModelInfo>, RequestError> {
     state
@@ -59,7 +65,7 @@ async fn model(
         .list()
         .data
         .into_iter()
-        .find(|model| model.id == id)
+        .find(|model| model.id == id && edge.caller.key().may_use_model(&model.id))
         .map(Json)
         .ok_or_else(|| RelayError::ModelNotFound { id }.with_request_id(&request_id))
 }
