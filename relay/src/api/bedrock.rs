@@ -190,10 +190,9 @@ async fn model_operation(
         }
     }
     .await;
-    // The error dialect layer writes Bedrock's error from the relay's.
-    answer.unwrap_or_else(|err| {
-        compat::error_response(err, &request_id, |error, _| json!({"error": error}))
-    })
+    // The relay's own error answer: the error dialect layer rewrites it in Bedrock's, as it does
+    // the edge's.
+    answer.unwrap_or_else(|err| err.with_request_id(&request_id).into_response())
 }
 
 fn stop_reason(stop: StopReason) -> &'static str {

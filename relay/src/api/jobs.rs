@@ -210,7 +210,12 @@ async fn read_upload(
     if job.document_name.is_none() {
         job.document_name = file_name
             .as_deref()
-            .map(|name| name.chars().filter(|c| !c.is_control()).take(200).collect())
+            .map(|name| {
+                name.chars()
+                    .filter(|c| !c.is_control())
+                    .take(fm_protocol::jobs::job_limits::MAX_NAME_CHARS)
+                    .collect()
+            })
             .filter(|name: &String| !name.trim().is_empty());
     }
     validate_job_request(&job, true).map_err(RelayError::Invalid)?;

@@ -94,17 +94,17 @@ impl AwsJobStore {
             create_table(&dynamo, &config.table).await?;
             create_bucket(&s3, &config.bucket, &config.region).await?;
         }
-        let mut queues = Vec::with_capacity(3);
-        for priority in ["high", "normal", "low"] {
-            let name = format!("{}-{priority}", config.queue_prefix);
-            queues.push(queue_url(&sqs, &name, config.create_resources).await?);
-        }
-        let callbacks_queue = queue_url(
-            &sqs,
-            &format!("{}-callbacks", config.queue_prefix),
-            config.create_resources,
-        )
-        .await?;
+        let queue = |suffix: &str| {
+            let name = format!("{}-{suffix}", config.queue_prefix);
+            let sqs = &sqs;
+            async move { queue_url(sqs, &name, config.create_resources).await }
+        };
+        let queues = [
+            queue("high").await?,
+            queue("normal").await?,
+            queue("low").await?,
+        ];
+        let callbacks_queue = queue("callbacks").await?;
         let topic_arn = match config.topic.as_str() {
             "" => None,
             arn if arn.starts_with("arn:") => Some(arn.to_string()),
@@ -117,7 +117,6 @@ impl AwsJobStore {
                 .topic_arn()
                 .map(str::to_string),
         };
-        let queues: [String; 3] = queues.try_into().unwrap_or_default();
         let store = AwsJobStore {
             sqs,
             dynamo,
