@@ -174,9 +174,9 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
 /// Resolves where calls go (starting the simulator when that is where), builds the provider
 /// clients, the catalog, the cache, the keys and the limits, and the app over them.
 pub async fn assemble(config: RelayConfig) -> Result<Assembled, RelayError> {
-    // Every reqwest client of the relay (OpenAI-compatible upstreams, job callbacks, the OTLP
-    // exporter) takes rustls's process-wide provider: ring, as the AWS SDK's client uses.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Every reqwest client of the relay — job callbacks too, even with no OpenAI-compatible
+    // model configured — takes rustls's process-wide provider.
+    crate::provider::openai::install_crypto_provider();
     let (endpoint, simulator) = bedrock_endpoint(&config).await?;
     match (&endpoint, &simulator) {
         (BedrockEndpoint::Url(url), Some(_)) => tracing::info!(

@@ -55,7 +55,6 @@ async fn models(State(state): State<AppState>, edge: Edge) -> Json<ModelList> {
 /// One model by its id (a 404 naming it for one the relay does not have or the key may not use).
 async fn model(
     State(state): State<AppState>,
-    RequestId(request_id): RequestId,
     edge: Edge,
     Path(id): Path<String>,
 ) -> Result<Json<ModelInfo>, RequestError> {
@@ -67,7 +66,7 @@ async fn model(
         .into_iter()
         .find(|model| model.id == id && edge.caller.key().may_use_model(&model.id))
         .map(Json)
-        .ok_or_else(|| RelayError::ModelNotFound { id }.with_request_id(&request_id))
+        .ok_or_else(|| RelayError::ModelNotFound { id }.with_request_id(&edge.request_id))
 }
 
 /// The window `GET /v1/stats` reports when none is asked for.
