@@ -303,12 +303,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// A server on a free port.
     pub async fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        RedisServer::start_on(port).await
+        RedisServer::start_on(free_port()).await
     }
 
     /// A server on `port` (again, after one there was killed).
@@ -420,4 +415,13 @@ pub fn api_key(
         routes: Vec::new(),
         limits,
     }
+}
+
+/// A loopback port nothing listens on now, for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
