@@ -29,7 +29,16 @@ impl Role {
 #[serde(deny_unknown_fields)]
 pub struct Message {
     pub role: Role,
+    /// The message's text; may be empty in a message that carries tool calls or tool results.
+    #[serde(default)]
     pub content: String,
+    /// The tools the assistant called in this turn (assistant messages only), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// What the calls of the assistant's previous turn returned (user messages only): one
+    /// result per call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_results: Vec<ToolResult>,
 }
 
 impl Message {
@@ -37,15 +46,84 @@ impl Message {
         Message {
             role: Role::User,
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_results: Vec::new(),
         }
     }
 
     pub fn assistant(content: impl Into<String>) -> Self {
         Message {
             role: Role::Assistant,
-            content: content.into(),
+            ..Message::user(content)
         }
     }
+
+    /// Characters of the text, the tool calls' inputs and the tool results: what a usage
+    /// estimate counts.
+    pub fn chars(&self) -> usize {
+        self.content.chars().count()
+            + self
+                .tool_calls
+                .iter()
+                .map(|call| call.name.len() + call.input.to_string().len())
+                .sum::<usize>()
+            + self
+                .tool_results
+                .iter()
+                .map(|result| result.content.chars().count())
+                .sum::<usize>()
+    }
+}
+
+/// A tool the model may call: its name, what it does, and the JSON Schema of its input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolDefinition {
+    /// 1 to 64 letters, digits, `_` or `-`; unique in the request.
+    pub name: String,
+    /// What the tool does and when to call it, for the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A JSON Schema of `"type": "object"` that the call's input follows.
+    pub input_schema: serde_json::Value,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ToolChoice {
+    /// The model decides (the default when tools are given).
+    Auto,
+    /// The model must call one of the tools.
+    Any,
+    /// The model must call this tool.
+    Tool { name: String },
+    /// The model must not call a tool (only models that can be told so: OpenAI-compatible).
+    None,
+}
+
+/// A tool call the model made: the tool's name and its input, a JSON object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolCall {
+    /// The call's id, which its result names in [`ToolResult::tool_call_id`].
+    pub id: String,
+    pub name: String,
+    pub input: serde_json::Value,
+}
+
+/// What a tool call returned, sent back in the next user message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolResult {
+    /// The [`ToolCall::id`] this answers.
+    pub tool_call_id: String,
+    /// The tool's output as text (JSON output as its text).
+    #[serde(default)]
+    pub content: String,
+    /// True when the tool failed and `content` says why.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub is_error: bool,
 }
 
 /// A chat request, the same on every route and transport.
@@ -89,6 +167,13 @@ pub struct ChatRequest {
     /// Strings that end the answer when the model produces them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop_sequences: Vec<String>,
+    /// Tools the model may call; a call ends the answer with `stop_reason: "tool_use"` and the
+    /// calls in `tool_calls`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolDefinition>,
+    /// Whether and which tool the model must call (needs `tools`; `auto` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
     /// Neither serve this request from the relay's answer cache nor store its answer.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_cache: bool,
@@ -122,14 +207,29 @@ impl ChatRequest {
         }
     }
 
-    /// Characters of the system prompt and the messages: what a usage estimate counts.
+    /// Characters of the system prompt, the messages and the tool definitions: what a usage
+    /// estimate counts.
     pub fn prompt_chars(&self) -> usize {
         self.system.as_deref().map_or(0, |s| s.chars().count())
+            + self.messages.iter().map(Message::chars).sum::<usize>()
             + self
+                .tools
+                .iter()
+                .map(|tool| {
+                    tool.name.len()
+                        + tool.description.as_deref().map_or(0, |d| d.chars().count())
+                        + tool.input_schema.to_string().len()
+                })
+                .sum::<usize>()
+    }
+
+    /// Whether the conversation uses tools: definitions, or calls and results in its messages.
+    pub fn uses_tools(&self) -> bool {
+        !self.tools.is_empty()
+            || self
                 .messages
                 .iter()
-                .map(|m| m.content.chars().count())
-                .sum::<usize>()
+                .any(|m| !m.tool_calls.is_empty() || !m.tool_results.is_empty())
     }
 
     /// `max_tokens`, or the default when the client left it out.
@@ -262,6 +362,10 @@ pub struct ChatResponse {
     /// The model that actually answered (see `route` for how it was reached).
     pub model: String,
     pub text: String,
+    /// The tools the model called, in order (then `stop_reason` is `tool_use`): run them and
+    /// send their results back in the next user message's `tool_results`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
     pub stop_reason: StopReason,
     /// The tokens the answer took, as the upstream reported them; absent when it reported none
     /// (zero for a cached or degraded answer: no tokens were spent on it).

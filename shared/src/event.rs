@@ -1,8 +1,9 @@
 //! [`StreamEvent`]: what a streaming answer is made of, on every transport.
 //!
-//! A stream is `start`, then any number of `text_delta` (and possibly `usage`), then exactly one
-//! terminal event: `done` for a complete answer or `error` when it could not be completed. A
-//! stream that ends without a terminal event was cut off and must not be shown as complete.
+//! A stream is `start`, then any number of `text_delta` and `tool_call` (and possibly `usage`),
+//! then exactly one terminal event: `done` for a complete answer or `error` when it could not be
+//! completed. A stream that ends without a terminal event was cut off and must not be shown as
+//! complete.
 //!
 //! On SSE the event's [`name`](StreamEvent::name) is the `event:` field and the JSON (which also
 //! carries the name in `type`) is the `data:` field; on WebSocket each event is one JSON text
@@ -10,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::chat::{RouteInfo, StopReason, Timings, Usage};
+use crate::chat::{RouteInfo, StopReason, Timings, ToolCall, Usage};
 use crate::error::ErrorCode;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +27,9 @@ pub enum StreamEvent {
     },
     /// The next piece of the answer's text.
     TextDelta { text: String },
+    /// A tool call, whole: the relay holds the upstream's pieces of a call until it is
+    /// complete, so a call cut off mid-stream is never half-delivered.
+    ToolCall { call: ToolCall },
     /// Token counts, as soon as the upstream reports them.
     Usage { usage: Usage },
     /// The upstream broke off after text was sent and another target takes over. With
@@ -68,6 +72,7 @@ impl StreamEvent {
         match self {
             StreamEvent::Start { .. } => "start",
             StreamEvent::TextDelta { .. } => "text_delta",
+            StreamEvent::ToolCall { .. } => "tool_call",
             StreamEvent::Usage { .. } => "usage",
             StreamEvent::Failover { .. } => "failover",
             StreamEvent::Done { .. } => "done",

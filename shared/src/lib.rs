@@ -5,7 +5,8 @@
 //! alone: no tokio, no AWS types, no I/O.
 //!
 //! - [`chat`]: the request a client sends ([`ChatRequest`]) and the one-shot answer it gets back
-//!   ([`ChatResponse`]), with [`Usage`], [`StopReason`], [`RouteInfo`] and [`Timings`].
+//!   ([`ChatResponse`]), with [`Usage`], [`StopReason`], [`RouteInfo`] and [`Timings`], and tool
+//!   use ([`ToolDefinition`], [`ToolChoice`], [`ToolCall`], [`ToolResult`]).
 //! - [`event`]: [`StreamEvent`], the one event type every streaming transport carries (SSE,
 //!   WebSocket frames, and later the job progress feed).
 //! - [`error`]: the JSON error body of every non-2xx answer and its stable [`ErrorCode`]s.
@@ -31,7 +32,7 @@ pub mod validate;
 
 pub use chat::{
     ChatRequest, ChatResponse, Message, ModelInfo, ModelList, ResponseFormat, ResponseSource, Role,
-    RouteInfo, StopReason, Timings, Usage,
+    RouteInfo, StopReason, Timings, ToolCall, ToolChoice, ToolDefinition, ToolResult, Usage,
 };
 pub use error::{ApiError, ApiErrorBody, ErrorCode};
 pub use event::StreamEvent;

@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use crate::chat::{ChatRequest, Role};
+use crate::chat::{ChatRequest, Message, Role, ToolChoice};
 use crate::error::ErrorCode;
 
 /// The numbers behind the rules.
@@ -36,6 +36,13 @@ pub mod limits {
     pub const MAX_BODY_BYTES: usize = 1024 * 1024;
     /// Most characters in a routing hint.
     pub const MAX_ROUTING_HINT_CHARS: usize = 64;
+    /// Most tool definitions in a request, and most tool calls in one message.
+    pub const MAX_TOOLS: usize = 64;
+    /// Most characters in a tool's name or a tool call's id (letters, digits, `_` and `-`: what
+    /// every provider accepts).
+    pub const MAX_TOOL_NAME_CHARS: usize = 64;
+    /// Most characters in a tool's description.
+    pub const MAX_TOOL_DESCRIPTION_CHARS: usize = 10_000;
 }
 
 /// A broken rule: which field, and what is wrong with it.
@@ -101,11 +108,7 @@ pub fn validate_chat_request(
             };
             return Err(ValidationError::new(format!("messages[{index}].role"), why));
         }
-        check_text(
-            &format!("messages[{index}].content"),
-            &message.content,
-            MAX_CONTENT_CHARS,
-        )?;
+        check_message(request, index, message)?;
     }
     if let Some(last) = request.messages.last()
         && last.role != Role::User
@@ -175,10 +178,183 @@ pub fn validate_chat_request(
             ));
         }
     }
+    check_tools(request)?;
     if request.max_latency_ms == Some(0) {
         return Err(ValidationError::new(
             "max_latency_ms",
             "must be greater than 0 (leave it out for no latency target)",
+        ));
+    }
+    Ok(())
+}
+
+/// One message's text, tool calls and tool results (its role is checked already).
+fn check_message(
+    request: &ChatRequest,
+    index: usize,
+    message: &Message,
+) -> Result<(), ValidationError> {
+    use limits::*;
+
+    let field = |name: &str| format!("messages[{index}].{name}");
+    let carries_tools = !message.tool_calls.is_empty() || !message.tool_results.is_empty();
+    if carries_tools {
+        // The text may be empty beside tool calls or results, but is bounded all the same.
+        if message.content.chars().take(MAX_CONTENT_CHARS + 1).count() > MAX_CONTENT_CHARS {
+            return Err(ValidationError::new(
+                field("content"),
+                format!("must be at most {MAX_CONTENT_CHARS} characters"),
+            ));
+        }
+    } else {
+        check_text(&field("content"), &message.content, MAX_CONTENT_CHARS)?;
+    }
+    if !message.tool_calls.is_empty() && message.role != Role::Assistant {
+        return Err(ValidationError::new(
+            field("tool_calls"),
+            "only assistant messages carry tool calls",
+        ));
+    }
+    if message.tool_calls.len() > MAX_TOOLS {
+        return Err(ValidationError::new(
+            field("tool_calls"),
+            format!(
+                "at most {MAX_TOOLS} tool calls, got {}",
+                message.tool_calls.len()
+            ),
+        ));
+    }
+    for (at, call) in message.tool_calls.iter().enumerate() {
+        let call_field = |name: &str| format!("messages[{index}].tool_calls[{at}].{name}");
+        check_name(&call_field("id"), &call.id)?;
+        check_name(&call_field("name"), &call.name)?;
+        if !call.input.is_object() {
+            return Err(ValidationError::new(
+                call_field("input"),
+                "must be a JSON object",
+            ));
+        }
+    }
+    if !message.tool_results.is_empty() && message.role != Role::User {
+        return Err(ValidationError::new(
+            field("tool_results"),
+            "only user messages carry tool results",
+        ));
+    }
+    // The calls of the turn before must each get one result here, and nothing else.
+    let calls = match index.checked_sub(1) {
+        Some(previous) => request.messages[previous].tool_calls.as_slice(),
+        None => &[],
+    };
+    for (at, result) in message.tool_results.iter().enumerate() {
+        let result_field = |name: &str| format!("messages[{index}].tool_results[{at}].{name}");
+        if !calls.iter().any(|call| call.id == result.tool_call_id) {
+            return Err(ValidationError::new(
+                result_field("tool_call_id"),
+                format!(
+                    "`{}` is not a tool call of the previous message",
+                    result.tool_call_id
+                ),
+            ));
+        }
+        if message.tool_results[..at]
+            .iter()
+            .any(|earlier| earlier.tool_call_id == result.tool_call_id)
+        {
+            return Err(ValidationError::new(
+                result_field("tool_call_id"),
+                format!("`{}` has a result already", result.tool_call_id),
+            ));
+        }
+        if result.content.chars().take(MAX_CONTENT_CHARS + 1).count() > MAX_CONTENT_CHARS {
+            return Err(ValidationError::new(
+                result_field("content"),
+                format!("must be at most {MAX_CONTENT_CHARS} characters"),
+            ));
+        }
+    }
+    if let Some(unanswered) = calls.iter().find(|call| {
+        !message
+            .tool_results
+            .iter()
+            .any(|r| r.tool_call_id == call.id)
+    }) {
+        return Err(ValidationError::new(
+            field("tool_results"),
+            format!(
+                "the tool call `{}` of the previous message has no result",
+                unanswered.id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The tool definitions and the tool choice.
+fn check_tools(request: &ChatRequest) -> Result<(), ValidationError> {
+    use limits::*;
+
+    if request.tools.len() > MAX_TOOLS {
+        return Err(ValidationError::new(
+            "tools",
+            format!("at most {MAX_TOOLS} tools, got {}", request.tools.len()),
+        ));
+    }
+    for (index, tool) in request.tools.iter().enumerate() {
+        check_name(&format!("tools[{index}].name"), &tool.name)?;
+        if request.tools[..index].iter().any(|t| t.name == tool.name) {
+            return Err(ValidationError::new(
+                format!("tools[{index}].name"),
+                format!("`{}` is defined twice", tool.name),
+            ));
+        }
+        if let Some(description) = &tool.description {
+            check_text(
+                &format!("tools[{index}].description"),
+                description,
+                MAX_TOOL_DESCRIPTION_CHARS,
+            )?;
+        }
+        if tool.input_schema.get("type").and_then(|t| t.as_str()) != Some("object") {
+            return Err(ValidationError::new(
+                format!("tools[{index}].input_schema"),
+                r#"must be a JSON Schema object with "type": "object""#,
+            ));
+        }
+    }
+    if request.tools.is_empty() && request.uses_tools() {
+        return Err(ValidationError::new(
+            "tools",
+            "the conversation has tool calls or results: give the tools' definitions too",
+        ));
+    }
+    match &request.tool_choice {
+        Some(ToolChoice::Any) if request.tools.is_empty() => Err(ValidationError::new(
+            "tool_choice",
+            "asks for a tool call, but the request has no `tools`",
+        )),
+        Some(ToolChoice::Tool { name }) if !request.tools.iter().any(|t| &t.name == name) => {
+            Err(ValidationError::new(
+                "tool_choice.name",
+                format!("`{name}` is not one of the request's `tools`"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A tool's name or a call's id: 1 to [`limits::MAX_TOOL_NAME_CHARS`] letters, digits, `_` or
+/// `-`.
+fn check_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if name.is_empty() || name.len() > limits::MAX_TOOL_NAME_CHARS || !name.chars().all(allowed) {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "must be 1 to {} letters, digits, `_` or `-`, got `{}`",
+                limits::MAX_TOOL_NAME_CHARS,
+                name.chars().take(80).collect::<String>()
+            ),
         ));
     }
     Ok(())
@@ -260,6 +436,112 @@ mod tests {
         assert_eq!(
             field_of(&ChatRequest::from_prompt(over)),
             "messages[0].content"
+        );
+    }
+
+    fn weather_tool() -> crate::chat::ToolDefinition {
+        crate::chat::ToolDefinition {
+            name: "get_weather".into(),
+            description: Some("The weather in a city".into()),
+            input_schema: serde_json::json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+        }
+    }
+
+    /// A conversation with one tool round: a call, its result, and the question that follows.
+    fn tool_round() -> ChatRequest {
+        let call = crate::chat::ToolCall {
+            id: "call_1".into(),
+            name: "get_weather".into(),
+            input: serde_json::json!({"city": "Paris"}),
+        };
+        ChatRequest {
+            messages: vec![
+                Message::user("Weather in Paris?"),
+                Message {
+                    tool_calls: vec![call],
+                    ..Message::assistant("")
+                },
+                Message {
+                    tool_results: vec![crate::chat::ToolResult {
+                        tool_call_id: "call_1".into(),
+                        content: "18 C".into(),
+                        is_error: false,
+                    }],
+                    ..Message::user("")
+                },
+            ],
+            tools: vec![weather_tool()],
+            ..ChatRequest::default()
+        }
+    }
+
+    #[test]
+    fn a_tool_round_is_valid_and_its_links_are_checked() {
+        validate_chat_request(&tool_round(), known).unwrap();
+
+        let mut unanswered = tool_round();
+        unanswered.messages[2] = Message::user("and tomorrow?");
+        assert_eq!(field_of(&unanswered), "messages[2].tool_results");
+
+        let mut stray = tool_round();
+        stray.messages[2].tool_results[0].tool_call_id = "call_9".into();
+        assert_eq!(field_of(&stray), "messages[2].tool_results[0].tool_call_id");
+
+        let mut twice = tool_round();
+        let again = twice.messages[2].tool_results[0].clone();
+        twice.messages[2].tool_results.push(again);
+        assert_eq!(field_of(&twice), "messages[2].tool_results[1].tool_call_id");
+
+        let mut from_user = tool_round();
+        from_user.messages[0].tool_calls = from_user.messages[1].tool_calls.clone();
+        assert_eq!(field_of(&from_user), "messages[0].tool_calls");
+
+        let mut bad_input = tool_round();
+        bad_input.messages[1].tool_calls[0].input = serde_json::json!("Paris");
+        assert_eq!(field_of(&bad_input), "messages[1].tool_calls[0].input");
+
+        let mut bad_id = tool_round();
+        bad_id.messages[1].tool_calls[0].id = "call 1".into();
+        assert_eq!(field_of(&bad_id), "messages[1].tool_calls[0].id");
+
+        let mut no_tools = tool_round();
+        no_tools.tools.clear();
+        assert_eq!(field_of(&no_tools), "tools");
+    }
+
+    #[test]
+    fn tool_definitions_and_the_choice_are_checked() {
+        let with =
+            |tools: Vec<crate::chat::ToolDefinition>, choice: Option<ToolChoice>| ChatRequest {
+                tools,
+                tool_choice: choice,
+                ..ChatRequest::from_prompt("Weather?")
+            };
+        validate_chat_request(&with(vec![weather_tool()], Some(ToolChoice::Any)), known).unwrap();
+        let mut schema = weather_tool();
+        schema.input_schema = serde_json::json!({"type": "string"});
+        assert_eq!(field_of(&with(vec![schema], None)), "tools[0].input_schema");
+        let mut name = weather_tool();
+        name.name = "get weather".into();
+        assert_eq!(field_of(&with(vec![name], None)), "tools[0].name");
+        assert_eq!(
+            field_of(&with(vec![weather_tool(), weather_tool()], None)),
+            "tools[1].name"
+        );
+        assert_eq!(
+            field_of(&with(vec![weather_tool(); limits::MAX_TOOLS + 1], None)),
+            "tools"
+        );
+        assert_eq!(
+            field_of(&with(vec![], Some(ToolChoice::Any))),
+            "tool_choice"
+        );
+        let named = ToolChoice::Tool {
+            name: "get_time".into(),
+        };
+        assert_eq!(
+            field_of(&with(vec![weather_tool()], Some(named))),
+            "tool_choice.name"
         );
     }
 

@@ -161,11 +161,56 @@ fn stream_event() -> impl Strategy<Value = StreamEvent> {
     ]
 }
 
-fn message() -> impl Strategy<Value = Message> {
-    (any::<bool>(), text()).prop_map(|(user, content)| Message {
-        role: if user { Role::User } else { Role::Assistant },
-        content,
+fn tool_call() -> impl Strategy<Value = ToolCall> {
+    ("[A-Za-z0-9_-]{1,12}", "[A-Za-z0-9_-]{1,12}", text()).prop_map(|(id, name, value)| ToolCall {
+        id,
+        name,
+        input: serde_json::json!({ "q": value, "n": [1, -2, 0.5] }),
     })
+}
+
+fn tool_result() -> impl Strategy<Value = ToolResult> {
+    ("[A-Za-z0-9_-]{1,12}", text(), any::<bool>()).prop_map(|(tool_call_id, content, is_error)| {
+        ToolResult {
+            tool_call_id,
+            content,
+            is_error,
+        }
+    })
+}
+
+fn tool_definition() -> impl Strategy<Value = ToolDefinition> {
+    ("[A-Za-z0-9_-]{1,12}", prop::option::of(text())).prop_map(|(name, description)| {
+        ToolDefinition {
+            name,
+            description,
+            input_schema: serde_json::json!({"type": "object", "properties": {"q": {"type": "string"}}}),
+        }
+    })
+}
+
+fn tool_choice() -> impl Strategy<Value = ToolChoice> {
+    prop_oneof![
+        Just(ToolChoice::Auto),
+        Just(ToolChoice::Any),
+        Just(ToolChoice::None),
+        "[A-Za-z0-9_-]{1,12}".prop_map(|name| ToolChoice::Tool { name }),
+    ]
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    (
+        any::<bool>(),
+        text(),
+        prop::collection::vec(tool_call(), 0..2),
+        prop::collection::vec(tool_result(), 0..2),
+    )
+        .prop_map(|(user, content, tool_calls, tool_results)| Message {
+            role: if user { Role::User } else { Role::Assistant },
+            content,
+            tool_calls,
+            tool_results,
+        })
 }
 
 fn chat_request() -> impl Strategy<Value = ChatRequest> {
@@ -178,6 +223,8 @@ fn chat_request() -> impl Strategy<Value = ChatRequest> {
         prop::option::of(0.0f32..1.0),
         prop::collection::vec(text(), 0..3),
         any::<bool>(),
+        prop::collection::vec(tool_definition(), 0..3),
+        prop::option::of(tool_choice()),
     )
         .prop_map(
             |(
@@ -189,6 +236,8 @@ fn chat_request() -> impl Strategy<Value = ChatRequest> {
                 temperature,
                 stop_sequences,
                 no_cache,
+                tools,
+                tool_choice,
             )| {
                 ChatRequest {
                     messages,
@@ -199,6 +248,8 @@ fn chat_request() -> impl Strategy<Value = ChatRequest> {
                     temperature,
                     stop_sequences,
                     no_cache,
+                    tools,
+                    tool_choice,
                     ..ChatRequest::default()
                 }
             },
@@ -290,9 +341,11 @@ proptest! {
         stop_reason in stop_reason(), usage in prop::option::of(usage()), route in route(),
         timings in timings(),
         degraded in any::<bool>(),
+        tool_calls in prop::collection::vec(tool_call(), 0..3),
     ) {
         round_trips(&ChatResponse {
-            request_id, degraded, model, text: text_, stop_reason, usage, route, timings,
+            request_id, degraded, model, text: text_, tool_calls, stop_reason, usage, route,
+            timings,
         })?;
     }
 

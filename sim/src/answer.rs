@@ -6,10 +6,24 @@
 //! is the start of the answer the conversation without it would get, the continuation is the
 //! rest of that answer, so an answer broken off and continued elsewhere reads as one; otherwise
 //! a fresh answer is generated for the whole conversation.
+//!
+//! With tools, a prompt that asks for one (see [`Prompt::tool_to_call`]) gets a short sentence
+//! and then the call, whose input is the first JSON object in the last user message (`{}` when
+//! there is none); a prompt whose last message carries tool results gets an answer that starts
+//! with what the tool returned.
 
 use crate::config::{ModelProfile, SimConfig};
 use crate::text;
 use crate::wire::Prompt;
+
+/// The text tokens before a tool call.
+const TOKENS_BEFORE_TOOL_CALL: u32 = 6;
+/// How many pieces a tool call's input JSON streams in.
+const TOOL_INPUT_PIECES: usize = 3;
+/// How many `{` of the last user message are tried as the start of a JSON object.
+const MAX_JSON_STARTS_TRIED: usize = 16;
+/// How much of a tool's result the answer quotes.
+const MAX_QUOTED_RESULT_CHARS: usize = 200;
 
 /// Why a planned answer ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +32,8 @@ pub enum StopKind {
     MaxTokens,
     /// The answer reached this stop sequence (which is not part of the text).
     StopSequence(String),
+    /// The answer ends with a tool call.
+    ToolUse,
 }
 
 impl StopKind {
@@ -27,6 +43,7 @@ impl StopKind {
             StopKind::EndTurn => "end_turn",
             StopKind::MaxTokens => "max_tokens",
             StopKind::StopSequence(_) => "stop_sequence",
+            StopKind::ToolUse => "tool_use",
         }
     }
 
@@ -34,6 +51,7 @@ impl StopKind {
     pub fn openai_finish_reason(&self) -> &'static str {
         match self {
             StopKind::MaxTokens => "length",
+            StopKind::ToolUse => "tool_calls",
             StopKind::EndTurn | StopKind::StopSequence(_) => "stop",
         }
     }
@@ -51,9 +69,31 @@ pub struct Answer {
     /// The model id without any fault suffix.
     pub model: String,
     pub tokens: Vec<String>,
+    /// The tool call after the text, if the answer makes one (then `stop` is `ToolUse`).
+    pub tool_call: Option<PlannedToolCall>,
     pub stop: StopKind,
     pub input_tokens: u32,
     pub profile: ModelProfile,
+}
+
+/// A tool call an answer makes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedToolCall {
+    /// Unique per prompt and stable for the same prompt.
+    pub id: String,
+    pub name: String,
+    pub input: serde_json::Value,
+}
+
+impl PlannedToolCall {
+    /// The input's JSON text in the pieces a stream sends it in (split at character
+    /// boundaries); each counts as one output token.
+    pub fn input_pieces(&self) -> Vec<String> {
+        let json = self.input.to_string();
+        let chars: Vec<char> = json.chars().collect();
+        let size = chars.len().div_ceil(TOOL_INPUT_PIECES).max(1);
+        chars.chunks(size).map(|c| c.iter().collect()).collect()
+    }
 }
 
 impl Answer {
@@ -113,7 +153,27 @@ impl Answer {
             (prompt.max_tokens, StopKind::MaxTokens)
         };
         let mut tokens = text::generate_tokens(seed, count);
-        if let Some(labels) = prompt.asked_labels() {
+        let mut tool_call = None;
+        if let Some(name) = prompt.tool_to_call() {
+            let call = PlannedToolCall {
+                id: format!("tooluse_{seed:016x}"),
+                name: name.to_string(),
+                input: first_json_object(prompt.last_user_text()),
+            };
+            let before = TOKENS_BEFORE_TOOL_CALL.min(count);
+            tokens.truncate(before as usize);
+            // A call that would not fit in `max_tokens` is not made: the text is cut short.
+            if before as usize + call.input_pieces().len() <= prompt.max_tokens as usize {
+                tool_call = Some(call);
+                stop = StopKind::ToolUse;
+            }
+        } else if let Some(output) = prompt.answered_tool_results().next() {
+            let quoted: String = output.text.chars().take(MAX_QUOTED_RESULT_CHARS).collect();
+            let mut answer = vec![format!("The tool returned {quoted}.")];
+            answer.extend(tokens);
+            answer.truncate(count as usize);
+            tokens = answer;
+        } else if let Some(labels) = prompt.asked_labels() {
             tokens = vec![labels[(seed % labels.len() as u64) as usize].clone()];
         } else if let Some(keys) = prompt.asked_json_keys() {
             tokens = text::json_object(&keys, seed);
@@ -127,19 +187,39 @@ impl Answer {
         Answer {
             model: model.to_string(),
             tokens,
+            tool_call,
             stop,
             input_tokens: text::estimate_tokens(&texts),
             profile,
         }
     }
 
+    /// The text's tokens and the tool call's input pieces.
     pub fn output_tokens(&self) -> u32 {
-        u32::try_from(self.tokens.len()).unwrap_or(u32::MAX)
+        let pieces = self
+            .tool_call
+            .as_ref()
+            .map_or(0, |call| call.input_pieces().len());
+        u32::try_from(self.tokens.len() + pieces).unwrap_or(u32::MAX)
     }
 
     pub fn text(&self) -> String {
         self.tokens.concat()
     }
+}
+
+/// The first JSON object in `text` (tried from each of its first `{`), or `{}`.
+fn first_json_object(text: &str) -> serde_json::Value {
+    text.match_indices('{')
+        .take(MAX_JSON_STARTS_TRIED)
+        .find_map(|(at, _)| {
+            serde_json::Deserializer::from_str(&text[at..])
+                .into_iter::<serde_json::Value>()
+                .next()
+                .and_then(Result::ok)
+                .filter(serde_json::Value::is_object)
+        })
+        .unwrap_or_else(|| serde_json::json!({}))
 }
 
 /// The byte offset of the earliest stop sequence in the answer's text, and which one it is.
@@ -174,6 +254,7 @@ fn truncate_tokens(tokens: Vec<String>, cut: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{ToolChoice, ToolOutput};
 
     fn prompt(max_tokens: u32, stops: &[&str]) -> Prompt {
         Prompt {
@@ -181,7 +262,83 @@ mod tests {
             messages: vec![("user".into(), "Tell me about relays".into())],
             max_tokens,
             stop_sequences: stops.iter().map(|s| s.to_string()).collect(),
+            ..Prompt::default()
         }
+    }
+
+    fn with_tools(text: &str, choice: ToolChoice) -> Prompt {
+        Prompt {
+            messages: vec![("user".into(), text.into())],
+            max_tokens: 4096,
+            tools: vec!["get_weather".into(), "search".into()],
+            tool_choice: choice,
+            ..Prompt::default()
+        }
+    }
+
+    #[test]
+    fn a_prompt_that_names_a_tool_gets_a_call_with_the_json_it_gives() {
+        let config = SimConfig::default();
+        let answer = Answer::plan(
+            &config,
+            "m",
+            &with_tools(
+                r#"Use search with {"query": "relays", "limit": 2} please"#,
+                ToolChoice::Auto,
+            ),
+        );
+        assert_eq!(answer.stop, StopKind::ToolUse);
+        let call = answer.tool_call.as_ref().expect("a tool call");
+        assert_eq!(call.name, "search");
+        assert_eq!(
+            call.input,
+            serde_json::json!({"query": "relays", "limit": 2})
+        );
+        assert_eq!(call.input_pieces().concat(), call.input.to_string());
+        assert_eq!(call.input_pieces().len(), TOOL_INPUT_PIECES);
+        assert_eq!(answer.tokens.len(), TOKENS_BEFORE_TOOL_CALL as usize);
+
+        let unnamed = with_tools("Tell me about relays", ToolChoice::Auto);
+        assert!(Answer::plan(&config, "m", &unnamed).tool_call.is_none());
+        let required = with_tools("Tell me about relays", ToolChoice::Any);
+        let first = Answer::plan(&config, "m", &required).tool_call.unwrap();
+        assert_eq!(
+            (first.name.as_str(), first.input.clone()),
+            ("get_weather", serde_json::json!({}))
+        );
+        let named = with_tools("search for it", ToolChoice::Tool("get_weather".into()));
+        assert_eq!(
+            Answer::plan(&config, "m", &named).tool_call.unwrap().name,
+            "get_weather"
+        );
+        let refused = with_tools("search for it", ToolChoice::None);
+        assert!(Answer::plan(&config, "m", &refused).tool_call.is_none());
+    }
+
+    #[test]
+    fn a_tool_result_is_answered_not_called_again() {
+        let config = SimConfig::default();
+        let mut prompt = with_tools("Use search", ToolChoice::Auto);
+        let call = Answer::plan(&config, "m", &prompt).tool_call.unwrap();
+        prompt.messages.push(("assistant".into(), String::new()));
+        prompt.tool_calls.push((1, call.id.clone()));
+        prompt.messages.push(("user".into(), String::new()));
+        prompt.tool_results.push((
+            2,
+            ToolOutput {
+                tool_call_id: call.id.clone(),
+                text: "42 results".into(),
+            },
+        ));
+        assert_eq!(prompt.check(), Ok(()));
+        let answer = Answer::plan(&config, "m", &prompt);
+        assert!(answer.tool_call.is_none());
+        assert!(answer.text().starts_with("The tool returned 42 results."));
+
+        prompt.tool_results[0].1.tool_call_id = "tooluse_other".into();
+        assert!(prompt.check().unwrap_err().contains("tooluse_other"));
+        prompt.tools.clear();
+        assert!(prompt.check().unwrap_err().contains("toolConfig"));
     }
 
     #[test]

@@ -213,7 +213,11 @@ async fn serve_openai(
     let (model, fault) = state
         .admit("chat-completions", &request.model, None, headers)
         .await?;
-    let answer = state.answer(model, &Prompt::from(&request), fault)?;
+    let answer = state.answer(
+        model,
+        &Prompt::try_from(&request).map_err(SimError::Validation)?,
+        fault,
+    )?;
     let request_id = format!("{:016x}", fastrand::u64(..));
     if request.stream {
         let body = spawn_stream(
@@ -242,7 +246,7 @@ async fn serve_openai(
         "model": answer.model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": answer.text()},
+            "message": openai_message(&answer),
             "finish_reason": answer.stop.openai_finish_reason(),
         }],
     });
@@ -250,6 +254,20 @@ async fn serve_openai(
         completion["usage"] = openai_usage(&answer);
     }
     Ok(Json(completion).into_response())
+}
+
+/// The `message` of an OpenAI completion: the text, and the tool call with its arguments as a
+/// JSON string.
+fn openai_message(answer: &Answer) -> serde_json::Value {
+    let mut message = json!({"role": "assistant", "content": answer.text()});
+    if let Some(call) = &answer.tool_call {
+        message["tool_calls"] = json!([{
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.input.to_string()},
+        }]);
+    }
+    message
 }
 
 /// The body of `GET` and `PUT /_sim/faults`.
@@ -380,8 +398,16 @@ async fn one_shot(
     let output_tokens = answer.output_tokens();
     let text = answer.text();
     let response = if operation == Operation::Converse {
+        let mut content = vec![json!({ "text": text })];
+        if let Some(call) = &answer.tool_call {
+            content.push(json!({"toolUse": {
+                "toolUseId": call.id,
+                "name": call.name,
+                "input": call.input,
+            }}));
+        }
         Json(json!({
-            "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+            "output": {"message": {"role": "assistant", "content": content}},
             "stopReason": answer.stop.as_str(),
             "usage": {
                 "inputTokens": answer.input_tokens,
@@ -392,12 +418,21 @@ async fn one_shot(
         }))
         .into_response()
     } else {
+        let mut content = vec![json!({"type": "text", "text": text})];
+        if let Some(call) = &answer.tool_call {
+            content.push(json!({
+                "type": "tool_use",
+                "id": call.id,
+                "name": call.name,
+                "input": call.input,
+            }));
+        }
         let mut response = Json(json!({
             "id": format!("msg_bdrk_{request_id}"),
             "type": "message",
             "role": "assistant",
             "model": answer.model,
-            "content": [{"type": "text", "text": text}],
+            "content": content,
             "stop_reason": answer.stop.as_str(),
             "stop_sequence": answer.stop.stop_sequence(),
             "usage": {"input_tokens": answer.input_tokens, "output_tokens": output_tokens},

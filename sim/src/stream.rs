@@ -3,6 +3,10 @@
 //! Server-Sent Events of OpenAI chat completions, paced by the model's profile and interrupted
 //! where a scripted fault says so.
 //!
+//! A tool call follows the text as its own content block (Converse `toolUse`, OpenAI
+//! `tool_calls`), its input JSON in a few pieces; a fault's `after_tokens` counts those pieces
+//! after the text's tokens, so a stream can be cut in the middle of a call.
+//!
 //! A producer task writes frames into a small channel that backs the HTTP body. When the client
 //! goes away, hyper drops the body, the channel closes, and the producer notices at its next send
 //! or while it waits, and records the stream as cancelled.
@@ -16,7 +20,7 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::answer::Answer;
+use crate::answer::{Answer, PlannedToolCall};
 use crate::eventstream::{chunk_frame, event_frame, exception_frame};
 use crate::fault::{Fault, HttpFault};
 use crate::stats::SimStats;
@@ -131,24 +135,41 @@ impl Producer {
             | Fault::Cut { after_tokens }
             | Fault::Reset { after_tokens }
             | Fault::Garbage { after_tokens } => {
-                Some((after_tokens as usize).min(answer.tokens.len()))
+                Some((after_tokens as usize).min(answer.output_tokens() as usize))
             }
         });
+        let pieces = answer
+            .tool_call
+            .as_ref()
+            .map(PlannedToolCall::input_pieces)
+            .unwrap_or_default();
+        let text_tokens = answer.tokens.len();
 
         self.wait_until(first_token_at).await?;
         for frame in self.opening(answer) {
             self.send(frame).await?;
         }
-        for index in 0..=answer.tokens.len() {
+        for index in 0..=text_tokens + pieces.len() {
             if fault_at == Some(index) {
                 return self.fail(fault).await;
             }
-            let Some(token) = answer.tokens.get(index) else {
+            let frame = if let Some(token) = answer.tokens.get(index) {
+                self.delta(answer, token)
+            } else if let (Some(call), Some(piece)) =
+                (&answer.tool_call, pieces.get(index - text_tokens))
+            {
+                if index == text_tokens {
+                    for frame in self.tool_call_start(answer, call) {
+                        self.send(frame).await?;
+                    }
+                }
+                self.tool_input_delta(answer, piece)
+            } else {
                 break;
             };
             self.wait_until(first_token_at + interval * index as u32)
                 .await?;
-            self.send(self.delta(answer, token)).await?;
+            self.send(frame).await?;
         }
         let latency_ms = started.elapsed().as_millis() as u64;
         let with_usage = fault != Some(Fault::NoUsage);
@@ -295,6 +316,69 @@ impl Producer {
         }
     }
 
+    /// The frames that end the text block and open the tool call's block.
+    fn tool_call_start(&self, answer: &Answer, call: &PlannedToolCall) -> Vec<Bytes> {
+        match self.format {
+            StreamFormat::OpenAi { .. } => vec![sse_data(
+                &self
+                    .openai_chunk(
+                        answer,
+                        json!([{"index": 0, "delta": {"tool_calls": [{
+                            "index": 0,
+                            "id": call.id,
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": ""},
+                        }]}, "finish_reason": null}]),
+                    )
+                    .to_string(),
+            )],
+            StreamFormat::Converse => vec![
+                event_frame("contentBlockStop", &json!({"contentBlockIndex": 0})),
+                event_frame(
+                    "contentBlockStart",
+                    &json!({
+                        "contentBlockIndex": 1,
+                        "start": {"toolUse": {"toolUseId": call.id, "name": call.name}},
+                    }),
+                ),
+            ],
+            StreamFormat::Invoke => vec![
+                chunk_frame(&json!({"type": "content_block_stop", "index": 0})),
+                chunk_frame(&json!({
+                    "type": "content_block_start",
+                    "index": 1,
+                    "content_block": {"type": "tool_use", "id": call.id, "name": call.name, "input": {}},
+                })),
+            ],
+        }
+    }
+
+    /// One piece of the tool call's input JSON.
+    fn tool_input_delta(&self, answer: &Answer, piece: &str) -> Bytes {
+        match self.format {
+            StreamFormat::OpenAi { .. } => sse_data(
+                &self
+                    .openai_chunk(
+                        answer,
+                        json!([{"index": 0, "delta": {"tool_calls": [{
+                            "index": 0,
+                            "function": {"arguments": piece},
+                        }]}, "finish_reason": null}]),
+                    )
+                    .to_string(),
+            ),
+            StreamFormat::Converse => event_frame(
+                "contentBlockDelta",
+                &json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": piece}}}),
+            ),
+            StreamFormat::Invoke => chunk_frame(&json!({
+                "type": "content_block_delta",
+                "index": 1,
+                "delta": {"type": "input_json_delta", "partial_json": piece},
+            })),
+        }
+    }
+
     fn closing(
         &self,
         answer: &Answer,
@@ -304,6 +388,8 @@ impl Producer {
         with_usage: bool,
     ) -> Vec<Bytes> {
         let output_tokens = answer.output_tokens();
+        // The block open at the end: the tool call's when there is one.
+        let last_block = usize::from(answer.tool_call.is_some());
         match self.format {
             StreamFormat::OpenAi { include_usage } => {
                 let mut frames = vec![sse_data(
@@ -324,7 +410,10 @@ impl Producer {
             }
             StreamFormat::Converse => {
                 let mut frames = vec![
-                    event_frame("contentBlockStop", &json!({"contentBlockIndex": 0})),
+                    event_frame(
+                        "contentBlockStop",
+                        &json!({"contentBlockIndex": last_block}),
+                    ),
                     event_frame("messageStop", &json!({"stopReason": answer.stop.as_str()})),
                 ];
                 if with_usage {
@@ -343,7 +432,7 @@ impl Producer {
                 frames
             }
             StreamFormat::Invoke => vec![
-                chunk_frame(&json!({"type": "content_block_stop", "index": 0})),
+                chunk_frame(&json!({"type": "content_block_stop", "index": last_block})),
                 chunk_frame(&json!({
                     "type": "message_delta",
                     "delta": {

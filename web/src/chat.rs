@@ -144,6 +144,8 @@ pub fn ChatPage(history: History) -> impl IntoView {
                 StreamEvent::Usage { usage } => {
                     turn.facts.update(|facts| facts.usage = Some(usage))
                 }
+                // The chat page offers the model no tools.
+                StreamEvent::ToolCall { .. } => {}
                 StreamEvent::Failover {
                     discard_partial, ..
                 } => {

@@ -11,8 +11,11 @@
 //! keeps its model ids; the routing, limits, failover and cache then apply as for any request,
 //! and the answer's `fm_relay` member (beside Bedrock's) says which model served it.
 //!
-//! What the relay cannot honour yet (`toolConfig`, image and document blocks) is a
-//! `ValidationException` naming the field. A stream that another target must restart is
+//! Tool use: Converse's `toolConfig` (`toolSpec`s, `toolChoice`), `toolUse` and `toolResult`
+//! blocks, and in streams a `toolUse` block (`contentBlockStart`, one `contentBlockDelta` with
+//! the whole input, `contentBlockStop`) per call; InvokeModel takes Anthropic's tools (see
+//! [`super::anthropic`]). What the relay cannot honour (image and document blocks, cache
+//! points) is a `ValidationException` naming the field. A stream that another target must restart is
 //! resumed by replay, as for the other drop-in surfaces: it continues seamlessly or ends with a
 //! `modelStreamErrorException`, never a spliced answer.
 
@@ -23,7 +26,10 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use fm_protocol::{ChatRequest, ChatResponse, ErrorCode, StopReason, StreamEvent, Usage};
+use fm_protocol::{
+    ChatRequest, ChatResponse, ErrorCode, StopReason, StreamEvent, ToolCall, ToolChoice,
+    ToolDefinition, ToolResult, Usage,
+};
 use fm_sim::eventstream::{chunk_frame, event_frame, exception_frame};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -49,7 +55,49 @@ struct ConverseRequest {
     #[serde(default)]
     system: Vec<ConverseBlock>,
     inference_config: Option<InferenceConfig>,
-    tool_config: Option<Value>,
+    tool_config: Option<ToolConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ToolConfig {
+    #[serde(default)]
+    tools: Vec<ConverseTool>,
+    tool_choice: Option<ConverseToolChoice>,
+}
+
+/// A tool: `{"toolSpec": ...}`, or one the relay does not take (a `cachePoint`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseTool {
+    tool_spec: Option<ToolSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ToolSpec {
+    name: String,
+    description: Option<String>,
+    input_schema: InputSchema,
+}
+
+#[derive(Debug, Deserialize)]
+struct InputSchema {
+    json: Value,
+}
+
+/// `{"auto": {}}`, `{"any": {}}` or `{"tool": {"name"}}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum ConverseToolChoice {
+    Auto(serde::de::IgnoredAny),
+    Any(serde::de::IgnoredAny),
+    Tool(NamedTool),
+}
+
+#[derive(Debug, Deserialize)]
+struct NamedTool {
+    name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,12 +107,110 @@ struct ConverseMessage {
     content: Vec<ConverseBlock>,
 }
 
-/// A content block: text, or one the relay does not read (its one key names its kind).
+/// A content block: text, a tool call or a tool result, or one the relay does not read (its one
+/// key names its kind).
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct ConverseBlock {
     text: Option<String>,
+    tool_use: Option<ToolUseBlock>,
+    tool_result: Option<ToolResultBlock>,
     #[serde(flatten)]
     other: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ToolUseBlock {
+    tool_use_id: String,
+    name: String,
+    input: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ToolResultBlock {
+    tool_use_id: String,
+    #[serde(default)]
+    content: Vec<ToolResultPart>,
+    /// `success` or `error`.
+    status: Option<String>,
+}
+
+/// A part of a tool's result: `{"text"}` or `{"json"}` (the relay carries JSON as its text).
+#[derive(Debug, Deserialize)]
+struct ToolResultPart {
+    text: Option<String>,
+    json: Option<Value>,
+    #[serde(flatten)]
+    other: serde_json::Map<String, Value>,
+}
+
+/// A message's content as the relay carries it.
+#[derive(Debug, Default)]
+struct Turn {
+    text: String,
+    tool_calls: Vec<ToolCall>,
+    tool_results: Vec<ToolResult>,
+}
+
+/// The text, tool calls and tool results of `blocks`; `field` names them in a refusal.
+fn turn_of(blocks: &[ConverseBlock], field: &str) -> Result<Turn, RelayError> {
+    let mut turn = Turn::default();
+    let mut texts = Vec::new();
+    for (index, block) in blocks.iter().enumerate() {
+        if let Some(call) = &block.tool_use {
+            turn.tool_calls.push(ToolCall {
+                id: call.tool_use_id.clone(),
+                name: call.name.clone(),
+                input: call.input.clone(),
+            });
+        } else if let Some(result) = &block.tool_result {
+            let mut parts = Vec::with_capacity(result.content.len());
+            for (part_index, part) in result.content.iter().enumerate() {
+                match (&part.text, &part.json) {
+                    (Some(text), _) => parts.push(text.clone()),
+                    (None, Some(json)) => parts.push(json.to_string()),
+                    (None, None) => {
+                        return Err(compat::unsupported(
+                            format!("{field}[{index}].toolResult.content[{part_index}]"),
+                            format!(
+                                "only text and json results are supported, got `{}`",
+                                part.other.keys().next().map_or("nothing", String::as_str)
+                            ),
+                        ));
+                    }
+                }
+            }
+            turn.tool_results.push(ToolResult {
+                tool_call_id: result.tool_use_id.clone(),
+                content: parts.join("\n"),
+                is_error: result.status.as_deref() == Some("error"),
+            });
+        } else {
+            texts.push(text_block(block, index, field)?);
+        }
+    }
+    turn.text = texts.join("\n");
+    Ok(turn)
+}
+
+/// The text of a block that must be text.
+fn text_block<'b>(
+    block: &'b ConverseBlock,
+    index: usize,
+    field: &str,
+) -> Result<&'b str, RelayError> {
+    match (&block.text, block.other.keys().next()) {
+        (Some(text), _) => Ok(text.as_str()),
+        (None, kind) => Err(compat::unsupported(
+            format!("{field}[{index}]"),
+            format!(
+                "only text, toolUse and toolResult blocks are supported, got `{}`",
+                kind.map_or("an empty block", String::as_str)
+            ),
+        )),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,49 +222,68 @@ struct InferenceConfig {
     stop_sequences: Vec<String>,
 }
 
-/// The text of `blocks`; `field` names them in a refusal.
-fn text_of(blocks: &[ConverseBlock], field: &str) -> Result<String, RelayError> {
-    let mut texts = Vec::with_capacity(blocks.len());
-    for (index, block) in blocks.iter().enumerate() {
-        match (&block.text, block.other.keys().next()) {
-            (Some(text), _) => texts.push(text.as_str()),
-            (None, kind) => {
-                return Err(compat::unsupported(
-                    format!("{field}[{index}]"),
-                    format!(
-                        "only text blocks are supported, got `{}`",
-                        kind.map_or("an empty block", String::as_str)
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(texts.join("\n"))
-}
-
 impl ConverseRequest {
     fn to_chat_request(&self) -> Result<ChatRequest, RelayError> {
-        if self.tool_config.is_some() {
-            return Err(compat::unsupported(
-                "toolConfig",
-                "tool use is not supported by the relay yet",
-            ));
-        }
         let mut messages = Vec::with_capacity(self.messages.len());
         for (index, message) in self.messages.iter().enumerate() {
-            let text = text_of(&message.content, &format!("messages[{index}].content"))?;
-            messages.push(compat::message(index, &message.role, text)?);
+            let turn = turn_of(&message.content, &format!("messages[{index}].content"))?;
+            let mut relayed = compat::message(index, &message.role, turn.text)?;
+            relayed.tool_calls = turn.tool_calls;
+            relayed.tool_results = turn.tool_results;
+            messages.push(relayed);
         }
-        let system = text_of(&self.system, "system")?;
+        let system = self
+            .system
+            .iter()
+            .enumerate()
+            .map(|(index, block)| text_block(block, index, "system"))
+            .collect::<Result<Vec<_>, _>>()?
+            .join("\n");
         let config = self.inference_config.as_ref();
+        let (tools, tool_choice) = match &self.tool_config {
+            Some(tool_config) => tool_config.to_relay()?,
+            None => (Vec::new(), None),
+        };
         Ok(ChatRequest {
             messages,
             system: (!system.is_empty()).then_some(system),
             max_tokens: config.and_then(|c| c.max_tokens),
             temperature: config.and_then(|c| c.temperature),
             stop_sequences: config.map(|c| c.stop_sequences.clone()).unwrap_or_default(),
+            tools,
+            tool_choice,
             ..ChatRequest::default()
         })
+    }
+}
+
+impl ToolConfig {
+    /// The tool specs and the choice.
+    fn to_relay(&self) -> Result<(Vec<ToolDefinition>, Option<ToolChoice>), RelayError> {
+        let tools = self
+            .tools
+            .iter()
+            .enumerate()
+            .map(|(index, tool)| match &tool.tool_spec {
+                Some(spec) => Ok(ToolDefinition {
+                    name: spec.name.clone(),
+                    description: spec.description.clone(),
+                    input_schema: spec.input_schema.json.clone(),
+                }),
+                None => Err(compat::unsupported(
+                    format!("toolConfig.tools[{index}]"),
+                    "only toolSpec tools are supported",
+                )),
+            })
+            .collect::<Result<_, _>>()?;
+        let choice = self.tool_choice.as_ref().map(|choice| match choice {
+            ConverseToolChoice::Auto(_) => ToolChoice::Auto,
+            ConverseToolChoice::Any(_) => ToolChoice::Any,
+            ConverseToolChoice::Tool(tool) => ToolChoice::Tool {
+                name: tool.name.clone(),
+            },
+        });
+        Ok((tools, choice))
     }
 }
 
@@ -160,6 +325,8 @@ async fn model_operation(
                     prompt_chars,
                     answer_chars: 0,
                     sent_text: false,
+                    open_text: Some(0),
+                    next_block: 1,
                 });
                 compat::answer(&state, &edge, request, stream, |answer| {
                     converse_body(answer, prompt_chars)
@@ -215,12 +382,25 @@ fn usage_body(usage: Option<Usage>, prompt_chars: usize, answer_chars: usize) ->
     })
 }
 
-/// Converse's answer.
+/// Converse's answer: a text block, then a `toolUse` block per call.
 fn converse_body(answer: &ChatResponse, prompt_chars: usize) -> Value {
+    let mut content = Vec::with_capacity(1 + answer.tool_calls.len());
+    if !answer.text.is_empty() || answer.tool_calls.is_empty() {
+        content.push(json!({"text": answer.text}));
+    }
+    content.extend(answer.tool_calls.iter().map(
+        |call| json!({"toolUse": {"toolUseId": call.id, "name": call.name, "input": call.input}}),
+    ));
+    let answer_chars = answer.text.chars().count()
+        + answer
+            .tool_calls
+            .iter()
+            .map(|call| call.input.to_string().len())
+            .sum::<usize>();
     json!({
-        "output": {"message": {"role": "assistant", "content": [{"text": answer.text}]}},
+        "output": {"message": {"role": "assistant", "content": content}},
         "stopReason": stop_reason(answer.stop_reason),
-        "usage": usage_body(answer.usage, prompt_chars, answer.text.chars().count()),
+        "usage": usage_body(answer.usage, prompt_chars, answer_chars),
         "metrics": {"latencyMs": answer.timings.total_ms.round() as u64},
         "fm_relay": {"route": answer.route, "timings": answer.timings, "degraded": answer.degraded},
     })
@@ -247,6 +427,21 @@ struct ConverseFrames {
     prompt_chars: usize,
     answer_chars: usize,
     sent_text: bool,
+    /// The index of the open text block (0 from the start, until a tool call).
+    open_text: Option<usize>,
+    /// The index the next content block takes.
+    next_block: usize,
+}
+
+impl ConverseFrames {
+    fn stop_text(&mut self, chunk: &mut Vec<u8>) {
+        if let Some(index) = self.open_text.take() {
+            chunk.extend(event_frame(
+                "contentBlockStop",
+                &json!({"contentBlockIndex": index}),
+            ));
+        }
+    }
 }
 
 impl StreamEncoder for ConverseFrames {
@@ -258,8 +453,33 @@ impl StreamEncoder for ConverseFrames {
             StreamEvent::TextDelta { text } => {
                 self.sent_text = true;
                 self.answer_chars += text.chars().count();
-                let delta = json!({"contentBlockIndex": 0, "delta": {"text": text}});
+                let index = *self.open_text.get_or_insert_with(|| {
+                    self.next_block += 1;
+                    self.next_block - 1
+                });
+                let delta = json!({"contentBlockIndex": index, "delta": {"text": text}});
                 chunk.extend(event_frame("contentBlockDelta", &delta));
+            }
+            StreamEvent::ToolCall { call } => {
+                self.sent_text = true;
+                let input = call.input.to_string();
+                self.answer_chars += input.len();
+                self.stop_text(chunk);
+                let index = self.next_block;
+                self.next_block += 1;
+                chunk.extend(event_frame(
+                    "contentBlockStart",
+                    &json!({"contentBlockIndex": index,
+                    "start": {"toolUse": {"toolUseId": call.id, "name": call.name}}}),
+                ));
+                chunk.extend(event_frame(
+                    "contentBlockDelta",
+                    &json!({"contentBlockIndex": index, "delta": {"toolUse": {"input": input}}}),
+                ));
+                chunk.extend(event_frame(
+                    "contentBlockStop",
+                    &json!({"contentBlockIndex": index}),
+                ));
             }
             StreamEvent::Usage { .. } => {}
             StreamEvent::Failover {
@@ -279,10 +499,7 @@ impl StreamEncoder for ConverseFrames {
                 timings,
                 degraded,
             } => {
-                chunk.extend(event_frame(
-                    "contentBlockStop",
-                    &json!({"contentBlockIndex": 0}),
-                ));
+                self.stop_text(chunk);
                 chunk.extend(event_frame(
                     "messageStop",
                     &json!({"stopReason": stop_reason(*stop)}),
@@ -447,13 +664,51 @@ mod tests {
                 other => panic!("{other}"),
             }
         };
-        assert_eq!(field(json!({"toolConfig": {"tools": []}})), "toolConfig");
+        assert_eq!(
+            field(json!({"toolConfig": {"tools": [{"cachePoint": {"type": "default"}}]}})),
+            "toolConfig.tools[0]"
+        );
         assert_eq!(
             field(
                 json!({"messages": [{"role": "user", "content": [{"text": "x"}, {"image": {}}]}]})
             ),
             "messages[0].content[1]"
         );
+    }
+
+    #[test]
+    fn tool_config_tool_use_and_tool_results_become_relay_tool_use() {
+        let request: ConverseRequest = serde_json::from_value(json!({
+            "messages": [
+                {"role": "user", "content": [{"text": "Weather in Paris?"}]},
+                {"role": "assistant", "content": [
+                    {"toolUse": {"toolUseId": "tooluse_1", "name": "weather", "input": {"city": "Paris"}}},
+                ]},
+                {"role": "user", "content": [
+                    {"toolResult": {"toolUseId": "tooluse_1", "content": [{"json": {"sky": "clear"}}], "status": "error"}},
+                ]},
+            ],
+            "toolConfig": {
+                "tools": [{"toolSpec": {"name": "weather", "inputSchema": {"json": {"type": "object"}}}}],
+                "toolChoice": {"tool": {"name": "weather"}},
+            },
+        }))
+        .unwrap();
+        let request = request.to_chat_request().unwrap();
+        assert_eq!(request.messages[1].tool_calls[0].id, "tooluse_1");
+        let result = &request.messages[2].tool_results[0];
+        assert_eq!(
+            (result.content.as_str(), result.is_error),
+            (r#"{"sky":"clear"}"#, true)
+        );
+        assert_eq!(request.tools[0].input_schema, json!({"type": "object"}));
+        assert_eq!(
+            request.tool_choice,
+            Some(ToolChoice::Tool {
+                name: "weather".into()
+            })
+        );
+        fm_protocol::validate_chat_request(&request, |_| true).unwrap();
     }
 
     #[test]

@@ -302,6 +302,25 @@ pub fn decide(
             ),
         )));
     }
+    // Bedrock cannot be told not to call a tool: without tools a model calls none, but a
+    // conversation that already has calls or results must send them.
+    let has_tool_turns = request
+        .messages
+        .iter()
+        .any(|m| !m.tool_calls.is_empty() || !m.tool_results.is_empty());
+    if request.tool_choice == Some(fm_protocol::ToolChoice::None)
+        && has_tool_turns
+        && model.provider == ProviderKind::Bedrock
+    {
+        return Err(RelayError::Invalid(fm_protocol::ValidationError::new(
+            "tool_choice",
+            format!(
+                "model `{}` (bedrock) cannot be told not to call a tool in a conversation with \
+                 tool calls; leave tool_choice out or send `auto`",
+                model.id
+            ),
+        )));
+    }
     Ok(decision)
 }
 

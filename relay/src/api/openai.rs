@@ -6,11 +6,16 @@
 //! system prompt; content as a string or text parts), `max_tokens` or `max_completion_tokens`,
 //! `temperature` (OpenAI's 0 to 2 where the model takes it: Bedrock's models take 0 to 1),
 //! `response_format` (passed to OpenAI-compatible models; a 400 for others), `stop`, `stream`,
-//! `stream_options.include_usage`.
+//! `stream_options.include_usage`, `tools` (functions), `tool_choice` (`auto`, `none`,
+//! `required` or one function), assistant messages' `tool_calls` and `tool` messages (their
+//! results; consecutive ones, and a user message after them, make one relay user turn).
 //! Fields the relay does not use are ignored, as OpenAI-compatible servers do; `n` above 1 and
-//! tool calls are refused, since the relay cannot honour them.
+//! what else the relay cannot honour (image parts, tools other than functions) is a 400 naming
+//! the field.
 //!
-//! Answers: `chat.completion` objects, or SSE `chat.completion.chunk`s ending with
+//! Answers: `chat.completion` objects (with `message.tool_calls` when the model called tools,
+//! their input as the JSON string `arguments`), or SSE `chat.completion.chunk`s (a tool call
+//! whole in one chunk) ending with
 //! `data: [DONE]` (a usage chunk before it when asked), plus an `fm_relay` object with the route,
 //! timings and the degraded flag. Errors use OpenAI's body (`{"error": {"message", "type",
 //! "param", "code"}}`) with the relay's status codes and codes. A stream that fails after it
@@ -25,7 +30,10 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::post;
-use fm_protocol::{ChatRequest, ChatResponse, ErrorCode, Message, StopReason, StreamEvent, Usage};
+use fm_protocol::{
+    ChatRequest, ChatResponse, ErrorCode, Message, StopReason, StreamEvent, ToolCall, ToolChoice,
+    ToolDefinition, ToolResult, Usage,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -53,8 +61,25 @@ struct CompletionRequest {
     stream: bool,
     stream_options: Option<StreamOptions>,
     n: Option<u32>,
-    tools: Option<Value>,
+    #[serde(default)]
+    tools: Vec<CompletionTool>,
+    tool_choice: Option<Value>,
     response_format: Option<Value>,
+}
+
+/// `{"type": "function", "function": {"name", "description", "parameters"}}`.
+#[derive(Debug, Deserialize)]
+struct CompletionTool {
+    #[serde(rename = "type")]
+    kind: String,
+    function: Option<FunctionDefinition>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FunctionDefinition {
+    name: String,
+    description: Option<String>,
+    parameters: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +87,23 @@ struct CompletionMessage {
     role: String,
     #[serde(default)]
     content: Option<Content>,
+    #[serde(default)]
+    tool_calls: Vec<CompletionToolCall>,
+    tool_call_id: Option<String>,
+}
+
+/// An assistant's call: `{"id", "type": "function", "function": {"name", "arguments"}}`.
+#[derive(Debug, Deserialize)]
+struct CompletionToolCall {
+    id: String,
+    function: FunctionCall,
+}
+
+#[derive(Debug, Deserialize)]
+struct FunctionCall {
+    name: String,
+    /// The input, as a JSON string.
+    arguments: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,14 +142,8 @@ impl CompletionRequest {
                 "the relay answers with one choice; send n = 1",
             ));
         }
-        if self.tools.is_some() {
-            return Err(compat::unsupported(
-                "tools",
-                "tool calls are not supported by the relay",
-            ));
-        }
         let mut system = Vec::new();
-        let mut messages = Vec::with_capacity(self.messages.len());
+        let mut messages: Vec<Message> = Vec::with_capacity(self.messages.len());
         for (index, message) in self.messages.iter().enumerate() {
             let text = match &message.content {
                 Some(Content::Text(text)) => text.clone(),
@@ -126,14 +162,47 @@ impl CompletionRequest {
                 }
                 None => String::new(),
             };
+            // The open user turn that holds tool results, which a `tool` or `user` message
+            // after them joins.
+            let results_turn = messages
+                .last_mut()
+                .filter(|last| !last.tool_results.is_empty() && last.content.is_empty());
             match message.role.as_str() {
                 "system" | "developer" => system.push(text),
-                "user" => messages.push(Message::user(text)),
-                "assistant" => messages.push(Message::assistant(text)),
+                "user" => match results_turn {
+                    Some(turn) => turn.content = text,
+                    None => messages.push(Message::user(text)),
+                },
+                "assistant" => {
+                    let mut answer = Message::assistant(text);
+                    answer.tool_calls = tool_calls(index, &message.tool_calls)?;
+                    messages.push(answer);
+                }
+                "tool" => {
+                    let result = ToolResult {
+                        tool_call_id: message.tool_call_id.clone().ok_or_else(|| {
+                            compat::unsupported(
+                                format!("messages[{index}].tool_call_id"),
+                                "a `tool` message needs the id of the call it answers",
+                            )
+                        })?,
+                        content: text,
+                        is_error: false,
+                    };
+                    match results_turn {
+                        Some(turn) => turn.tool_results.push(result),
+                        None => messages.push(Message {
+                            tool_results: vec![result],
+                            ..Message::user("")
+                        }),
+                    }
+                }
                 other => {
                     return Err(compat::unsupported(
                         format!("messages[{index}].role"),
-                        format!("role `{other}` is not supported; use system, user or assistant"),
+                        format!(
+                            "role `{other}` is not supported; use system, user, assistant or tool"
+                        ),
                     ));
                 }
             }
@@ -161,8 +230,36 @@ impl CompletionRequest {
                 Some(Stop::Many(stops)) => stops.clone(),
                 None => Vec::new(),
             },
+            tools: self.tool_definitions()?,
+            tool_choice: self.tool_choice.as_ref().map(tool_choice).transpose()?,
             ..ChatRequest::default()
         })
+    }
+
+    /// The function tools.
+    fn tool_definitions(&self) -> Result<Vec<ToolDefinition>, RelayError> {
+        self.tools
+            .iter()
+            .enumerate()
+            .map(|(index, tool)| match (&tool.function, tool.kind.as_str()) {
+                (Some(function), "function") => Ok(ToolDefinition {
+                    name: function.name.clone(),
+                    description: function.description.clone(),
+                    input_schema: function
+                        .parameters
+                        .clone()
+                        .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                }),
+                (None, "function") => Err(compat::unsupported(
+                    format!("tools[{index}].function"),
+                    "a function tool needs its `function`",
+                )),
+                (_, other) => Err(compat::unsupported(
+                    format!("tools[{index}].type"),
+                    format!("only `function` tools are supported, got `{other}`"),
+                )),
+            })
+            .collect()
     }
 
     fn include_usage(&self) -> bool {
@@ -191,6 +288,7 @@ async fn chat_completions(
             prompt_chars,
             answer_chars: 0,
             sent_text: false,
+            tool_calls_sent: 0,
         });
         compat::answer(&state, &edge, request, stream, |answer| {
             completion_body(answer, prompt_chars)
@@ -203,6 +301,62 @@ async fn chat_completions(
             error_body(error.code, &error.message, error.field.as_deref())
         })
     })
+}
+
+/// An assistant message's calls, their `arguments` read as JSON.
+fn tool_calls(index: usize, calls: &[CompletionToolCall]) -> Result<Vec<ToolCall>, RelayError> {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(call_index, call)| {
+            let input = serde_json::from_str(&call.function.arguments).map_err(|err| {
+                compat::unsupported(
+                    format!("messages[{index}].tool_calls[{call_index}].function.arguments"),
+                    format!("is not JSON: {err}"),
+                )
+            })?;
+            Ok(ToolCall {
+                id: call.id.clone(),
+                name: call.function.name.clone(),
+                input,
+            })
+        })
+        .collect()
+}
+
+/// `tool_choice`: `"auto"`, `"none"`, `"required"` or `{"type": "function", "function":
+/// {"name"}}`.
+fn tool_choice(choice: &Value) -> Result<ToolChoice, RelayError> {
+    match choice {
+        Value::String(mode) if mode == "auto" => Ok(ToolChoice::Auto),
+        Value::String(mode) if mode == "none" => Ok(ToolChoice::None),
+        Value::String(mode) if mode == "required" => Ok(ToolChoice::Any),
+        _ => match choice["function"]["name"].as_str() {
+            Some(name) if choice["type"] == "function" => Ok(ToolChoice::Tool {
+                name: name.to_string(),
+            }),
+            _ => Err(compat::unsupported(
+                "tool_choice",
+                "is not `auto`, `none`, `required` or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+            )),
+        },
+    }
+}
+
+/// The `tool_calls` of an answer, or of a stream chunk (`index` counting from `first`).
+fn tool_calls_body(calls: &[ToolCall], first: usize) -> Value {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(offset, call)| {
+            json!({
+                "index": first + offset,
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.input.to_string()},
+            })
+        })
+        .collect()
 }
 
 fn unix_seconds() -> u64 {
@@ -237,6 +391,19 @@ fn usage_body(usage: Option<Usage>, prompt_chars: usize, answer_chars: usize) ->
 
 /// A `chat.completion` for the relay's answer to a prompt of `prompt_chars` characters.
 fn completion_body(answer: &ChatResponse, prompt_chars: usize) -> Value {
+    let mut message = json!({"role": "assistant", "content": answer.text});
+    if !answer.tool_calls.is_empty() {
+        message["tool_calls"] = tool_calls_body(&answer.tool_calls, 0);
+        if answer.text.is_empty() {
+            message["content"] = Value::Null;
+        }
+    }
+    let answer_chars = answer.text.chars().count()
+        + answer
+            .tool_calls
+            .iter()
+            .map(|call| call.input.to_string().len())
+            .sum::<usize>();
     json!({
         "id": format!("chatcmpl-{}", answer.request_id),
         "object": "chat.completion",
@@ -244,10 +411,10 @@ fn completion_body(answer: &ChatResponse, prompt_chars: usize) -> Value {
         "model": answer.model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": answer.text},
+            "message": message,
             "finish_reason": finish_reason(answer.stop_reason),
         }],
-        "usage": usage_body(answer.usage, prompt_chars, answer.text.chars().count()),
+        "usage": usage_body(answer.usage, prompt_chars, answer_chars),
         "fm_relay": {
             "route": answer.route,
             "timings": answer.timings,
@@ -279,6 +446,8 @@ struct ChunkEncoder {
     prompt_chars: usize,
     answer_chars: usize,
     sent_text: bool,
+    /// Tool calls sent so far: the next one's `index`.
+    tool_calls_sent: usize,
 }
 
 impl ChunkEncoder {
@@ -319,6 +488,17 @@ impl StreamEncoder for ChunkEncoder {
                     "delta": {"content": text},
                     "finish_reason": null,
                 }]));
+                Self::push(chunk, &delta.to_string());
+            }
+            StreamEvent::ToolCall { call } => {
+                self.sent_text = true;
+                self.answer_chars += call.input.to_string().len();
+                let delta = self.chunk(json!([{
+                    "index": 0,
+                    "delta": {"tool_calls": tool_calls_body(std::slice::from_ref(call), self.tool_calls_sent)},
+                    "finish_reason": null,
+                }]));
+                self.tool_calls_sent += 1;
                 Self::push(chunk, &delta.to_string());
             }
             StreamEvent::Usage { .. } => {}
@@ -367,6 +547,7 @@ impl StreamEncoder for ChunkEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fm_protocol::Role;
 
     fn parse(body: Value) -> Result<ChatRequest, RelayError> {
         serde_json::from_value::<CompletionRequest>(body)
@@ -402,9 +583,67 @@ mod tests {
     }
 
     #[test]
+    fn tools_tool_calls_and_tool_messages_become_relay_tool_use() {
+        let request = parse(json!({
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}},
+                    {"id": "call_2", "type": "function", "function": {"name": "time", "arguments": "{}"}},
+                ]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+                {"role": "tool", "tool_call_id": "call_2", "content": "noon"},
+                {"role": "user", "content": "Thanks"},
+            ],
+            "tools": [
+                {"type": "function", "function": {"name": "weather", "description": "Weather", "parameters": {"type": "object"}}},
+                {"type": "function", "function": {"name": "time"}},
+            ],
+            "tool_choice": {"type": "function", "function": {"name": "weather"}},
+        }))
+        .unwrap();
+        assert_eq!(request.messages.len(), 3);
+        assert_eq!(request.messages[1].role, Role::Assistant);
+        assert_eq!(
+            request.messages[1].tool_calls[0].input,
+            json!({"city": "Paris"})
+        );
+        let results = &request.messages[2];
+        assert_eq!(
+            (results.role, results.content.as_str()),
+            (Role::User, "Thanks")
+        );
+        assert_eq!(results.tool_results.len(), 2);
+        assert_eq!(results.tool_results[1].tool_call_id, "call_2");
+        assert_eq!(request.tools[1].input_schema["type"], "object");
+        assert_eq!(
+            request.tool_choice,
+            Some(ToolChoice::Tool {
+                name: "weather".into()
+            })
+        );
+        fm_protocol::validate_chat_request(&request, |_| true).unwrap();
+        assert_eq!(tool_choice(&json!("required")).unwrap(), ToolChoice::Any);
+    }
+
+    #[test]
     fn what_the_relay_cannot_honour_is_refused_by_name() {
-        let tool = parse(json!({"model": "m", "messages": [], "tools": []})).unwrap_err();
-        assert!(tool.to_string().contains("tools"), "{tool}");
+        let tool = parse(json!({"model": "m", "messages": [], "tools": [{"type": "web_search"}]}))
+            .unwrap_err();
+        assert!(tool.to_string().starts_with("tools[0].type:"), "{tool}");
+        let arguments = parse(json!({"model": "m", "messages": [{"role": "assistant",
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{"}}]}]}))
+        .unwrap_err();
+        assert!(
+            arguments
+                .to_string()
+                .starts_with("messages[0].tool_calls[0].function.arguments:"),
+            "{arguments}"
+        );
+        let choice =
+            parse(json!({"model": "m", "messages": [], "tool_choice": "sometimes"})).unwrap_err();
+        assert!(choice.to_string().starts_with("tool_choice:"), "{choice}");
         let many = parse(json!({"model": "m", "messages": [], "n": 2})).unwrap_err();
         assert!(many.to_string().starts_with("n:"), "{many}");
         let image = parse(json!({"model": "m", "messages": [
@@ -414,6 +653,18 @@ mod tests {
         let tool_role =
             parse(json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}))
                 .unwrap_err();
-        assert!(tool_role.to_string().contains("role `tool`"), "{tool_role}");
+        assert!(
+            tool_role
+                .to_string()
+                .starts_with("messages[0].tool_call_id:"),
+            "{tool_role}"
+        );
+        let function_role =
+            parse(json!({"model": "m", "messages": [{"role": "function", "content": "x"}]}))
+                .unwrap_err();
+        assert!(
+            function_role.to_string().contains("role `function`"),
+            "{function_role}"
+        );
     }
 }

@@ -105,6 +105,8 @@ struct KeyMaterial<'a> {
     temperature: Option<f32>,
     stop_sequences: &'a [String],
     response_format: Option<&'a fm_protocol::ResponseFormat>,
+    tools: &'a [fm_protocol::ToolDefinition],
+    tool_choice: Option<&'a fm_protocol::ToolChoice>,
     guard_terms: Option<Vec<String>>,
 }
 
@@ -139,6 +141,8 @@ impl AnswerCache {
             temperature: request.temperature,
             stop_sequences: &request.stop_sequences,
             response_format: request.response_format.as_ref(),
+            tools: &request.tools,
+            tool_choice: request.tool_choice.as_ref(),
             guard_terms,
         };
         let exact = digest(&material(Some(&request.messages), None));
@@ -149,10 +153,15 @@ impl AnswerCache {
         CacheKeys { exact, scope }
     }
 
-    /// The embedding of `request`'s new message, when the semantic cache is on.
+    /// The embedding of `request`'s new message, when the semantic cache is on. A message of
+    /// tool results has none: its answer depends on the results, which no similar wording
+    /// stands in for.
     fn embedding(&self, request: &ChatRequest) -> Option<embedding::Embedding> {
-        self.config
-            .semantic
+        let carries_results = request
+            .messages
+            .last()
+            .is_some_and(|last| !last.tool_results.is_empty());
+        (self.config.semantic && !carries_results)
             .then(|| embedding::embed(split_question(request).0))
     }
 
@@ -228,7 +237,8 @@ impl AnswerCache {
         Ok(None)
     }
 
-    /// Whether an answer that ended this way may be stored.
+    /// Whether an answer that ended this way may be stored: not a tool call (the caller acts
+    /// on it, and expects a fresh one).
     pub fn is_cacheable(stop_reason: StopReason) -> bool {
         matches!(
             stop_reason,

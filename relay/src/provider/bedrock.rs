@@ -3,6 +3,10 @@
 //! decides about retries) and so is its stalled-stream protection (the relay wraps every read in
 //! its own idle timeout, which also covers event streams, where the SDK has none).
 //!
+//! Tools map to Converse's `toolConfig` (`toolSpec`s with JSON input schemas, `toolChoice`),
+//! tool calls and results to `toolUse` and `toolResult` content blocks; a streamed `toolUse`
+//! block's input pieces are held until the block stops, and passed on as one whole call.
+//!
 //! Errors are classified here, at the edge, into [`UpstreamFailure`]s: by the Bedrock error code
 //! (`ThrottlingException`, ...), the in-stream exception variant, or the transport failure.
 
@@ -17,13 +21,16 @@ use aws_sdk_bedrockruntime::config::{
 use aws_sdk_bedrockruntime::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError;
 use aws_sdk_bedrockruntime::types::{
-    self as bedrock, ContentBlock, ConversationRole, ConverseStreamOutput, InferenceConfiguration,
-    SystemContentBlock, TokenUsage,
+    self as bedrock, AnyToolChoice, AutoToolChoice, ContentBlock, ContentBlockStart,
+    ConversationRole, ConverseStreamOutput, InferenceConfiguration, SpecificToolChoice,
+    SystemContentBlock, TokenUsage, Tool, ToolConfiguration, ToolInputSchema, ToolResultBlock,
+    ToolResultContentBlock, ToolResultStatus, ToolSpecification, ToolUseBlock,
 };
 use aws_smithy_http_client::tls::{Provider as TlsProvider, rustls_provider::CryptoMode};
-use fm_protocol::{ChatRequest, Role, StopReason, Usage};
+use aws_smithy_types::{Document, Number};
+use fm_protocol::{ChatRequest, Role, StopReason, ToolCall, ToolChoice, Usage};
 
-use super::{ChatProvider, ProviderAnswer, ProviderEvent, ProviderStream};
+use super::{ChatProvider, PartialToolCall, ProviderAnswer, ProviderEvent, ProviderStream};
 use crate::error::{RelayError, UpstreamFailure};
 
 const KIND: &str = "bedrock";
@@ -116,12 +123,13 @@ fn env_credentials() -> Option<Credentials> {
 /// Fills a Converse or ConverseStream request builder — two SDK types with the same setters.
 macro_rules! converse_input {
     ($builder:expr, $upstream_id:expr, $request:expr) => {{
-        let (messages, system, inference) = to_converse($request);
+        let (messages, system, inference, tools) = to_converse($request);
         $builder
             .model_id($upstream_id)
             .set_messages(Some(messages))
             .set_system(system)
             .inference_config(inference)
+            .set_tool_config(tools)
     }};
 }
 
@@ -143,20 +151,28 @@ impl ChatProvider for BedrockProvider {
             .send()
             .await
             .map_err(|err| self.classify(upstream_id, err))?;
-        let text = output
+        let content = output
             .output()
             .and_then(|o| o.as_message().ok())
-            .map(|message| {
-                message
-                    .content()
-                    .iter()
-                    .filter_map(|block| block.as_text().ok())
-                    .map(String::as_str)
-                    .collect::<String>()
-            })
+            .map(bedrock::Message::content)
             .unwrap_or_default();
+        let text = content
+            .iter()
+            .filter_map(|block| block.as_text().ok())
+            .map(String::as_str)
+            .collect::<String>();
+        let tool_calls = content
+            .iter()
+            .filter_map(|block| block.as_tool_use().ok())
+            .map(|call| ToolCall {
+                id: call.tool_use_id.clone(),
+                name: call.name.clone(),
+                input: json_from_document(&call.input),
+            })
+            .collect();
         Ok(ProviderAnswer {
             text,
+            tool_calls,
             stop_reason: stop_reason(output.stop_reason()),
             usage: output.usage().map(usage),
         })
@@ -172,10 +188,12 @@ impl ChatProvider for BedrockProvider {
             .await
             .map_err(|err| self.classify(upstream_id, err))?;
         let target = self.target(upstream_id);
-        let events = futures_util::stream::unfold(Some(output.stream), move |receiver| {
+        // The tool call whose block is open, if one is.
+        let state = Some((output.stream, None::<PartialToolCall>));
+        let events = futures_util::stream::unfold(state, move |state| {
             let target = target.clone();
             async move {
-                let mut receiver = receiver?;
+                let (mut receiver, mut tool_call) = state?;
                 loop {
                     let event = match receiver.recv().await {
                         Ok(Some(event)) => event,
@@ -183,11 +201,36 @@ impl ChatProvider for BedrockProvider {
                         Err(err) => return Some((Err(classify_stream_error(target, err)), None)),
                     };
                     let converted = match event {
+                        ConverseStreamOutput::ContentBlockStart(start) => {
+                            if let Some(ContentBlockStart::ToolUse(call)) = start.start {
+                                tool_call = Some(PartialToolCall::new(call.tool_use_id, call.name));
+                            }
+                            None
+                        }
                         ConverseStreamOutput::ContentBlockDelta(delta) => match delta.delta {
                             Some(bedrock::ContentBlockDelta::Text(text)) => {
                                 Some(ProviderEvent::TextDelta(text))
                             }
+                            Some(bedrock::ContentBlockDelta::ToolUse(piece)) => {
+                                let pushed = match tool_call.as_mut() {
+                                    Some(call) => call.push(&piece.input),
+                                    None => Err("a toolUse delta outside a toolUse block".into()),
+                                };
+                                if let Err(message) = pushed {
+                                    return Some((Err(protocol_error(target, message)), None));
+                                }
+                                None
+                            }
                             _ => None,
+                        },
+                        ConverseStreamOutput::ContentBlockStop(_) => match tool_call.take() {
+                            Some(call) => match call.finish() {
+                                Ok(call) => Some(ProviderEvent::ToolCall(call)),
+                                Err(message) => {
+                                    return Some((Err(protocol_error(target, message)), None));
+                                }
+                            },
+                            None => None,
                         },
                         ConverseStreamOutput::MessageStop(stop) => {
                             Some(ProviderEvent::Stop(stop_reason(&stop.stop_reason)))
@@ -198,7 +241,7 @@ impl ChatProvider for BedrockProvider {
                         _ => None,
                     };
                     if let Some(event) = converted {
-                        return Some((Ok(event), Some(receiver)));
+                        return Some((Ok(event), Some((receiver, tool_call))));
                     }
                 }
             }
@@ -393,6 +436,17 @@ fn classify_stream_error<R: std::fmt::Debug>(
     }
 }
 
+/// A stream whose events do not add up (a tool call's input that is not JSON, ...).
+fn protocol_error(target: String, message: String) -> RelayError {
+    RelayError::Upstream {
+        failure: UpstreamFailure::Protocol,
+        provider: KIND,
+        target,
+        message,
+        retry_after: None,
+    }
+}
+
 fn exception_name(err: &ConverseStreamOutputError) -> &'static str {
     match err {
         ConverseStreamOutputError::ThrottlingException(_) => "ThrottlingException",
@@ -408,6 +462,7 @@ type ConverseParts = (
     Vec<bedrock::Message>,
     Option<Vec<SystemContentBlock>>,
     InferenceConfiguration,
+    Option<ToolConfiguration>,
 );
 
 /// The Converse request for a chat request.
@@ -421,7 +476,7 @@ fn to_converse(request: &ChatRequest) -> ConverseParts {
                     Role::User => ConversationRole::User,
                     Role::Assistant => ConversationRole::Assistant,
                 })
-                .content(ContentBlock::Text(message.content.clone()))
+                .set_content(Some(content_blocks(message)))
                 .build()
                 .ok()
         })
@@ -442,7 +497,116 @@ fn to_converse(request: &ChatRequest) -> ConverseParts {
             (!request.stop_sequences.is_empty()).then(|| request.stop_sequences.clone()),
         )
         .build();
-    (messages, system, inference)
+    (messages, system, inference, tool_configuration(request))
+}
+
+/// A message's Converse content: its results, its text (unless blank: Bedrock refuses blank
+/// text blocks), then its calls.
+fn content_blocks(message: &fm_protocol::Message) -> Vec<ContentBlock> {
+    let results = message.tool_results.iter().filter_map(|result| {
+        ToolResultBlock::builder()
+            .tool_use_id(&result.tool_call_id)
+            .content(ToolResultContentBlock::Text(result.content.clone()))
+            .set_status(result.is_error.then_some(ToolResultStatus::Error))
+            .build()
+            .ok()
+            .map(ContentBlock::ToolResult)
+    });
+    let text =
+        (!message.content.trim().is_empty()).then(|| ContentBlock::Text(message.content.clone()));
+    let calls = message.tool_calls.iter().filter_map(|call| {
+        ToolUseBlock::builder()
+            .tool_use_id(&call.id)
+            .name(&call.name)
+            .input(document_from_json(&call.input))
+            .build()
+            .ok()
+            .map(ContentBlock::ToolUse)
+    });
+    results.chain(text).chain(calls).collect()
+}
+
+/// Converse's `toolConfig`: absent without tools, or when the caller said `none` (Bedrock has
+/// no such choice: a model without tools calls none; the relay refuses `none` for a
+/// conversation that already uses tools).
+fn tool_configuration(request: &ChatRequest) -> Option<ToolConfiguration> {
+    if request.tools.is_empty() || request.tool_choice == Some(ToolChoice::None) {
+        return None;
+    }
+    let tools = request
+        .tools
+        .iter()
+        .filter_map(|tool| {
+            ToolSpecification::builder()
+                .name(&tool.name)
+                .set_description(tool.description.clone())
+                .input_schema(ToolInputSchema::Json(document_from_json(
+                    &tool.input_schema,
+                )))
+                .build()
+                .ok()
+                .map(Tool::ToolSpec)
+        })
+        .collect();
+    let choice = match &request.tool_choice {
+        None | Some(ToolChoice::Auto | ToolChoice::None) => {
+            bedrock::ToolChoice::Auto(AutoToolChoice::builder().build())
+        }
+        Some(ToolChoice::Any) => bedrock::ToolChoice::Any(AnyToolChoice::builder().build()),
+        Some(ToolChoice::Tool { name }) => {
+            bedrock::ToolChoice::Tool(SpecificToolChoice::builder().name(name).build().ok()?)
+        }
+    };
+    ToolConfiguration::builder()
+        .set_tools(Some(tools))
+        .tool_choice(choice)
+        .build()
+        .ok()
+}
+
+/// A JSON value as the SDK's document type.
+fn document_from_json(value: &serde_json::Value) -> Document {
+    match value {
+        serde_json::Value::Null => Document::Null,
+        serde_json::Value::Bool(b) => Document::Bool(*b),
+        serde_json::Value::Number(n) => Document::Number(if let Some(u) = n.as_u64() {
+            Number::PosInt(u)
+        } else if let Some(i) = n.as_i64() {
+            Number::NegInt(i)
+        } else {
+            Number::Float(n.as_f64().unwrap_or_default())
+        }),
+        serde_json::Value::String(s) => Document::String(s.clone()),
+        serde_json::Value::Array(items) => {
+            Document::Array(items.iter().map(document_from_json).collect())
+        }
+        serde_json::Value::Object(fields) => Document::Object(
+            fields
+                .iter()
+                .map(|(key, value)| (key.clone(), document_from_json(value)))
+                .collect(),
+        ),
+    }
+}
+
+/// The SDK's document type as a JSON value (a float JSON cannot hold becomes `null`).
+fn json_from_document(document: &Document) -> serde_json::Value {
+    match document {
+        Document::Null => serde_json::Value::Null,
+        Document::Bool(b) => serde_json::Value::Bool(*b),
+        Document::Number(Number::PosInt(u)) => (*u).into(),
+        Document::Number(Number::NegInt(i)) => (*i).into(),
+        Document::Number(Number::Float(f)) => serde_json::Number::from_f64(*f)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        Document::String(s) => serde_json::Value::String(s.clone()),
+        Document::Array(items) => items.iter().map(json_from_document).collect(),
+        Document::Object(fields) => serde_json::Value::Object(
+            fields
+                .iter()
+                .map(|(key, value)| (key.clone(), json_from_document(value)))
+                .collect(),
+        ),
+    }
 }
 
 fn stop_reason(reason: &bedrock::StopReason) -> StopReason {
@@ -528,12 +692,63 @@ mod tests {
             stop_sequences: vec!["END".into()],
             ..ChatRequest::from_prompt("hello")
         };
-        let (messages, system, inference) = to_converse(&request);
+        let (messages, system, inference, tools) = to_converse(&request);
+        assert!(tools.is_none());
         assert_eq!(messages.len(), 1);
         assert_eq!(messages[0].role(), &ConversationRole::User);
         assert_eq!(system.unwrap().len(), 1);
         assert_eq!(inference.max_tokens(), Some(64));
         assert_eq!(inference.temperature(), Some(0.5));
         assert_eq!(inference.stop_sequences(), ["END".to_string()]);
+    }
+
+    #[test]
+    fn tools_calls_and_results_become_converse_blocks() {
+        let input = serde_json::json!({"q": "relays", "limit": 2, "exact": false, "w": -1.5, "tags": ["a", null]});
+        assert_eq!(json_from_document(&document_from_json(&input)), input);
+        let call = ToolCall {
+            id: "tooluse_1".into(),
+            name: "search".into(),
+            input: input.clone(),
+        };
+        let mut answer = fm_protocol::Message::assistant("");
+        answer.tool_calls.push(call);
+        let mut result = fm_protocol::Message::user("");
+        result.tool_results.push(fm_protocol::ToolResult {
+            tool_call_id: "tooluse_1".into(),
+            content: "3 hits".into(),
+            is_error: true,
+        });
+        let request = ChatRequest {
+            messages: vec![fm_protocol::Message::user("find relays"), answer, result],
+            tools: vec![fm_protocol::ToolDefinition {
+                name: "search".into(),
+                description: Some("Searches".into()),
+                input_schema: serde_json::json!({"type": "object"}),
+            }],
+            tool_choice: Some(ToolChoice::Tool {
+                name: "search".into(),
+            }),
+            ..ChatRequest::default()
+        };
+        let (messages, _, _, tools) = to_converse(&request);
+        // A blank text is left out: Bedrock refuses blank text blocks.
+        let call = messages[1].content()[0].as_tool_use().unwrap();
+        assert_eq!((call.tool_use_id(), call.name()), ("tooluse_1", "search"));
+        assert_eq!(messages[1].content().len(), 1);
+        let result = messages[2].content()[0].as_tool_result().unwrap();
+        assert_eq!(result.status(), Some(&ToolResultStatus::Error));
+        let tools = tools.unwrap();
+        assert_eq!(tools.tools()[0].as_tool_spec().unwrap().name(), "search");
+        assert_eq!(
+            tools.tool_choice().unwrap().as_tool().unwrap().name(),
+            "search"
+        );
+
+        let told_none = ChatRequest {
+            tool_choice: Some(ToolChoice::None),
+            ..request
+        };
+        assert!(to_converse(&told_none).3.is_none());
     }
 }

@@ -12,7 +12,7 @@ pub mod openai;
 use std::future::Future;
 use std::pin::Pin;
 
-use fm_protocol::{ChatRequest, StopReason, Usage};
+use fm_protocol::{ChatRequest, StopReason, ToolCall, Usage};
 use futures_util::Stream;
 
 use crate::error::RelayError;
@@ -24,6 +24,8 @@ pub use openai::OpenAiProvider;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderAnswer {
     pub text: String,
+    /// The tools the model called, in order.
+    pub tool_calls: Vec<ToolCall>,
     pub stop_reason: StopReason,
     /// As the upstream reported it; `None` when it reported none.
     pub usage: Option<Usage>,
@@ -34,8 +36,66 @@ pub struct ProviderAnswer {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProviderEvent {
     TextDelta(String),
+    /// A tool call, once its last piece arrived (see [`PartialToolCall`]).
+    ToolCall(ToolCall),
     Usage(Usage),
     Stop(StopReason),
+}
+
+/// The most input JSON one streamed tool call may carry: an upstream that sends more is broken.
+const MAX_TOOL_INPUT_BYTES: usize = 1 << 20;
+
+/// A tool call whose input JSON arrives in pieces. It is held until its block ends and passed
+/// on whole, so a stream cut in the middle of a call never delivers half of one.
+#[derive(Debug)]
+pub(crate) struct PartialToolCall {
+    id: String,
+    name: String,
+    input_json: String,
+}
+
+impl PartialToolCall {
+    pub(crate) fn new(id: String, name: String) -> Self {
+        PartialToolCall {
+            id,
+            name,
+            input_json: String::new(),
+        }
+    }
+
+    /// Appends the next piece of the input; an error (for the caller's protocol failure) once
+    /// the input outgrows [`MAX_TOOL_INPUT_BYTES`].
+    pub(crate) fn push(&mut self, piece: &str) -> Result<(), String> {
+        if self.input_json.len() + piece.len() > MAX_TOOL_INPUT_BYTES {
+            return Err(format!(
+                "the input of tool call `{}` outgrew {MAX_TOOL_INPUT_BYTES} bytes",
+                self.id
+            ));
+        }
+        self.input_json.push_str(piece);
+        Ok(())
+    }
+
+    /// The whole call; an error when its input is not a JSON object (an empty input is `{}`).
+    pub(crate) fn finish(self) -> Result<ToolCall, String> {
+        let input = if self.input_json.trim().is_empty() {
+            serde_json::Value::Object(serde_json::Map::new())
+        } else {
+            serde_json::from_str(&self.input_json)
+                .map_err(|err| format!("tool call `{}`: its input is not JSON: {err}", self.id))?
+        };
+        if !input.is_object() {
+            return Err(format!(
+                "tool call `{}`: its input is not a JSON object",
+                self.id
+            ));
+        }
+        Ok(ToolCall {
+            id: self.id,
+            name: self.name,
+            input,
+        })
+    }
 }
 
 /// The events of one streaming call; an `Err` item ends the stream.
@@ -112,5 +172,33 @@ impl ChatProvider for Provider {
             Provider::Bedrock(p) => p.open_stream(upstream_id, request).await,
             Provider::OpenAi(p) => p.open_stream(upstream_id, request).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tool_call_is_whole_only_when_its_input_is_a_json_object() {
+        let mut call = PartialToolCall::new("t1".into(), "search".into());
+        for piece in [r#"{"q""#, r#": "relay"#, r#"s"}"#] {
+            call.push(piece).unwrap();
+        }
+        let call = call.finish().unwrap();
+        assert_eq!(call.input, serde_json::json!({"q": "relays"}));
+
+        let empty = PartialToolCall::new("t2".into(), "now".into());
+        assert_eq!(empty.finish().unwrap().input, serde_json::json!({}));
+        let mut cut = PartialToolCall::new("t3".into(), "search".into());
+        cut.push(r#"{"q": "rel"#).unwrap();
+        assert!(cut.finish().unwrap_err().contains("not JSON"));
+        let mut array = PartialToolCall::new("t4".into(), "search".into());
+        array.push("[1]").unwrap();
+        assert!(array.finish().unwrap_err().contains("not a JSON object"));
+        let mut huge = PartialToolCall::new("t5".into(), "search".into());
+        let piece = "x".repeat(MAX_TOOL_INPUT_BYTES / 2 + 1);
+        huge.push(&piece).unwrap();
+        assert!(huge.push(&piece).is_err());
     }
 }

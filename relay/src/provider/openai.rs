@@ -8,18 +8,25 @@
 //! or message says the input is too long; connection failures unavailable. Inside a stream an
 //! `error` object fails the call, a line that is not JSON is a protocol failure, and a stream that
 //! ends without `[DONE]` or a finish reason is cut off (the relay never passes it as complete).
+//!
+//! Tools go as `tools` (functions) and `tool_choice`; an assistant's calls as `tool_calls` with
+//! their input as a JSON string in `arguments`, and tool results as `role: "tool"` messages. A
+//! streamed call's pieces (by `index`) are held until the finish reason and passed on whole.
 
 use std::time::Duration;
 
-use fm_protocol::{ChatRequest, Role, SseDecoder, StopReason, Usage};
+use fm_protocol::{ChatRequest, Role, SseDecoder, StopReason, ToolCall, ToolChoice, Usage};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ChatProvider, ProviderAnswer, ProviderEvent, ProviderStream};
+use super::{ChatProvider, PartialToolCall, ProviderAnswer, ProviderEvent, ProviderStream};
 use crate::error::{RelayError, UpstreamFailure};
 
 const KIND: &str = "openai";
+
+/// The most tool calls one streamed answer may make: an upstream that numbers more is broken.
+const MAX_STREAMED_TOOL_CALLS: usize = 128;
 
 /// An OpenAI-compatible server.
 #[derive(Debug, Clone)]
@@ -140,11 +147,37 @@ fn body(upstream_id: &str, request: &ChatRequest, stream: bool) -> Value {
         messages.push(json!({"role": "system", "content": system}));
     }
     for message in &request.messages {
-        let role = match message.role {
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        };
-        messages.push(json!({"role": role, "content": message.content}));
+        for result in &message.tool_results {
+            messages.push(json!({
+                "role": "tool",
+                "tool_call_id": result.tool_call_id,
+                "content": result.content,
+            }));
+        }
+        match message.role {
+            Role::Assistant if !message.tool_calls.is_empty() => {
+                let calls: Vec<Value> = message
+                    .tool_calls
+                    .iter()
+                    .map(|call| {
+                        json!({
+                            "id": call.id,
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": call.input.to_string()},
+                        })
+                    })
+                    .collect();
+                let content = (!message.content.is_empty()).then_some(&message.content);
+                messages
+                    .push(json!({"role": "assistant", "content": content, "tool_calls": calls}));
+            }
+            // A user turn of tool results alone is the `tool` messages above.
+            Role::User if !message.tool_results.is_empty() && message.content.is_empty() => {}
+            Role::User => messages.push(json!({"role": "user", "content": message.content})),
+            Role::Assistant => {
+                messages.push(json!({"role": "assistant", "content": message.content}));
+            }
+        }
     }
     let mut body = json!({
         "model": upstream_id,
@@ -160,6 +193,28 @@ fn body(upstream_id: &str, request: &ChatRequest, stream: bool) -> Value {
     }
     if !request.stop_sequences.is_empty() {
         body["stop"] = json!(request.stop_sequences);
+    }
+    if !request.tools.is_empty() {
+        let tools: Vec<Value> = request
+            .tools
+            .iter()
+            .map(|tool| {
+                let mut function = json!({"name": tool.name, "parameters": tool.input_schema});
+                if let Some(description) = &tool.description {
+                    function["description"] = json!(description);
+                }
+                json!({"type": "function", "function": function})
+            })
+            .collect();
+        body["tools"] = json!(tools);
+    }
+    if let Some(choice) = &request.tool_choice {
+        body["tool_choice"] = match choice {
+            ToolChoice::Auto => json!("auto"),
+            ToolChoice::Any => json!("required"),
+            ToolChoice::None => json!("none"),
+            ToolChoice::Tool { name } => json!({"type": "function", "function": {"name": name}}),
+        };
     }
     if stream {
         body["stream_options"] = json!({"include_usage": true});
@@ -216,6 +271,41 @@ struct Choice {
 struct ChoiceMessage {
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<ToolCallPart>,
+}
+
+/// A tool call in an answer, or a piece of one in a stream's delta (where only the first piece
+/// has the id and name).
+#[derive(Debug, Deserialize)]
+struct ToolCallPart {
+    #[serde(default)]
+    index: Option<usize>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<FunctionPart>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct FunctionPart {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+impl ToolCallPart {
+    /// A whole call of a one-shot answer.
+    fn whole(self) -> Result<ToolCall, String> {
+        let function = self.function.unwrap_or_default();
+        let mut call = PartialToolCall::new(
+            self.id.ok_or("a tool call has no id")?,
+            function.name.ok_or("a tool call has no function name")?,
+        );
+        call.push(function.arguments.as_deref().unwrap_or_default())?;
+        call.finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -278,11 +368,23 @@ impl ChatProvider for OpenAiProvider {
                 "the answer has no finish_reason: it may be incomplete".into(),
             )
         })?;
+        let (text, tool_calls) = match choice.message {
+            Some(message) => (
+                message.content.unwrap_or_default(),
+                message
+                    .tool_calls
+                    .into_iter()
+                    .map(ToolCallPart::whole)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|message| {
+                        self.error(upstream_id, UpstreamFailure::Protocol, message)
+                    })?,
+            ),
+            None => (String::new(), Vec::new()),
+        };
         Ok(ProviderAnswer {
-            text: choice
-                .message
-                .and_then(|message| message.content)
-                .unwrap_or_default(),
+            text,
+            tool_calls,
             stop_reason: stop_reason(&finish_reason),
             usage: completion.usage.map(Usage::from),
         })
@@ -299,6 +401,7 @@ impl ChatProvider for OpenAiProvider {
             body: Box::pin(response.bytes_stream()),
             decoder: SseDecoder::new(),
             ready: std::collections::VecDeque::new(),
+            tool_calls: Vec::new(),
             target,
             done: false,
         };
@@ -315,6 +418,8 @@ struct ChunkReader {
     body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     decoder: SseDecoder,
     ready: std::collections::VecDeque<Result<ProviderEvent, RelayError>>,
+    /// The streamed tool calls by index, held until the finish reason.
+    tool_calls: Vec<Option<PartialToolCall>>,
     target: String,
     /// `[DONE]` arrived or an error ended the stream.
     done: bool,
@@ -397,12 +502,29 @@ impl ChunkReader {
         };
         let mut events = Vec::new();
         for choice in chunk.choices.into_iter().take(1) {
-            if let Some(text) = choice.delta.and_then(|delta| delta.content)
-                && !text.is_empty()
-            {
-                events.push(Ok(ProviderEvent::TextDelta(text)));
+            if let Some(delta) = choice.delta {
+                if let Some(text) = delta.content
+                    && !text.is_empty()
+                {
+                    events.push(Ok(ProviderEvent::TextDelta(text)));
+                }
+                for part in delta.tool_calls {
+                    if let Err(message) = self.add_tool_call_part(part) {
+                        events.push(Err(self.fail(UpstreamFailure::Protocol, message)));
+                        return events;
+                    }
+                }
             }
             if let Some(reason) = choice.finish_reason {
+                for call in std::mem::take(&mut self.tool_calls).into_iter().flatten() {
+                    match call.finish() {
+                        Ok(call) => events.push(Ok(ProviderEvent::ToolCall(call))),
+                        Err(message) => {
+                            events.push(Err(self.fail(UpstreamFailure::Protocol, message)));
+                            return events;
+                        }
+                    }
+                }
                 events.push(Ok(ProviderEvent::Stop(stop_reason(&reason))));
             }
         }
@@ -410,6 +532,32 @@ impl ChunkReader {
             events.push(Ok(ProviderEvent::Usage(usage.into())));
         }
         events
+    }
+}
+
+impl ChunkReader {
+    /// Adds one streamed piece of a tool call: the first piece of an index opens the call.
+    fn add_tool_call_part(&mut self, part: ToolCallPart) -> Result<(), String> {
+        let index = part.index.unwrap_or(0);
+        if index >= MAX_STREAMED_TOOL_CALLS {
+            return Err(format!("tool call index {index} is out of range"));
+        }
+        if self.tool_calls.len() <= index {
+            self.tool_calls.resize_with(index + 1, || None);
+        }
+        let function = part.function.unwrap_or_default();
+        let slot = &mut self.tool_calls[index];
+        if slot.is_none() {
+            *slot = Some(PartialToolCall::new(
+                part.id
+                    .ok_or("a streamed tool call's first piece has no id")?,
+                function.name.clone().unwrap_or_default(),
+            ));
+        }
+        match (slot.as_mut(), function.arguments) {
+            (Some(call), Some(arguments)) => call.push(&arguments),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -471,5 +619,44 @@ mod tests {
         assert_eq!(body["stop"], json!(["END"]));
         assert_eq!(body["stream_options"]["include_usage"], true);
         assert_eq!(body["response_format"], json!({"type": "json_object"}));
+    }
+
+    #[test]
+    fn tools_and_tool_turns_become_chat_completion_messages() {
+        let mut answer = fm_protocol::Message::assistant("");
+        answer.tool_calls.push(ToolCall {
+            id: "call_1".into(),
+            name: "search".into(),
+            input: json!({"q": "relays"}),
+        });
+        let mut results = fm_protocol::Message::user("");
+        results.tool_results.push(fm_protocol::ToolResult {
+            tool_call_id: "call_1".into(),
+            content: "3 hits".into(),
+            is_error: false,
+        });
+        let request = ChatRequest {
+            messages: vec![fm_protocol::Message::user("find"), answer, results],
+            tools: vec![fm_protocol::ToolDefinition {
+                name: "search".into(),
+                description: None,
+                input_schema: json!({"type": "object"}),
+            }],
+            tool_choice: Some(ToolChoice::Any),
+            ..ChatRequest::default()
+        };
+        let body = body("gpt", &request, false);
+        assert_eq!(body["tool_choice"], "required");
+        assert_eq!(body["tools"][0]["function"]["name"], "search");
+        assert_eq!(body["messages"][1]["content"], Value::Null);
+        assert_eq!(
+            body["messages"][1]["tool_calls"][0]["function"]["arguments"],
+            r#"{"q":"relays"}"#
+        );
+        assert_eq!(
+            body["messages"][2],
+            json!({"role": "tool", "tool_call_id": "call_1", "content": "3 hits"})
+        );
+        assert_eq!(body["messages"].as_array().unwrap().len(), 3);
     }
 }

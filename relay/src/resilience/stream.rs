@@ -13,6 +13,11 @@
 //! complete: it is finished after a short grace with the usage that arrived, not held until the
 //! idle timeout.
 //!
+//! **Tool calls** reach the client whole (the provider holds a call's pieces until it is
+//! complete). After one was sent, a restart cannot continue from a prefill (a prefill is text):
+//! the next target starts again and the `failover` event's `discard_partial` drops the calls
+//! with the text; on a surface that cannot take them back the stream ends with the error.
+//!
 //! **Restarts on a surface that cannot take text back.** With [`Restart::Replay`] (the OpenAI
 //! surface) no `failover` event announces a restart: the restarted answer is held back until it
 //! has reproduced the text the client has, then continues from there, or the stream ends with an
@@ -41,7 +46,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use fm_protocol::{ChatRequest, StopReason, StreamEvent, Timings, Usage};
+use fm_protocol::{ChatRequest, StopReason, StreamEvent, Timings, ToolCall, Usage};
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::watch;
 
@@ -162,6 +167,8 @@ struct StreamState {
     ttft_ms: Option<f64>,
     /// The text the client has of the current answer.
     partial: String,
+    /// The tool calls the client has of the current answer.
+    tool_calls: Vec<ToolCall>,
     restart: Restart,
     /// The restart being held back until it reproduces `partial` (with [`Restart::Replay`]).
     replay: Option<Replay>,
@@ -209,6 +216,7 @@ impl ChatEventStream {
             finished: false,
             ttft_ms: None,
             partial: String::new(),
+            tool_calls: Vec::new(),
             restart,
             replay: None,
             walk,
@@ -396,6 +404,18 @@ impl StreamState {
                             self.partial.push_str(&text);
                             return Some(Ok(StreamEvent::TextDelta { text }));
                         }
+                        ProviderEvent::ToolCall(call) => {
+                            attempt.received_chars += call.input.to_string().len();
+                            if self.replay.is_some() {
+                                self.replay_diverged(
+                                    "called a tool before it had reproduced the text already sent",
+                                );
+                                continue;
+                            }
+                            attempt.first_text_at.get_or_insert_with(Instant::now);
+                            self.tool_calls.push(call.clone());
+                            return Some(Ok(StreamEvent::ToolCall { call }));
+                        }
                         ProviderEvent::Usage(usage) => {
                             attempt.usage = Some(usage);
                             return Some(Ok(StreamEvent::Usage { usage }));
@@ -509,12 +529,22 @@ impl StreamState {
         if self.replay.take().is_some() {
             self.replayed(ReplayOutcome::Failed);
         }
+        if !self.tool_calls.is_empty() && self.restart == Restart::Replay {
+            // Only a restart could go on, and this surface cannot take the calls back.
+            drop(attempt);
+            return self.fail(err);
+        }
         let reason = err.to_string();
         if let Err(err) = self.walk.move_on(&attempt.step, err) {
             return self.give_up(err).await;
         }
         drop(attempt);
-        match open_next(&mut self.walk, &self.partial).await {
+        // A prefill carries text only: after a tool call the next target starts again.
+        let prefill = match self.tool_calls.is_empty() {
+            true => self.partial.as_str(),
+            false => "",
+        };
+        match open_next(&mut self.walk, prefill).await {
             Ok(next)
                 if !self.partial.is_empty()
                     && !next.continues
@@ -528,10 +558,11 @@ impl StreamState {
                 self.attempt = Some(next);
             }
             Ok(next) => {
-                if !self.partial.is_empty() {
+                if self.delivered() {
                     let discard_partial = !next.continues;
                     if discard_partial {
                         self.partial.clear();
+                        self.tool_calls.clear();
                     }
                     self.pending.push_back(Ok(StreamEvent::Failover {
                         model: next.step.model.config.id.clone(),
@@ -549,7 +580,7 @@ impl StreamState {
     /// No target can go on after `err`: a stale cached answer when the client has no text yet
     /// and the failure is the upstreams', else [`fail`](Self::fail).
     async fn give_up(&mut self, err: RelayError) {
-        if self.partial.is_empty()
+        if !self.delivered()
             && Walk::upstreams_fault(&err)
             && let Some(hit) = self.walk.cached(true).await
         {
@@ -573,9 +604,11 @@ impl StreamState {
         self.walk.ctx.settle();
         let route = self.walk.cache_route(&hit);
         let elapsed = self.walk.ctx.elapsed_ms();
-        self.pending.push_back(Ok(StreamEvent::TextDelta {
-            text: hit.answer.text,
-        }));
+        if !hit.answer.text.is_empty() {
+            self.pending.push_back(Ok(StreamEvent::TextDelta {
+                text: hit.answer.text,
+            }));
+        }
         self.pending.push_back(Ok(StreamEvent::Done {
             stop_reason: hit.answer.stop_reason,
             usage: Some(Usage::default()),
@@ -596,7 +629,7 @@ impl StreamState {
         }
         self.walk.ctx.settle();
         self.record(Ending::Error);
-        if self.walk.degrades(&err, !self.partial.is_empty()) {
+        if self.walk.degrades(&err, self.delivered()) {
             tracing::warn!(
                 request_id = %self.walk.ctx.request_id, error = %err,
                 "every target failed; answering with the degraded answer"
@@ -635,6 +668,11 @@ impl StreamState {
             None => {}
         }
         Some(Ok(self.finish(stop_reason)))
+    }
+
+    /// Whether the client has any of the current answer: text or tool calls.
+    fn delivered(&self) -> bool {
+        !self.partial.is_empty() || !self.tool_calls.is_empty()
     }
 
     /// Ends a stream whose restart did not reproduce the text the client has with an error;
@@ -683,6 +721,7 @@ impl StreamState {
         self.walk
             .ctx
             .answered_by(&route.model, attempt.step.target.region());
+        // An answer that calls tools is not cached (see `AnswerCache::is_cacheable`).
         self.walk
             .remember(&attempt.step, &self.partial, stop_reason, usage);
         // One clock reading for the live window and the answer, so they agree.

@@ -1,8 +1,9 @@
 """boto3's `bedrock-runtime` client against the relay (relay/tests/conformance.rs runs it with
 the relay's base URL, an API key, a relay model id, that model's Bedrock model id and a key
 whose limit allows one request a minute): Converse, ConverseStream, InvokeModel and
-InvokeModelWithResponseStream, the model named by either id, and Bedrock's typed errors — a
-relay rate limit is a ThrottlingException. The relay key is the access key id. Exits non-zero,
+InvokeModelWithResponseStream, the model named by either id, a tool call and its result (Converse,
+ConverseStream and InvokeModel), and Bedrock's typed errors — a relay rate limit is a
+ThrottlingException. The relay key is the access key id. Exits non-zero,
 with the reason, on the first difference."""
 
 import json
@@ -69,6 +70,56 @@ assert types[0] == "message_start" and types[-1] == "message_stop", types
 assert "content_block_delta" in types, types
 
 
+# A tool call: the model asks for `search` with the JSON object in the prompt.
+ask = [{"role": "user", "content": [{"text": 'Use search with {"query": "relays"}'}]}]
+tool_config = {
+    "tools": [
+        {"toolSpec": {"name": "search", "description": "Searches the web",
+                      "inputSchema": {"json": {"type": "object", "properties": {"query": {"type": "string"}}}}}},
+        {"toolSpec": {"name": "get_weather", "inputSchema": {"json": {"type": "object"}}}},
+    ],
+    "toolChoice": {"auto": {}},
+}
+answer = bedrock.converse(modelId=model, messages=ask, toolConfig=tool_config)
+assert answer["stopReason"] == "tool_use", answer
+content = answer["output"]["message"]["content"]
+call = next(block["toolUse"] for block in content if "toolUse" in block)
+assert call["name"] == "search" and call["input"] == {"query": "relays"}, call
+# Its result goes back; the model answers it.
+answered = bedrock.converse(
+    modelId=model,
+    toolConfig=tool_config,
+    messages=ask
+    + [
+        answer["output"]["message"],
+        {"role": "user", "content": [{"toolResult": {"toolUseId": call["toolUseId"], "content": [{"json": {"pages": 3}}]}}]},
+    ],
+)
+assert answered["stopReason"] == "end_turn", answered
+assert answered["output"]["message"]["content"][0]["text"].startswith('The tool returned {"pages":3}'), answered
+# Streamed: a toolUse block after the text, its input whole.
+events = list(bedrock.converse_stream(modelId=model, messages=ask, toolConfig=tool_config)["stream"])
+starts = [e["contentBlockStart"] for e in events if "contentBlockStart" in e]
+assert len(starts) == 1 and starts[0]["start"]["toolUse"]["name"] == "search", events
+inputs = "".join(
+    e["contentBlockDelta"]["delta"]["toolUse"]["input"]
+    for e in events
+    if "contentBlockDelta" in e and "toolUse" in e["contentBlockDelta"]["delta"]
+)
+assert json.loads(inputs) == {"query": "relays"}, inputs
+assert next(e["messageStop"] for e in events if "messageStop" in e)["stopReason"] == "tool_use", events
+# InvokeModel takes Anthropic's tools.
+tool_body = {
+    "anthropic_version": "bedrock-2023-05-31",
+    "max_tokens": 200,
+    "messages": [{"role": "user", "content": 'Use search with {"query": "relays"}'}],
+    "tools": [{"name": "search", "input_schema": {"type": "object"}}],
+}
+answer = json.loads(bedrock.invoke_model(modelId=model, body=json.dumps(tool_body))["body"].read())
+assert answer["stop_reason"] == "tool_use", answer
+assert answer["content"][-1]["type"] == "tool_use" and answer["content"][-1]["input"] == {"query": "relays"}, answer
+
+
 def refused(call, code):
     try:
         call()
@@ -86,11 +137,11 @@ err = refused(
     lambda: bedrock.converse(
         modelId=model,
         messages=hello,
-        toolConfig={"tools": [{"toolSpec": {"name": "weather", "inputSchema": {"json": {"type": "object"}}}}]},
+        toolConfig={"tools": [{"toolSpec": {"name": "weather", "inputSchema": {"json": {"type": "array"}}}}]},
     ),
     "ValidationException",
 )
-assert "toolConfig" in err.response["Error"]["Message"], err.response
+assert "input_schema" in err.response["Error"]["Message"], err.response
 refused(lambda: bedrock.converse(modelId=model, messages=[]), "ValidationException")
 refused(lambda: client("fmr_wrong").converse(modelId=model, messages=hello), "UnrecognizedClientException")
 limited = client(limited_key)
