@@ -33,10 +33,12 @@ pub struct Message {
     #[serde(default)]
     pub content: String,
     /// The tools the assistant called in this turn (assistant messages only), in order.
+    #[cfg(feature = "tools")]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
     /// What the calls of the assistant's previous turn returned (user messages only): one
     /// result per call.
+    #[cfg(feature = "tools")]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_results: Vec<ToolResult>,
 }
@@ -46,7 +48,9 @@ impl Message {
         Message {
             role: Role::User,
             content: content.into(),
+            #[cfg(feature = "tools")]
             tool_calls: Vec::new(),
+            #[cfg(feature = "tools")]
             tool_results: Vec::new(),
         }
     }
@@ -61,17 +65,25 @@ impl Message {
     /// Characters of the text, the tool calls' inputs and the tool results: what a usage
     /// estimate counts.
     pub fn chars(&self) -> usize {
-        self.content.chars().count()
-            + self
-                .tool_calls
-                .iter()
-                .map(|call| call.name.len() + call.input.to_string().len())
-                .sum::<usize>()
+        self.content.chars().count() + self.tool_chars()
+    }
+
+    #[cfg(feature = "tools")]
+    fn tool_chars(&self) -> usize {
+        self.tool_calls
+            .iter()
+            .map(|call| call.name.len() + call.input.to_string().len())
+            .sum::<usize>()
             + self
                 .tool_results
                 .iter()
                 .map(|result| result.content.chars().count())
                 .sum::<usize>()
+    }
+
+    #[cfg(not(feature = "tools"))]
+    fn tool_chars(&self) -> usize {
+        0
     }
 }
 
@@ -169,9 +181,11 @@ pub struct ChatRequest {
     pub stop_sequences: Vec<String>,
     /// Tools the model may call; a call ends the answer with `stop_reason: "tool_use"` and the
     /// calls in `tool_calls`.
+    #[cfg(feature = "tools")]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<ToolDefinition>,
     /// Whether and which tool the model must call (needs `tools`; `auto` when absent).
+    #[cfg(feature = "tools")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_choice: Option<ToolChoice>,
     /// Neither serve this request from the relay's answer cache nor store its answer.
@@ -212,18 +226,28 @@ impl ChatRequest {
     pub fn prompt_chars(&self) -> usize {
         self.system.as_deref().map_or(0, |s| s.chars().count())
             + self.messages.iter().map(Message::chars).sum::<usize>()
-            + self
-                .tools
-                .iter()
-                .map(|tool| {
-                    tool.name.len()
-                        + tool.description.as_deref().map_or(0, |d| d.chars().count())
-                        + tool.input_schema.to_string().len()
-                })
-                .sum::<usize>()
+            + self.tool_definition_chars()
+    }
+
+    #[cfg(feature = "tools")]
+    fn tool_definition_chars(&self) -> usize {
+        self.tools
+            .iter()
+            .map(|tool| {
+                tool.name.len()
+                    + tool.description.as_deref().map_or(0, |d| d.chars().count())
+                    + tool.input_schema.to_string().len()
+            })
+            .sum()
+    }
+
+    #[cfg(not(feature = "tools"))]
+    fn tool_definition_chars(&self) -> usize {
+        0
     }
 
     /// Whether the conversation uses tools: definitions, or calls and results in its messages.
+    #[cfg(feature = "tools")]
     pub fn uses_tools(&self) -> bool {
         !self.tools.is_empty()
             || self
@@ -364,6 +388,7 @@ pub struct ChatResponse {
     pub text: String,
     /// The tools the model called, in order (then `stop_reason` is `tool_use`): run them and
     /// send their results back in the next user message's `tool_results`.
+    #[cfg(feature = "tools")]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
     pub stop_reason: StopReason,

@@ -11,7 +11,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::chat::{RouteInfo, StopReason, Timings, ToolCall, Usage};
+#[cfg(feature = "tools")]
+use crate::chat::ToolCall;
+use crate::chat::{RouteInfo, StopReason, Timings, Usage};
 use crate::error::ErrorCode;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,6 +31,7 @@ pub enum StreamEvent {
     TextDelta { text: String },
     /// A tool call, whole: the relay holds the upstream's pieces of a call until it is
     /// complete, so a call cut off mid-stream is never half-delivered.
+    #[cfg(feature = "tools")]
     ToolCall { call: ToolCall },
     /// Token counts, as soon as the upstream reports them.
     Usage { usage: Usage },
@@ -72,6 +75,7 @@ impl StreamEvent {
         match self {
             StreamEvent::Start { .. } => "start",
             StreamEvent::TextDelta { .. } => "text_delta",
+            #[cfg(feature = "tools")]
             StreamEvent::ToolCall { .. } => "tool_call",
             StreamEvent::Usage { .. } => "usage",
             StreamEvent::Failover { .. } => "failover",

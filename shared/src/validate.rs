@@ -10,7 +10,9 @@
 
 use std::fmt;
 
-use crate::chat::{ChatRequest, Message, Role, ToolChoice};
+#[cfg(feature = "tools")]
+use crate::chat::ToolChoice;
+use crate::chat::{ChatRequest, Message, Role};
 use crate::error::ErrorCode;
 
 /// The numbers behind the rules.
@@ -178,6 +180,7 @@ pub fn validate_chat_request(
             ));
         }
     }
+    #[cfg(feature = "tools")]
     check_tools(request)?;
     if request.max_latency_ms == Some(0) {
         return Err(ValidationError::new(
@@ -196,19 +199,40 @@ fn check_message(
 ) -> Result<(), ValidationError> {
     use limits::*;
 
-    let field = |name: &str| format!("messages[{index}].{name}");
+    let field = format!("messages[{index}].content");
+    #[cfg(feature = "tools")]
     let carries_tools = !message.tool_calls.is_empty() || !message.tool_results.is_empty();
+    #[cfg(not(feature = "tools"))]
+    let carries_tools = false;
     if carries_tools {
         // The text may be empty beside tool calls or results, but is bounded all the same.
         if message.content.chars().take(MAX_CONTENT_CHARS + 1).count() > MAX_CONTENT_CHARS {
             return Err(ValidationError::new(
-                field("content"),
+                field,
                 format!("must be at most {MAX_CONTENT_CHARS} characters"),
             ));
         }
     } else {
-        check_text(&field("content"), &message.content, MAX_CONTENT_CHARS)?;
+        check_text(&field, &message.content, MAX_CONTENT_CHARS)?;
     }
+    #[cfg(feature = "tools")]
+    check_tool_turn(request, index, message)?;
+    #[cfg(not(feature = "tools"))]
+    let _ = request;
+    Ok(())
+}
+
+/// One message's tool calls and tool results: the calls of the turn before must each get one
+/// result in this message, and nothing else.
+#[cfg(feature = "tools")]
+fn check_tool_turn(
+    request: &ChatRequest,
+    index: usize,
+    message: &Message,
+) -> Result<(), ValidationError> {
+    use limits::*;
+
+    let field = |name: &str| format!("messages[{index}].{name}");
     if !message.tool_calls.is_empty() && message.role != Role::Assistant {
         return Err(ValidationError::new(
             field("tool_calls"),
@@ -291,6 +315,7 @@ fn check_message(
 }
 
 /// The tool definitions and the tool choice.
+#[cfg(feature = "tools")]
 fn check_tools(request: &ChatRequest) -> Result<(), ValidationError> {
     use limits::*;
 
@@ -345,6 +370,7 @@ fn check_tools(request: &ChatRequest) -> Result<(), ValidationError> {
 
 /// A tool's name or a call's id: 1 to [`limits::MAX_TOOL_NAME_CHARS`] letters, digits, `_` or
 /// `-`.
+#[cfg(feature = "tools")]
 fn check_name(field: &str, name: &str) -> Result<(), ValidationError> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     if name.is_empty() || name.len() > limits::MAX_TOOL_NAME_CHARS || !name.chars().all(allowed) {

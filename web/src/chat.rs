@@ -144,15 +144,10 @@ pub fn ChatPage(history: History) -> impl IntoView {
                 StreamEvent::Usage { usage } => {
                     turn.facts.update(|facts| facts.usage = Some(usage))
                 }
-                // The chat page offers the model no tools.
-                StreamEvent::ToolCall { .. } => {}
                 StreamEvent::Failover {
-                    discard_partial, ..
-                } => {
-                    if discard_partial {
-                        turn.answer.set(String::new());
-                    }
-                }
+                    discard_partial: true,
+                    ..
+                } => turn.answer.set(String::new()),
                 StreamEvent::Done {
                     usage,
                     route,
@@ -179,6 +174,9 @@ pub fn ChatPage(history: History) -> impl IntoView {
                         .update(|facts| facts.total_ms = Some(api::now_ms() - sent));
                     turn.state.set(TurnState::Failed(message));
                 }
+                // A failover that keeps the text; tool calls (with fm-protocol's `tools`
+                // feature, which a workspace build turns on): the page offers no tools.
+                _ => {}
             })
             .await;
             match outcome {
