@@ -14,7 +14,10 @@
 //!    reserves its tokens against the key's and the model's limits, quotas and budgets. Beside
 //!    them: the purpose-built `[[routes]]` (`/v1/moderate`, `/v1/summarize`, `/v1/analyze`),
 //!    `POST /v1/route/explain`, and `POST /v1/admin/reload` (also `SIGHUP`, and a change of the
-//!    file): the new file's models, routing and routes, with the unchanged targets kept.
+//!    file): the new file's models, routing and routes, with the unchanged targets kept. The
+//!    drop-in surfaces (`api::openai`, `api::anthropic`, `api::bedrock`) speak the vendors' APIs;
+//!    `api::openapi` serves `GET /openapi.json`, the OpenAPI 3.1 document generated from the
+//!    handlers and the wire types (limits included).
 //! 3. [`routing`] turns the request into a plan of [`upstream`] targets and says why: the model
 //!    the request names, else the first rule of the policy in config whose conditions hold (path,
 //!    hint, the content classifier's domain and complexity, key, quality, a model's live figures,

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// Who wrote a message. The conversation alternates, starting with the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     User,
@@ -26,15 +27,18 @@ impl Role {
 
 /// One turn of the conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Message {
     pub role: Role,
     /// The message's text; may be empty in a message that carries tool calls or tool results.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::message_content))]
     pub content: String,
     /// The tools the assistant called in this turn (assistant messages only), in order.
     #[cfg(feature = "tools")]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::tool_calls))]
     pub tool_calls: Vec<ToolCall>,
     /// What the calls of the assistant's previous turn returned (user messages only): one
     /// result per call.
@@ -89,19 +93,24 @@ impl Message {
 
 /// A tool the model may call: its name, what it does, and the JSON Schema of its input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ToolDefinition {
     /// 1 to 64 letters, digits, `_` or `-`; unique in the request.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::tool_name))]
     pub name: String,
     /// What the tool does and when to call it, for the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::tool_description))]
     pub description: Option<String>,
     /// A JSON Schema of `"type": "object"` that the call's input follows.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::tool_input_schema))]
     pub input_schema: serde_json::Value,
 }
 
 /// Whether and which tool the model must call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ToolChoice {
     /// The model decides (the default when tools are given).
@@ -109,29 +118,39 @@ pub enum ToolChoice {
     /// The model must call one of the tools.
     Any,
     /// The model must call this tool.
-    Tool { name: String },
+    Tool {
+        #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::tool_name))]
+        name: String,
+    },
     /// The model must not call a tool (only models that can be told so: OpenAI-compatible).
     None,
 }
 
 /// A tool call the model made: the tool's name and its input, a JSON object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ToolCall {
     /// The call's id, which its result names in [`ToolResult::tool_call_id`].
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::tool_call_id))]
     pub id: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::tool_name))]
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::tool_call_input))]
     pub input: serde_json::Value,
 }
 
 /// What a tool call returned, sent back in the next user message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ToolResult {
     /// The [`ToolCall::id`] this answers.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::tool_call_id))]
     pub tool_call_id: String,
     /// The tool's output as text (JSON output as its text).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::tool_result_content))]
     pub content: String,
     /// True when the tool failed and `content` says why.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -140,12 +159,16 @@ pub struct ToolResult {
 
 /// A chat request, the same on every route and transport.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = crate::openapi::chat_request_example))]
 #[serde(deny_unknown_fields)]
 pub struct ChatRequest {
     /// The conversation so far; the last message is the one to answer.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::messages))]
     pub messages: Vec<Message>,
     /// Instructions that frame the whole conversation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::system_prompt))]
     pub system: Option<String>,
     /// A model id from `GET /v1/models`; the relay's default model when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -153,16 +176,19 @@ pub struct ChatRequest {
     /// Upper bound on the answer's length in tokens (default
     /// [`limits::DEFAULT_MAX_TOKENS`](crate::limits::DEFAULT_MAX_TOKENS)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::max_tokens))]
     pub max_tokens: Option<u32>,
     /// One of the relay's routing hints (`GET /v1/models` lists them; by default `fast`,
     /// `balanced` and `quality`); also taken from the `x-fm-route-hint` header. An explicit
     /// `model` wins over it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::routing_hint))]
     pub routing_hint: Option<String>,
     /// The latency the caller needs, in milliseconds (a stream's time to first token, a one-shot
     /// answer's total time): a model whose recent p99 is above it is passed over for the next
     /// candidate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::max_latency_ms))]
     pub max_latency_ms: Option<u32>,
     /// `"highest"` asks for the premium tier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,6 +196,7 @@ pub struct ChatRequest {
     /// Sampling temperature, 0.0 to 2.0 and within the answering model's range (Bedrock's
     /// models take 0.0 to 1.0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::temperature))]
     pub temperature: Option<f32>,
     /// The answer's form, for models that take one (OpenAI-compatible upstreams): any JSON
     /// object, or JSON matching a schema. A model that cannot honour it refuses the request (a
@@ -178,11 +205,13 @@ pub struct ChatRequest {
     pub response_format: Option<ResponseFormat>,
     /// Strings that end the answer when the model produces them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::stop_sequences))]
     pub stop_sequences: Vec<String>,
     /// Tools the model may call; a call ends the answer with `stop_reason: "tool_use"` and the
     /// calls in `tool_calls`.
     #[cfg(feature = "tools")]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::tools))]
     pub tools: Vec<ToolDefinition>,
     /// Whether and which tool the model must call (needs `tools`; `auto` when absent).
     #[cfg(feature = "tools")]
@@ -195,6 +224,7 @@ pub struct ChatRequest {
 
 /// The form an answer must take (OpenAI's `response_format`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ResponseFormat {
     /// Plain text: what every model answers anyway.
@@ -265,6 +295,7 @@ impl ChatRequest {
 /// Token counts of one answer, as the upstream reported them — or, marked `estimated`, as the
 /// relay estimated them where it needs counts the upstream did not report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Usage {
     pub input_tokens: u32,
     pub output_tokens: u32,
@@ -313,6 +344,7 @@ impl Usage {
 
 /// Why the model stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     /// The model finished its answer.
@@ -332,6 +364,7 @@ pub enum StopReason {
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ResponseSource {
     /// The first target of the route answered.
@@ -348,6 +381,7 @@ pub enum ResponseSource {
 
 /// How the relay reached the answer: which target answered and why it was chosen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RouteInfo {
     /// The model id (as configured in the relay) that produced the answer.
     pub model: String,
@@ -367,6 +401,7 @@ pub struct RouteInfo {
 
 /// Server-side timings, in milliseconds since the relay received the request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Timings {
     /// Time to the first text token; absent when the answer had no text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -377,6 +412,7 @@ pub struct Timings {
 
 /// The answer of `POST /v1/chat`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatResponse {
     pub request_id: String,
     /// True when no model could answer and `text` is the relay's stand-in message, not a model's
@@ -403,6 +439,7 @@ pub struct ChatResponse {
 /// One model the relay can route to, as listed by `GET /v1/models`: OpenAI's model object
 /// (`id`, `object`, `created`, `owned_by`) with the relay's own fields beside it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelInfo {
     /// The id clients put in [`ChatRequest::model`].
     pub id: String,
@@ -442,6 +479,7 @@ fn list_object() -> String {
 /// The answer of `GET /v1/models`: OpenAI's list shape (`object: "list"`, `data`), which the
 /// OpenAI SDKs read, with the relay's routing hints beside it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelList {
     /// Always `list`.
     #[serde(default = "list_object")]

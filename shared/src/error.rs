@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 /// Stable machine-readable error codes. New codes may be added; clients decode any code they do
 /// not know as [`ErrorCode::Unknown`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The request broke a validation rule; `field` names which.
@@ -94,6 +95,7 @@ impl ErrorCode {
 
 /// The details of an error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     pub code: ErrorCode,
     /// A sentence for people.
@@ -110,6 +112,7 @@ pub struct ApiError {
 
 /// The JSON body of every error answer: `{"error": {...}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiErrorBody {
     pub error: ApiError,
 }

@@ -17,6 +17,7 @@ use crate::chat::{RouteInfo, StopReason, Timings, Usage};
 use crate::error::ErrorCode;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StreamEvent {
     /// The relay accepted the request and chose a model.

@@ -9,6 +9,7 @@ use crate::{Usage, ValidationError};
 
 /// What a job does with its document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AnalysisType {
     /// A summary of the whole document.
@@ -35,6 +36,7 @@ impl AnalysisType {
 
 /// How a document is written; the relay extracts its text accordingly.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DocumentFormat {
     #[default]
@@ -93,6 +95,7 @@ impl DocumentFormat {
 /// Which jobs a worker takes first. Low-priority jobs still run while higher ones keep coming:
 /// a job's priority counts for a bounded time only (see the relay's `jobs.priority_step_secs`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     High,
@@ -114,6 +117,8 @@ impl Priority {
 /// `POST /v1/jobs` as JSON. The document is either inline (`text`, with its `format`) or an
 /// object already in the relay's document store (`document_ref`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = crate::openapi::job_request_example))]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
     pub analysis_type: Option<AnalysisType>,
@@ -128,23 +133,28 @@ pub struct JobRequest {
     /// What to call the document (1 to 200 characters): an upload's file name when not given.
     /// The job's status shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::job_document_name))]
     pub document_name: Option<String>,
     /// `extract`: the fields to read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::job_fields))]
     pub fields: Vec<String>,
     /// `extract`: a JSON schema whose `properties` are the fields to read (instead of `fields`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<serde_json::Value>,
     /// `classify`: the labels to choose from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::job_labels))]
     pub labels: Vec<String>,
     /// `qa`: the question.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::job_question))]
     pub question: Option<String>,
     #[serde(default)]
     pub priority: Priority,
     /// Where the relay POSTs the job's status when it ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::job_callback_url))]
     pub callback_url: Option<String>,
     /// A model to use (one the key may use); the routing policy decides otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,6 +165,7 @@ pub struct JobRequest {
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum JobStatus {
     /// Waiting for a worker (also after a failed attempt, until its retry is due).
@@ -205,6 +216,7 @@ impl JobStatus {
 /// chunks' answers (a call, or several for a long document), done when the job completes.
 /// `extract` and `classify` combine their chunks' answers without a call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobProgress {
     pub done: u32,
     pub total: u32,
@@ -212,6 +224,7 @@ pub struct JobProgress {
 
 /// Why a job failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobError {
     /// Stable, like the API's error codes (`empty_document`, `no_text_layer`,
     /// `upstream_unavailable`, ...).
@@ -221,6 +234,7 @@ pub struct JobError {
 
 /// A job as `GET /v1/jobs/{id}` shows it (and `POST /v1/jobs` answers, with 202).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobInfo {
     pub job_id: String,
     /// The document's name, when the submission gave one (an upload's file name).
@@ -252,6 +266,7 @@ pub struct JobInfo {
 
 /// How the delivery of a job's callback stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CallbackStatus {
     /// `pending` (due, or waiting for its next try), `delivered`, or `failed` (given up).
     pub state: String,
@@ -261,6 +276,7 @@ pub struct CallbackStatus {
 
 /// A completed job's answer (`GET /v1/jobs/{id}/result`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobResult {
     pub job_id: String,
     pub analysis_type: AnalysisType,
@@ -281,6 +297,7 @@ pub struct JobResult {
 
 /// `GET /v1/jobs`: the caller's jobs, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobList {
     pub jobs: Vec<JobInfo>,
     /// Pass as `?before=` for the next page; absent on the last page.

@@ -17,6 +17,8 @@
 //! - [`jobs`]: async document jobs — the submission, a job's status and progress, its result.
 //! - [`stats`]: the relay's latency figures per model (`GET /v1/stats`).
 //! - [`usage`]: what callers spent, from the relay's usage ledger (`GET /v1/usage`).
+//! - `openapi` (with the `openapi` feature): the JSON schemas of the bounded request fields, from
+//!   the validation's limits, for the relay's OpenAPI document.
 //! - [`sse`]: an incremental Server-Sent-Events decoder that accepts any split of the byte stream,
 //!   plus the matching encoder.
 
@@ -24,6 +26,8 @@ pub mod chat;
 pub mod error;
 pub mod event;
 pub mod jobs;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod route;
 pub mod sse;
 pub mod stats;

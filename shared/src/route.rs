@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// A model's quality tier: what a route or hint asks for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Tier {
     /// Quick and cheap: moderation, classification, short answers.
@@ -29,6 +30,7 @@ impl Tier {
 
 /// What a model can do beyond plain chat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Capability {
     /// Strong at reading and writing code.
@@ -43,6 +45,7 @@ pub enum Capability {
 
 /// What a request is about, as the relay's content classifier reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Domain {
     Code,
@@ -66,6 +69,7 @@ impl Domain {
 
 /// How demanding a request is, as the relay's content classifier reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Complexity {
     /// A direct question or small task a fast model answers well.
@@ -87,6 +91,7 @@ impl Complexity {
 
 /// The classifier's labels for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ContentClass {
     pub domain: Domain,
     pub complexity: Complexity,
@@ -94,6 +99,7 @@ pub struct ContentClass {
 
 /// What a caller asks of the answer's quality.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum QualityRequirement {
     /// Whatever the policy picks.
@@ -104,6 +110,7 @@ pub enum QualityRequirement {
 
 /// One model the decision considered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RouteCandidate {
     pub model: String,
     /// Why the model was passed over (kept at the end of the plan, as a last resort); absent
@@ -118,6 +125,7 @@ pub struct RouteCandidate {
 
 /// A target of a candidate model that the decision passed over, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TargetPassedOver {
     /// The target as logs and `/v1/stats` name it: `upstream-id in region`.
     pub target: String,
@@ -128,6 +136,7 @@ pub struct TargetPassedOver {
 /// The routing decision for one request: the rule that fired, what the content classifier read
 /// (when a rule asked), and every candidate with why it was or was not put first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RouteChoice {
     /// The rule's name: `explicit-model` when the request named a model, a configured rule's
     /// name, `route:PATH` for a route's own models, or `default`.
@@ -170,6 +179,7 @@ impl RouteChoice {
 
 /// One step of a plan, as `POST /v1/route/explain` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlannedTarget {
     pub model: String,
     pub region: String,
@@ -179,6 +189,7 @@ pub struct PlannedTarget {
 /// The answer of `POST /v1/route/explain`: the decision a request would get now, without
 /// calling a model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RouteExplanation {
     /// The surface the request was explained for (`?path=`, default `/v1/chat`).
     pub path: String,

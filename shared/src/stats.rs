@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// Percentiles of a set of durations, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Percentiles {
     pub p50: f64,
     pub p95: f64,
@@ -34,6 +35,7 @@ impl Percentiles {
 
 /// The state of a model's circuit breaker.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CircuitState {
     /// Calls go through.
@@ -47,6 +49,7 @@ pub enum CircuitState {
 
 /// A circuit breaker's state and, unless closed, why it tripped and how long it stays open.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CircuitStatus {
     pub state: CircuitState,
     /// Why it tripped (absent while closed).
@@ -72,6 +75,7 @@ fn is_zero(value: &u32) -> bool {
 
 /// One target of a model (a region or inference profile) and its health now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TargetStats {
     /// The target as logs and errors name it: `upstream-id in region`.
     pub target: String,
@@ -107,6 +111,7 @@ pub struct TargetStats {
 
 /// One model's figures over the window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelStats {
     pub model: String,
     /// Requests that ended in the window, failed ones included.
@@ -134,6 +139,7 @@ pub struct ModelStats {
 
 /// The answer cache's counters since the relay started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CacheStats {
     /// Answers served for the same request.
     pub exact_hits: u64,
@@ -150,6 +156,7 @@ pub struct CacheStats {
 
 /// The answer of `GET /v1/stats`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatsResponse {
     /// How far back the figures reach.
     pub window_secs: u64,

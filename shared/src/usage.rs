@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// Requests, tokens and dollars.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageTotals {
     pub requests: u64,
     pub input_tokens: u64,
@@ -15,6 +16,7 @@ pub struct UsageTotals {
 
 /// The spend on one model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelUsage {
     pub model: String,
     #[serde(flatten)]
@@ -23,6 +25,7 @@ pub struct ModelUsage {
 
 /// One key's spend today and this month (UTC), in all and per model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyUsage {
     pub key: String,
     /// `YYYY-MM-DD`.
@@ -37,6 +40,7 @@ pub struct KeyUsage {
 
 /// Every key's spend, and every model's today (`GET /v1/admin/usage`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageReport {
     pub day: String,
     pub month: String,

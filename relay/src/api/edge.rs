@@ -272,8 +272,17 @@ fn sigv4_access_key(headers: &HeaderMap) -> Option<&str> {
     credential.split('/').next().filter(|key| !key.is_empty())
 }
 
-fn is_guarded(path: &str) -> bool {
+/// Whether a request to `path` needs a key and is admitted to the limits.
+pub(super) fn is_guarded(path: &str) -> bool {
     path.starts_with("/v1/") || path.starts_with(BEDROCK_PREFIX) || path == "/metrics"
+}
+
+/// Whether `path` calls a model: admitted by [`super::admit`] with the request's tokens rather
+/// than here by the request rates.
+pub(super) fn calls_a_model(state: &AppState, path: &str) -> bool {
+    CHAT_PATHS.contains(&path)
+        || path.starts_with(BEDROCK_PREFIX)
+        || state.routing().table().policy().route(path).is_some()
 }
 
 async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
@@ -300,10 +309,7 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         return refuse(&request, RelayError::Forbidden(refusal));
     }
     let answer_headers = Arc::new(Mutex::new(AnswerHeaders::default()));
-    let calls_a_model = CHAT_PATHS.contains(&&*path)
-        || path.starts_with(BEDROCK_PREFIX)
-        || state.routing().table().policy().route(&path).is_some();
-    if !calls_a_model {
+    if !calls_a_model(&state, &path) {
         let (admitted, headers) = state.limits().admit_request(&caller).await;
         answer_headers
             .lock()

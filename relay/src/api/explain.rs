@@ -7,7 +7,7 @@
 use axum::extract::{RawQuery, State};
 use axum::routing::post;
 use axum::{Json, Router};
-use fm_protocol::{ChatRequest, PlannedTarget, RouteExplanation};
+use fm_protocol::{ApiErrorBody, ChatRequest, PlannedTarget, RouteExplanation};
 
 use super::edge::Edge;
 use super::extract::{ApiJson, query_param};
@@ -19,6 +19,22 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/route/explain", post(explain))
 }
 
+/// The routing decision a chat request would get, without calling a model
+///
+/// The rule that fired, the content class, the candidates and why any were passed over, and the
+/// whole plan — for this caller, now, on `path` (default `/v1/chat`).
+#[utoipa::path(
+    post,
+    path = "/v1/route/explain",
+    operation_id = "explain_route",
+    tag = "chat",
+    request_body = ChatRequest,
+    params(("path" = Option<String>, Query, description = "The surface to explain the request for: a chat surface or a configured route (default `/v1/chat`).")),
+    responses(
+        (status = 200, description = "The decision.", body = RouteExplanation),
+        (status = 400, description = "The request breaks a rule, or `path` calls no model (`invalid_request`, `malformed_json`, `unknown_model`; `field` names the field).", body = ApiErrorBody),
+    ),
+)]
 async fn explain(
     State(state): State<AppState>,
     edge: Edge,

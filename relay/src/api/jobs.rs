@@ -18,9 +18,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use fm_protocol::{
-    ChatRequest, DocumentFormat, JobInfo, JobList, JobRequest, JobResult, JobStatus,
+    ApiErrorBody, ChatRequest, DocumentFormat, JobInfo, JobList, JobRequest, JobResult, JobStatus,
     encode_sse_frame, validate_job_request,
 };
+use utoipa::IntoParams;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::Schema;
 
 use super::edge::Edge;
 use super::extract::{RequestId, parse_json, query_param};
@@ -72,6 +75,29 @@ fn submission_limit(state: &AppState) -> usize {
         .saturating_add(fm_protocol::limits::MAX_BODY_BYTES)
 }
 
+/// Submits a document job
+///
+/// The document inline (`text`, with its `format`) or by reference (`document_ref`) in JSON — or
+/// uploaded as `multipart/form-data`: the document as the `file` part and the job as a `request`
+/// part of JSON or one part per field. Answers 202 with the queued job; its status is at
+/// `GET /v1/jobs/{id}`.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    operation_id = "submit_job",
+    tag = "jobs",
+    request_body = JobRequest,
+    responses(
+        (status = 202, description = "Queued.", body = JobInfo, links(
+            ("status" = (operation_id = "get_job", parameters(("id" = "$response.body#/job_id")), description = "The job's status.")),
+            ("result" = (operation_id = "get_job_result", parameters(("id" = "$response.body#/job_id")), description = "The job's result, once it completed.")),
+            ("events" = (operation_id = "job_events", parameters(("id" = "$response.body#/job_id")), description = "The job's status as it changes.")),
+            ("cancel" = (operation_id = "cancel_job", parameters(("id" = "$response.body#/job_id")), description = "Cancels the job.")),
+        )),
+        (status = 400, description = "The submission breaks a rule, or its document cannot be read (`invalid_request`, `malformed_json`, `unknown_model`, `unreadable_document`; `field` names the field).", body = ApiErrorBody),
+        (status = 429, description = "A rate limit, or the key has as many unfinished jobs as it may have (`rate_limited`, `quota_exceeded`).", body = ApiErrorBody),
+    ),
+)]
 async fn submit(
     State(state): State<AppState>,
     edge: Edge,
@@ -277,6 +303,20 @@ fn check_model(state: &AppState, caller: &Caller, request: &JobRequest) -> Resul
         .map(|_| ())
 }
 
+/// A job's status
+///
+/// Its status, progress, times, attempts and error; a key sees only its own jobs.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    operation_id = "get_job",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id.")),
+    responses(
+        (status = 200, description = "The job.", body = JobInfo),
+        (status = 404, description = "No such job of this key (`not_found`).", body = ApiErrorBody),
+    ),
+)]
 async fn status(
     State(state): State<AppState>,
     edge: Edge,
@@ -286,6 +326,19 @@ async fn status(
     answer(&edge, result)
 }
 
+/// A completed job's result
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/result",
+    operation_id = "get_job_result",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id.")),
+    responses(
+        (status = 200, description = "The result.", body = JobResult),
+        (status = 404, description = "No such job of this key (`not_found`).", body = ApiErrorBody),
+        (status = 409, description = "The job has not completed (`job_not_finished`).", body = ApiErrorBody),
+    ),
+)]
 async fn result(
     State(state): State<AppState>,
     edge: Edge,
@@ -295,6 +348,21 @@ async fn result(
     answer(&edge, result)
 }
 
+/// Cancels a job
+///
+/// A queued or running job ends `CANCELLED`; a job that has ended stays as it is. Answers with
+/// the job.
+#[utoipa::path(
+    delete,
+    path = "/v1/jobs/{id}",
+    operation_id = "cancel_job",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id.")),
+    responses(
+        (status = 200, description = "The job, as the cancel left it.", body = JobInfo),
+        (status = 404, description = "No such job of this key (`not_found`).", body = ApiErrorBody),
+    ),
+)]
 async fn cancel(
     State(state): State<AppState>,
     edge: Edge,
@@ -307,6 +375,40 @@ async fn cancel(
 /// The jobs a page lists when `limit` is not given.
 const DEFAULT_PAGE: u32 = 20;
 
+/// The query of `GET /v1/jobs` (read by [`list`]; this type describes it).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only jobs in this status.
+    #[param(inline)]
+    pub status: Option<JobStatus>,
+    #[param(schema_with = page_limit_schema)]
+    pub limit: Option<u32>,
+    /// The `next_before` of the page before: where this page starts.
+    pub before: Option<String>,
+}
+
+/// `limit`: 1 to [`crate::jobs::MAX_PAGE`].
+fn page_limit_schema() -> RefOr<Schema> {
+    super::openapi::whole_number_from_one(
+        crate::jobs::MAX_PAGE.into(),
+        DEFAULT_PAGE.into(),
+        "Jobs on one page",
+    )
+}
+
+/// The caller's jobs, newest first, a page at a time
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    operation_id = "list_jobs",
+    tag = "jobs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of jobs; `next_before` leads to the next.", body = JobList),
+        (status = 400, description = "A query parameter out of range (`invalid_request`, naming it).", body = ApiErrorBody),
+    ),
+)]
 async fn list(
     State(state): State<AppState>,
     edge: Edge,
@@ -351,6 +453,22 @@ const EVENTS_POLL: Duration = Duration::from_millis(200);
 /// `status` events: the job now, then whenever it changes, until it ends (or
 /// `jobs.events_max_secs` pass; then the last status ends the stream and the client may open
 /// another). A keep-alive comment every `server.sse_keep_alive_secs` while nothing changes.
+/// A job's status as Server-Sent Events
+///
+/// A `status` event (data: the job) now and whenever it changes, until it ends (or
+/// `jobs.events_max_secs` pass; then the last status ends the stream and the client may open
+/// another); a keep-alive comment while nothing changes.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/events",
+    operation_id = "job_events",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id.")),
+    responses(
+        (status = 200, description = "`status` events; each event's data is the job.", body = JobInfo, content_type = "text/event-stream"),
+        (status = 404, description = "No such job of this key (`not_found`).", body = ApiErrorBody),
+    ),
+)]
 async fn events(
     State(state): State<AppState>,
     edge: Edge,

@@ -12,8 +12,11 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use fm_protocol::{ModelInfo, ModelList, StatsResponse};
-use serde_json::{Value, json};
+use fm_protocol::{ApiErrorBody, ModelInfo, ModelList, StatsResponse};
+use serde::Serialize;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::Schema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::edge::Edge;
@@ -33,18 +36,65 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-/// 200 while serving; 503 once draining, so load balancers stop sending new work.
-async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+/// The answer of `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: HealthStatus,
+}
+
+/// Whether the relay takes new work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// Serving.
+    Ok,
+    /// Shutting down: finishing the work in progress, taking no new work.
+    Draining,
+}
+
+/// Liveness and drain state
+///
+/// 200 while serving; 503 once draining, so load balancers stop sending new work. Needs no key.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "health",
+    tag = "meta",
+    security(()),
+    responses(
+        (status = 200, description = "Serving.", body = Health),
+        (status = 503, description = "Draining for shutdown: send new work elsewhere.", body = Health),
+    ),
+)]
+async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     match state.shutdown().phase() {
-        Phase::Running => (StatusCode::OK, Json(json!({"status": "ok"}))),
+        Phase::Running => (
+            StatusCode::OK,
+            Json(Health {
+                status: HealthStatus::Ok,
+            }),
+        ),
         Phase::Draining | Phase::Stopped => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "draining"})),
+            Json(Health {
+                status: HealthStatus::Draining,
+            }),
         ),
     }
 }
 
-/// The models the caller's key may use (a key that names its models sees only those).
+/// The models the caller's key may use
+///
+/// In OpenAI's list shape (what `client.models.list()` of the OpenAI SDKs reads), with the
+/// relay's fields beside each model and the routing hints a request may give. A key that names
+/// its models sees only those.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    operation_id = "list_models",
+    tag = "models",
+    responses((status = 200, description = "The models.", body = ModelList)),
+)]
 async fn models(State(state): State<AppState>, edge: Edge) -> Json<ModelList> {
     let mut list = state.routing().table().list();
     list.data
@@ -52,7 +102,20 @@ async fn models(State(state): State<AppState>, edge: Edge) -> Json<ModelList> {
     Json(list)
 }
 
-/// One model by its id (a 404 naming it for one the relay does not have or the key may not use).
+/// One model by its id
+///
+/// A 404 naming it for one the relay does not have or the key may not use.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{id}",
+    operation_id = "get_model",
+    tag = "models",
+    params(("id" = String, Path, description = "A model id from `GET /v1/models`.")),
+    responses(
+        (status = 200, description = "The model.", body = ModelInfo),
+        (status = 404, description = "No such model, or not one the key may use (`not_found`).", body = ApiErrorBody),
+    ),
+)]
 async fn model(
     State(state): State<AppState>,
     edge: Edge,
@@ -72,6 +135,38 @@ async fn model(
 /// The window `GET /v1/stats` reports when none is asked for.
 const DEFAULT_STATS_WINDOW_SECS: u64 = 300;
 
+/// The query of `GET /v1/stats` (read by [`stats_window`]; this type describes it).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatsQuery {
+    #[param(schema_with = stats_window_schema)]
+    pub window_secs: Option<u64>,
+}
+
+/// `window_secs`: 1 to the longest window kept ([`MAX_WINDOW`]).
+fn stats_window_schema() -> RefOr<Schema> {
+    super::openapi::whole_number_from_one(
+        MAX_WINDOW.as_secs(),
+        DEFAULT_STATS_WINDOW_SECS,
+        "How far back the figures reach, in seconds",
+    )
+}
+
+/// Latency, errors and health per model
+///
+/// Server-side figures over the last `window_secs`: time to first token and total time
+/// percentiles, tokens, errors by kind, each target's circuit, and the answer cache's counters.
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    operation_id = "get_stats",
+    tag = "meta",
+    params(StatsQuery),
+    responses(
+        (status = 200, description = "The figures.", body = StatsResponse),
+        (status = 400, description = "`window_secs` out of range (`invalid_request`, naming the field).", body = ApiErrorBody),
+    ),
+)]
 async fn stats(
     State(state): State<AppState>,
     RequestId(request_id): RequestId,
@@ -97,9 +192,18 @@ async fn stats(
     }))
 }
 
-/// `GET /metrics`: the OpenMetrics text format (which Prometheus reads): the histograms and
-/// per-request counters of [`RelayMetrics`](crate::telemetry::RelayMetrics), and the figures
-/// the other modules keep, gathered now.
+/// The relay's metrics, for Prometheus
+///
+/// The OpenMetrics text format (which Prometheus reads): histograms of time to first token,
+/// total time, tokens and attempts; counters of requests, routing decisions, fallbacks and cost;
+/// each target's circuit and rate limit; connections, limits and cache counters — gathered now.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "meta",
+    responses((status = 200, description = "The metrics.", body = String, content_type = metrics::CONTENT_TYPE)),
+)]
 async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     let mut out = Families::default();
     out.family("fm_relay_requests_total",

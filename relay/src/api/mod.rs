@@ -5,8 +5,9 @@
 //! [`routes`] (the purpose-built `[[routes]]`: `/v1/moderate`, `/v1/summarize`, ...),
 //! [`explain`] (`POST /v1/route/explain`), [`reload`] (`POST /v1/admin/reload`, and `SIGHUP`),
 //! [`jobs`] (`/v1/jobs`: async document jobs), [`usage`] (`GET /v1/usage`, `GET
-//! /v1/admin/usage`) and [`meta`] (`/healthz`, `/v1/models`,
-//! `/v1/stats`, `/metrics`), behind the [`edge`]'s layers (request id, span, origin, CORS, API
+//! /v1/admin/usage`), [`meta`] (`/healthz`, `/v1/models`,
+//! `/v1/stats`, `/metrics`) and [`openapi`] (`/openapi.json`: the OpenAPI document, generated
+//! from the handlers and the wire types), behind the [`edge`]'s layers (request id, span, origin, CORS, API
 //! key, limits, JSON content type, body limit).
 //! This is the only module that knows HTTP; it admits a model request ([`admit`]: shutdown
 //! check, validation, the key's models, routing, the limits' reservation) and hands it to the
@@ -22,6 +23,7 @@ pub mod extract;
 pub mod jobs;
 pub mod meta;
 pub mod openai;
+pub mod openapi;
 pub mod reload;
 pub mod routes;
 pub mod sse;
@@ -427,7 +429,8 @@ pub fn app(state: AppState) -> Router {
         .merge(explain::routes())
         .merge(reload::routes())
         .merge(jobs::routes(&state))
-        .merge(meta::routes());
+        .merge(meta::routes())
+        .merge(openapi::routes(&state));
     // The chat UI's files at `/`, when built; anything else is the API's JSON 404.
     let api = match state
         .config()

@@ -17,6 +17,7 @@
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
+use fm_protocol::ApiErrorBody;
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -30,6 +31,26 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/admin/reload", post(reload_now))
 }
 
+/// Reads the configuration file again and applies it (an admin key)
+///
+/// Applies the new file's models, default model, `[routing]` and the routes of the paths
+/// already served, keeping the unchanged targets; a file that is invalid or changes what only a
+/// restart applies is refused and the running configuration kept.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/reload",
+    operation_id = "reload",
+    tag = "admin",
+    request_body(
+        content = Object,
+        content_type = "application/json",
+        description = "Read by nobody: send `{}` (a POST body must be JSON, as everywhere).",
+    ),
+    responses(
+        (status = 200, description = "Applied: what changed.", body = Object),
+        (status = 409, description = "Refused (`reload_refused`): the running configuration is kept.", body = ApiErrorBody),
+    ),
+)]
 async fn reload_now(
     State(state): State<AppState>,
     edge: Edge,

@@ -18,7 +18,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use axum::routing::post;
-use fm_protocol::{ChatRequest, StreamEvent, encode_sse_frame};
+use fm_protocol::{ApiErrorBody, ChatRequest, StreamEvent, encode_sse_frame};
 use futures_util::StreamExt;
 use tokio::time::{Instant, Sleep};
 
@@ -32,6 +32,23 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/chat/stream", post(chat_stream))
 }
 
+/// A chat answer as Server-Sent Events
+///
+/// One `StreamEvent` per event (`event:` its `type`, `data:` its JSON): `start`, then
+/// `text_delta` and `tool_call` events (and possibly `usage` and `failover`), then exactly one
+/// `done` or `error`. Failures before the upstream accepted the call are ordinary JSON error
+/// answers; after that they arrive as an `error` event.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/stream",
+    operation_id = "chat_stream",
+    tag = "chat",
+    request_body = ChatRequest,
+    responses(
+        (status = 200, description = "The answer's events; each event's data is one `StreamEvent`.", body = StreamEvent, content_type = "text/event-stream"),
+        (status = 400, description = "The request breaks a rule (`invalid_request`, `malformed_json`, `unknown_model`; `field` names the field), or the upstream refused it (`upstream_rejected`, `context_too_long`).", body = ApiErrorBody),
+    ),
+)]
 async fn chat_stream(
     State(state): State<AppState>,
     edge: Edge,

@@ -17,6 +17,16 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/admin/usage", get(every_usage))
 }
 
+/// What the calling key spent
+///
+/// Today and this month (UTC), in all and per model: its own figures only, whichever key asks.
+#[utoipa::path(
+    get,
+    path = "/v1/usage",
+    operation_id = "get_usage",
+    tag = "usage",
+    responses((status = 200, description = "The key's spend.", body = KeyUsage)),
+)]
 async fn own_usage(
     State(state): State<AppState>,
     edge: Edge,
@@ -29,6 +39,16 @@ async fn own_usage(
         .map_err(|err| err.with_request_id(&edge.request_id))
 }
 
+/// Every key's spend (an admin key)
+///
+/// Every key's spend today and this month, and every model's today.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/usage",
+    operation_id = "get_all_usage",
+    tag = "admin",
+    responses((status = 200, description = "The spend.", body = UsageReport)),
+)]
 async fn every_usage(
     State(state): State<AppState>,
     edge: Edge,
