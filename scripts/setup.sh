@@ -77,9 +77,10 @@ if ! wasm-bindgen --version 2>/dev/null | grep -qF "$wasm_bindgen_version"; then
     log "installing wasm-bindgen-cli $wasm_bindgen_version"
     cargo install wasm-bindgen-cli --version "$wasm_bindgen_version"
 fi
-# wasm-opt (npm binaryen; Debian's older binaryen breaks the WASM) and playwright-core.
+# wasm-opt (npm binaryen; Debian's older binaryen breaks the WASM), playwright-core, and
+# @vscode/vsce, which packages the VS Code extension.
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-    log "installing npm packages (binaryen, playwright-core)"
+    log "installing npm packages (binaryen, playwright-core, @vscode/vsce)"
     npm ci --no-audit --no-fund --loglevel=error
 fi
 log "web tools ready: $(trunk --version), $(wasm-bindgen --version), $(node_modules/.bin/wasm-opt --version)"

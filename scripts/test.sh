@@ -12,10 +12,14 @@ cargo fmt --all --check
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p fm-web --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
+cargo clippy -p fm-ide --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
 step "fm-protocol builds for wasm32"
 cargo build -p fm-protocol --target wasm32-unknown-unknown --locked
 step "tests"
 cargo test --workspace --exclude fm-web --locked
+step "IDE core tests (wasm-bindgen-test in Node)"
+# A test file that does not ask for a browser runs in Node.
+cargo test -p fm-ide --target wasm32-unknown-unknown --test node --locked
 step "web UI component tests (wasm-bindgen-test in headless chromium)"
 # .cargo/config.toml makes wasm-bindgen-test-runner the wasm32 runner; it drives Chromium here.
 CHROMEDRIVER=$(command -v chromedriver) cargo test -p fm-web --target wasm32-unknown-unknown --locked
@@ -37,3 +41,14 @@ FM_RELAY_BIN="$target_dir/debug/fm-relay" FM_SIM_BIN="$target_dir/debug/fm-sim" 
     node tests/e2e/keys.test.mjs
 FM_RELAY_BIN="$target_dir/debug/fm-relay" FM_SIM_BIN="$target_dir/debug/fm-sim" FM_WEB_DIR="$PWD/web/dist" \
     node tests/e2e/documents.test.mjs
+step "IDE core end-to-end (Node) and the VS Code extension, tested as packaged"
+ide-plugin/build.sh
+FM_RELAY_BIN="$target_dir/debug/fm-relay" FM_SIM_BIN="$target_dir/debug/fm-sim" \
+    node --test --experimental-websocket ide-plugin/tests/e2e.test.mjs
+(cd ide-plugin/vscode && PATH="$OLDPWD/node_modules/.bin:$PATH" npm run package --silent)
+unpacked=$(mktemp -d)
+trap 'rm -rf "$unpacked"' EXIT
+python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' \
+    ide-plugin/vscode/fm-relay-assistant.vsix "$unpacked"
+FM_RELAY_BIN="$target_dir/debug/fm-relay" FM_SIM_BIN="$target_dir/debug/fm-sim" FM_IDE_EXTENSION_DIR="$unpacked/extension" \
+    node --test ide-plugin/vscode/test/extension.test.mjs

@@ -2,7 +2,8 @@
 //!
 //! This crate is compiled both natively (for the relay and the simulator's tests) and to
 //! `wasm32-unknown-unknown` (for the browser chat UI and the IDE panel), so it depends on serde
-//! alone: no tokio, no AWS types, no I/O.
+//! alone: no tokio, no AWS types, no I/O — except, with the `fetch` feature, the JavaScript glue
+//! the WASM clients share.
 //!
 //! - [`chat`]: the request a client sends ([`ChatRequest`]) and the one-shot answer it gets back
 //!   ([`ChatResponse`]), with [`Usage`], [`StopReason`], [`RouteInfo`] and [`Timings`], and tool
@@ -19,12 +20,16 @@
 //! - [`usage`]: what callers spent, from the relay's usage ledger (`GET /v1/usage`).
 //! - `openapi` (with the `openapi` feature): the JSON schemas of the bounded request fields, from
 //!   the validation's limits, for the relay's OpenAPI document.
+//! - `fetch` (with the `fetch` feature): a `fetch` answer's body read as SSE as it arrives, and
+//!   the relay's error body, for the WASM clients.
 //! - [`sse`]: an incremental Server-Sent-Events decoder that accepts any split of the byte stream,
 //!   plus the matching encoder.
 
 pub mod chat;
 pub mod error;
 pub mod event;
+#[cfg(feature = "fetch")]
+pub mod fetch;
 pub mod jobs;
 #[cfg(feature = "openapi")]
 pub mod openapi;

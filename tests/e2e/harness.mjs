@@ -2,8 +2,9 @@
 // their binaries (each announces its address in its log), polling for a condition, reading the
 // simulator's counters, and launching Debian's Chromium through playwright-core.
 
-import { spawn } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -36,6 +37,24 @@ export function start(bin, args, field) {
     });
     child.on('exit', (code) => reject(new Error(`${bin} exited with ${code}:\n${log}`)));
   });
+}
+
+/// A relay configuration that requires API keys (auth.mode = "keys") with one key, made the way a
+/// user makes one (`fm-relay keys add`), its keys file and data folder in a new temporary folder:
+/// `{configFile, key}`.
+export function keyedRelayConfig(keyName) {
+  const dir = mkdtempSync(join(tmpdir(), 'fm-relay-keys-'));
+  const keysFile = join(dir, 'keys.toml');
+  const key = execFileSync(relayBin, ['keys', 'add', keyName, '--file', keysFile]).toString().trim();
+  if (!/^fmr_[0-9a-f]{64}$/.test(key)) throw new Error(`keys add printed ${JSON.stringify(key)}, not a key`);
+  const config = execFileSync(relayBin, ['--print-config']).toString()
+    .replace('mode = "open"', 'mode = "keys"')
+    .replace('keys_file = "data/keys.toml"', `keys_file = ${JSON.stringify(keysFile)}`)
+    .replace('data_dir = "data"', `data_dir = ${JSON.stringify(join(dir, 'data'))}`);
+  if (!config.includes('mode = "keys"')) throw new Error('the default configuration has no auth.mode to change');
+  const configFile = join(dir, 'relay.toml');
+  writeFileSync(configFile, config);
+  return { configFile, key };
 }
 
 /// Stops everything `start` started.

@@ -5,25 +5,12 @@
 // The key is made the way a user makes one: `fm-relay keys add`. Run by scripts/test.sh after
 // `trunk build`, with the same environment as chat.test.mjs.
 
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
-import { artifacts, launchBrowser, relayBin, run, simBin, start, until, webDir } from './harness.mjs';
+import { artifacts, keyedRelayConfig, launchBrowser, relayBin, run, simBin, start, until, webDir } from './harness.mjs';
 
 async function main() {
-  const dir = mkdtempSync(join(tmpdir(), 'fm-relay-keys-'));
-  const keysFile = join(dir, 'keys.toml');
-  const key = execFileSync(relayBin, ['keys', 'add', 'browser', '--file', keysFile]).toString().trim();
-  assert.match(key, /^fmr_[0-9a-f]{64}$/, 'keys add prints the key');
-  const config = execFileSync(relayBin, ['--print-config']).toString()
-    .replace('mode = "open"', 'mode = "keys"')
-    .replace('keys_file = "data/keys.toml"', `keys_file = ${JSON.stringify(keysFile)}`)
-    .replace('data_dir = "data"', `data_dir = ${JSON.stringify(join(dir, 'data'))}`);
-  assert.match(config, /mode = "keys"/);
-  const configFile = join(dir, 'relay.toml');
-  writeFileSync(configFile, config);
+  const { configFile, key } = keyedRelayConfig('browser');
 
   const simUrl = await start(simBin, ['--port', '0', '--first-token-ms', '50', '--tokens-per-second', '100'], 'endpoint');
   const relayUrl = await start(relayBin, ['serve', '--config', configFile, '--port', '0', '--bedrock-endpoint', simUrl, '--web-dir', webDir], 'url');

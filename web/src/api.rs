@@ -10,21 +10,23 @@
 //! `EventSource` cannot send the API key). Every call carries the key the page keeps.
 
 use std::cell::RefCell;
+use std::ops::ControlFlow;
 
+use fm_protocol::fetch::BodyError;
 use fm_protocol::{
-    AnalysisType, ApiErrorBody, ChatRequest, JobInfo, JobList, JobRequest, ModelList, SseDecoder,
-    SseFrame, StatsResponse, StreamEvent, Usage,
+    AnalysisType, ChatRequest, JobInfo, JobList, JobRequest, ModelList, SseFrame, StatsResponse,
+    StreamEvent, Usage,
 };
 use futures_util::StreamExt;
-use js_sys::{Reflect, Uint8Array};
+use js_sys::Reflect;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
-    AbortController, CloseEvent, Event, File, FormData, Headers, MessageEvent,
-    ReadableStreamDefaultReader, Request, RequestInit, Response, WebSocket,
+    AbortController, CloseEvent, Event, File, FormData, Headers, MessageEvent, Request,
+    RequestInit, Response, WebSocket,
 };
 
 /// How an answer is streamed from the relay.
@@ -143,15 +145,7 @@ async fn fetch(request: &Request) -> Result<Response, CallError> {
 /// The error a non-2xx answer carries, as a sentence.
 async fn error_of(response: &Response) -> CallError {
     let status = response.status();
-    let text = match response.text() {
-        Ok(promise) => JsFuture::from(promise)
-            .await
-            .ok()
-            .and_then(|text| text.as_string())
-            .unwrap_or_default(),
-        Err(_) => String::new(),
-    };
-    let message = match serde_json::from_str::<ApiErrorBody>(&text) {
+    let message = match fm_protocol::fetch::error_body(response).await {
         Ok(body) => format!("{} ({status})", body.error.message),
         Err(_) => format!("the relay answered {status}"),
     };
@@ -265,24 +259,15 @@ async fn read_sse(
     if !response.ok() {
         return Err(error_of(&response).await);
     }
-    let body = response
-        .body()
-        .ok_or_else(|| CallError::Failed("the answer has no body".into()))?;
-    let reader: ReadableStreamDefaultReader = body
-        .get_reader()
-        .dyn_into()
-        .map_err(|_| CallError::Failed("the body cannot be read as a stream".into()))?;
-    let mut decoder = SseDecoder::new();
-    loop {
-        let chunk = JsFuture::from(reader.read()).await?;
-        if Reflect::get(&chunk, &"done".into())?.as_bool() == Some(true) {
-            return Ok(());
-        }
-        let bytes = Uint8Array::new(&Reflect::get(&chunk, &"value".into())?).to_vec();
-        for frame in decoder.feed(&bytes) {
-            on_frame(frame)?;
-        }
-    }
+    fm_protocol::fetch::read_sse_body(&response, &mut |frame| {
+        on_frame(frame).map(|()| ControlFlow::Continue(()))
+    })
+    .await
+    .map_err(|err| match err {
+        BodyError::Unreadable => CallError::Failed("the answer has no readable body".into()),
+        BodyError::Js(err) => CallError::from(err),
+        BodyError::Frame(err) => err,
+    })
 }
 
 /// A path segment (a job id) as it may go into a URL.
