@@ -17,6 +17,9 @@ step "fm-protocol builds for wasm32"
 cargo build -p fm-protocol --target wasm32-unknown-unknown --locked
 step "tests"
 cargo test --workspace --exclude fm-web --locked
+step "soak, short (20 s of mixed traffic: the relay's memory stays flat, the traffic is served)"
+# The 30-minute run: cargo bench -p fm-relay --bench soak (BENCHMARKS.md, "Soak").
+SOAK_SECS=20 cargo test -p fm-relay --bench soak --locked
 step "IDE core tests (wasm-bindgen-test in Node)"
 # A test file that does not ask for a browser runs in Node.
 cargo test -p fm-ide --target wasm32-unknown-unknown --test node --locked

@@ -262,7 +262,7 @@ async fn one_request(
     let mut decoder = SseDecoder::new();
     let mut body = response.bytes_stream();
     while let Some(Ok(chunk)) = body.next().await {
-        for frame in decoder.feed(&chunk) {
+        for frame in decoder.feed(&chunk).expect("the relay's events are small") {
             let Ok(event) = frame.stream_event() else {
                 continue;
             };

@@ -294,6 +294,64 @@ mod tests {
         assert_eq!(read(&pieces), whole);
     }
 
+    /// Markdown-ish text: fences of both kinds and lengths, info strings, indents, line ends.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn markdown() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            Just("```"),
+            Just("````"),
+            Just("~~~"),
+            Just("`"),
+            Just("~"),
+            Just("rust"),
+            Just(" "),
+            Just("   "),
+            Just("    "),
+            Just("\n"),
+            Just("\n\n"),
+            Just("ü"),
+            Just("a"),
+            Just("\t"),
+            Just("\r"),
+        ];
+        proptest::collection::vec(piece, 0..60).prop_map(|pieces| pieces.concat())
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    proptest::proptest! {
+        #[test]
+        fn any_markdown_split_anywhere_reads_as_it_does_whole(
+            text in markdown(),
+            cuts in proptest::collection::vec(proptest::prelude::any::<usize>(), 0..16),
+        ) {
+            let whole = read(&[&text]);
+            let mut cuts: Vec<usize> = cuts
+                .into_iter()
+                .map(|cut| cut % (text.len() + 1))
+                .filter(|cut| text.is_char_boundary(*cut))
+                .collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut start = 0;
+            for cut in cuts {
+                pieces.push(&text[start..cut]);
+                start = cut;
+            }
+            pieces.push(&text[start..]);
+            let mut reader = BlockReader::new();
+            for piece in &pieces {
+                reader.push(piece);
+                let count = reader.blocks().len();
+                for (index, _) in reader.take_changed() {
+                    proptest::prop_assert!(index < count);
+                }
+            }
+            reader.finish();
+            proptest::prop_assert_eq!(reader.blocks(), whole);
+        }
+    }
+
     #[test]
     fn a_block_is_complete_only_once_its_fence_closed_and_never_shows_a_fence() {
         let mut reader = BlockReader::new();

@@ -368,6 +368,7 @@ impl RelayClient {
             BodyError::Unreadable => IdeError::Protocol("the answer has no readable body".into()),
             BodyError::Js(err) => failed(err),
             BodyError::Frame(err) => err,
+            BodyError::TooLarge(err) => IdeError::Protocol(err.to_string()),
         })
     }
 

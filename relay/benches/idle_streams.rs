@@ -11,24 +11,14 @@
 //! holds an upstream call open. (This bench stays in `fm-relay` for the binary's path; the
 //! tokio `test-util` feature that the relay's tests switch on changes timing, not memory.)
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
 use std::time::Duration;
 
+use common::RelayProcess;
 use fm_sim::{ModelProfile, SimConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const BIN: &str = env!("CARGO_BIN_EXE_fm-relay");
-
-fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 /// Opens one stream and returns once the `start` event arrived.
 async fn open_stream(addr: &str) -> TcpStream {
@@ -77,45 +67,27 @@ async fn main() {
     };
     let sim = fm_sim::spawn(config).await.unwrap();
 
-    let mut relay = Command::new(BIN)
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--bedrock-endpoint",
-            &sim.endpoint_url(),
-        ])
-        .args([
+    let relay = RelayProcess::start(
+        &sim.endpoint_url(),
+        &[
             "--first-token-timeout-ms",
             "3600000",
             "--total-timeout-ms",
             "3600000",
-        ])
-        .env("RUST_LOG", "warn,fm_relay=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = relay.id();
-    let mut log = BufReader::new(relay.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = log.next().expect("fm-relay exited").unwrap();
-        if let Some(at) = line.find("url=http://") {
-            break line[at + "url=http://".len()..].trim().to_string();
-        }
-    };
-    std::thread::spawn(move || log.for_each(drop));
-
+        ],
+    );
+    let addr = relay.addr.clone();
     // Warm up: the first stream sets up pools and lazy state that every later one shares.
     let warm = open_stream(&addr).await;
     drop(warm);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = resident_kib(pid);
+    let before = relay.resident_kib();
     let mut open = Vec::with_capacity(streams);
     for _ in 0..streams {
         open.push(open_stream(&addr).await);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = resident_kib(pid);
+    let after = relay.resident_kib();
     let per_stream = (after.saturating_sub(before)) as f64 * 1024.0 / streams as f64;
     let sim_streams = sim.stats().streams_started;
 
@@ -130,10 +102,7 @@ async fn main() {
         sim_streams - 1
     );
     drop(open);
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = relay.wait();
+    drop(relay);
     let per_stream_kib = per_stream / 1024.0;
     if per_stream_kib > budget_kib {
         eprintln!(

@@ -421,6 +421,11 @@ pub struct ServerConfig {
     pub listen_backlog: u32,
     /// A WebSocket with nothing to answer that sent nothing for this long is closed (1008).
     pub ws_idle_timeout_secs: u64,
+    /// A write to a client's socket that makes no progress for this long closes the connection
+    /// (a client that stopped reading its stream).
+    pub write_timeout_secs: u64,
+    /// `SO_SNDBUF` of accepted sockets, in bytes; 0 leaves the kernel's own (autotuned) size.
+    pub send_buffer_bytes: usize,
     /// How often the config file's modification time is checked; a change reloads it, as
     /// `SIGHUP` does (0: only `SIGHUP` and `POST /v1/admin/reload`).
     pub watch_config_ms: u64,
@@ -442,6 +447,8 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             listen_backlog: 1024,
             ws_idle_timeout_secs: 300,
+            write_timeout_secs: 30,
+            send_buffer_bytes: 0,
             watch_config_ms: 2000,
         }
     }
@@ -1091,11 +1098,12 @@ impl RelayConfig {
         }
         let server = &self.server;
         if server.header_read_timeout_ms == 0
+            || server.write_timeout_secs == 0
             || server.max_connections == 0
             || server.listen_backlog == 0
         {
             return Err(
-                "`server.header_read_timeout_ms`, `server.max_connections` and `server.listen_backlog` must be greater than 0"
+                "`server.header_read_timeout_ms`, `server.write_timeout_secs`, `server.max_connections` and `server.listen_backlog` must be greater than 0"
                     .into(),
             );
         }

@@ -1,16 +1,23 @@
 //! Accepting and serving HTTP connections, with the limits a slow or hostile client meets before
 //! any handler runs: a listen backlog for cold bursts ([`bind`]), TCP_NODELAY on every accepted
-//! socket, a cap on open connections (over it a connection gets a 503 and is closed at once, never
+//! socket (and `server.send_buffer_bytes` as its send buffer, when set), a cap on open connections (over it a connection gets a 503 and is closed at once, never
 //! left waiting), a header-read timeout that also closes idle keep-alive connections (hyper
 //! starts it whenever a connection waits for the next request's headers: a client that trickles
 //! its headers a byte a second, or opens a connection and says nothing, is closed when it runs
-//! out), and limits on the number and size of headers (431 over them). Counted in `/metrics`.
+//! out), limits on the number and size of headers (431 over them), and a write timeout: a write
+//! to the socket that cannot progress for `server.write_timeout_secs` (a client that stopped
+//! reading its stream, whose TCP window stays shut) closes the connection, which drops the
+//! answer and cancels its upstream call. What a stalled reader holds meanwhile is bounded: the
+//! kernel's socket buffer, and hyper's queue of at most 16 body chunks (it stops pulling the
+//! stream until they are written). The timeout stays on the socket after a WebSocket upgrade.
+//! Each is counted in `/metrics` ([`ConnectionStats`]).
 //!
 //! The serving itself is hyper's HTTP/1.1 server with upgrades (WebSocket), as `axum::serve`
 //! uses, driven here so these settings can be applied; graceful shutdown stops accepting and
 //! lets each connection finish its request.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -22,6 +29,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_io_timeout::TimeoutStream;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
@@ -38,6 +46,33 @@ pub struct ConnectionStats {
     /// Closed because their headers did not arrive within `server.header_read_timeout_ms`
     /// (slow or silent clients, idle keep-alive connections).
     pub header_timeouts: AtomicU64,
+    /// Answered 431: more than `server.max_headers` headers or `server.max_header_bytes` bytes.
+    pub headers_too_large: AtomicU64,
+    /// Closed because a write made no progress for `server.write_timeout_secs` (HTTP or
+    /// WebSocket): a client that stopped reading.
+    pub write_timeouts: AtomicU64,
+    /// WebSockets closed with 1009: a message or frame over the size limit.
+    pub ws_too_big: AtomicU64,
+    /// WebSockets closed with 1002: a broken frame.
+    pub ws_protocol_errors: AtomicU64,
+    /// WebSockets closed with 1008 after `server.ws_idle_timeout_secs` with nothing to do.
+    pub ws_idle: AtomicU64,
+}
+
+impl ConnectionStats {
+    /// Counts `err` as a write timeout if it is one (anywhere in its chain of causes); returns
+    /// whether it was.
+    pub fn count_write_timeout(&self, err: &(dyn std::error::Error + 'static)) -> bool {
+        let timed_out = std::iter::successors(Some(err), |err| err.source()).any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        });
+        if timed_out {
+            self.write_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        timed_out
+    }
 }
 
 /// Binds `addr` with a listen backlog of `backlog` connections.
@@ -80,6 +115,7 @@ pub async fn serve(
         .max_headers(server.max_headers)
         .max_header_size(server.max_header_bytes);
     let max_connections = server.max_connections;
+    let write_timeout = Duration::from_secs(server.write_timeout_secs);
     let connections = TaskTracker::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop = std::pin::pin!(stop);
@@ -100,14 +136,22 @@ pub async fn serve(
         if let Err(err) = stream.set_nodelay(true) {
             tracing::warn!(%err, "could not set TCP_NODELAY on an accepted socket");
         }
+        if server.send_buffer_bytes > 0
+            && let Err(err) =
+                socket2::SockRef::from(&stream).set_send_buffer_size(server.send_buffer_bytes)
+        {
+            tracing::warn!(%err, "could not set the send buffer size of an accepted socket");
+        }
         if stats.open.load(Ordering::Relaxed) >= max_connections as u64 {
             stats.over_capacity.fetch_add(1, Ordering::Relaxed);
             connections.spawn(refuse(stream, max_connections));
             continue;
         }
         stats.open.fetch_add(1, Ordering::Relaxed);
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(write_timeout));
         let connection = serve_one(
-            stream,
+            Box::pin(stream),
             app.clone(),
             http.clone(),
             stats.clone(),
@@ -129,7 +173,7 @@ async fn refuse(mut stream: TcpStream, max: usize) {
 }
 
 async fn serve_one(
-    stream: TcpStream,
+    stream: Pin<Box<TimeoutStream<TcpStream>>>,
     app: Router,
     http: hyper::server::conn::http1::Builder,
     stats: Arc<ConnectionStats>,
@@ -149,10 +193,14 @@ async fn serve_one(
             connection.as_mut().await
         }
     };
-    if let Err(err) = result
-        && err.is_timeout()
-    {
-        stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+    if let Err(err) = result {
+        if err.is_timeout() {
+            stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+        } else if err.is_parse_too_large() {
+            stats.headers_too_large.fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.count_write_timeout(&err);
+        }
     }
     stats.open.fetch_sub(1, Ordering::Relaxed);
 }

@@ -1,14 +1,17 @@
 //! Slow and idle clients over raw sockets: a client that trickles its headers, one that says
 //! nothing and an idle keep-alive connection are closed after `server.header_read_timeout_ms`;
 //! connections over `server.max_connections` get a 503 at once, never a hang; too many headers
-//! are a 431; a cold burst of 600 connections is served (the listen backlog). Each is counted in
-//! `/metrics`.
+//! are a 431; a client that stops reading its stream is closed after `server.write_timeout_secs`
+//! and its upstream call cancelled; a cold burst of 600 connections is served (the listen
+//! backlog). Each is counted in `/metrics`.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::{Harness, sim_config, start_with};
+
+const LONG_UPSTREAM: &str = "anthropic.long-v1:0";
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -30,15 +33,6 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<Ve
     };
     tokio::time::timeout(limit, read_all).await.ok()?;
     Some(received)
-}
-
-fn closed_by(metrics: &str, reason: &str) -> f64 {
-    let prefix = format!("fm_relay_connections_closed_total{{reason=\"{reason}\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
 }
 
 #[tokio::test]
@@ -78,8 +72,7 @@ async fn slow_silent_and_idle_connections_are_closed_after_the_header_timeout() 
         .await
         .expect("the idle keep-alive connection was closed");
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
-    let metrics = harness.metrics().await;
-    assert!(closed_by(&metrics, "header_timeout") >= 3.0, "{metrics}");
+    assert!(harness.connections_closed("header_timeout").await >= 3.0);
 }
 
 #[tokio::test]
@@ -104,8 +97,7 @@ async fn connections_over_the_cap_get_a_503_at_once_and_room_comes_back() {
     drop(idle);
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Room again: this request gets a connection.
-    let metrics = harness.metrics().await;
-    assert_eq!(closed_by(&metrics, "over_capacity"), 1.0, "{metrics}");
+    assert_eq!(harness.connections_closed("over_capacity").await, 1.0);
 }
 
 #[tokio::test]
@@ -123,6 +115,106 @@ async fn too_many_headers_are_a_431() {
         .unwrap();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(harness.connections_closed("header_too_large").await, 1.0);
+}
+
+/// A relay whose model `long` answers 4096 tokens at 1000 a second (about 200 KB of events in
+/// 4 s: still streaming when the write timeout strikes), whose write
+/// timeout is 1 s and whose sockets send from a small buffer (on loopback the kernel would
+/// otherwise let a socket buffer about a megabyte: ten 64 KB segments, twice over).
+async fn long_answer_relay() -> Harness {
+    let mut sim = sim_config();
+    sim.models.insert(
+        LONG_UPSTREAM.into(),
+        fm_sim::ModelProfile {
+            first_token_ms: 0,
+            tokens_per_second: 1000.0,
+            answer_tokens: Some(4096),
+        },
+    );
+    start_with(sim, |config| {
+        config.server.write_timeout_secs = 1;
+        config.server.send_buffer_bytes = 8192;
+        config
+            .models
+            .push(common::model("long", LONG_UPSTREAM.into()));
+    })
+    .await
+}
+
+const LONG_REQUEST: &str =
+    r#"{"model":"long","max_tokens":4096,"messages":[{"role":"user","content":"go on"}]}"#;
+
+/// A connection to the relay whose receive window is a few KB: with the relay's send buffer
+/// small too, its writes stall once the socket buffers are full, if the client does not read.
+async fn connect_with_small_window(harness: &Harness) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(harness.relay.addr()).await.unwrap()
+}
+
+/// Waits (bounded) until the relay has closed a connection for its write timeout.
+async fn wait_for_write_timeout(harness: &Harness) {
+    let started = Instant::now();
+    while harness.connections_closed("write_timeout").await < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no write timeout after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_stream_is_closed_after_the_write_timeout() {
+    let harness = long_answer_relay().await;
+    let mut stream = connect_with_small_window(&harness).await;
+    let request = format!(
+        "POST /v1/chat/stream HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{LONG_REQUEST}",
+        LONG_REQUEST.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // Never read: the relay gives up on the stalled write and cancels the upstream call.
+    wait_for_write_timeout(&harness).await;
+    harness.wait_for_cancelled_streams(1).await;
+    // What arrived is a prefix of the stream, never its end.
+    let received = read_until_closed(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("the connection was closed");
+    let received = String::from_utf8_lossy(&received);
+    assert!(received.starts_with("HTTP/1.1 200"), "{received}");
+    assert!(!received.contains("event: done"));
+}
+
+#[tokio::test]
+async fn a_websocket_client_that_stops_reading_is_closed_after_the_write_timeout() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let harness = long_answer_relay().await;
+    let stream = connect_with_small_window(&harness).await;
+    let url = format!("ws://{}/v1/ws", harness.relay.addr());
+    let (mut socket, _) = tokio_tungstenite::client_async(url.as_str(), stream)
+        .await
+        .unwrap();
+    socket.send(Message::text(LONG_REQUEST)).await.unwrap();
+    // Never read.
+    wait_for_write_timeout(&harness).await;
+    harness.wait_for_cancelled_streams(1).await;
+    // The events that had reached the socket's buffer, then the end, never a `done`.
+    let mut events = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                assert!(!text.contains(r#""type":"done""#));
+                events += 1;
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(None | Some(Err(_))) => break,
+            Err(_) => panic!("the socket stayed open"),
+        }
+    }
+    assert!(events > 0);
 }
 
 #[tokio::test]

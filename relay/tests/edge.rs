@@ -633,6 +633,7 @@ async fn websockets_from_other_origins_are_refused_and_oversized_messages_closed
         }
     };
     assert_eq!(close.unwrap().code, CloseCode::Size);
+    assert_eq!(harness.connections_closed("ws_too_big").await, 1.0);
 }
 
 #[tokio::test]
@@ -672,6 +673,7 @@ async fn an_idle_websocket_is_closed_with_1008_and_a_busy_one_is_not() {
         started.elapsed() > Duration::from_secs(2),
         "closed a second after the answer"
     );
+    assert_eq!(harness.connections_closed("ws_idle").await, 1.0);
 }
 
 #[tokio::test]
@@ -708,6 +710,7 @@ async fn a_broken_websocket_frame_is_answered_with_close_code_1002() {
         .unwrap();
     assert_eq!(frame[0], 0x88, "a close frame: {frame:?}");
     assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), 1002);
+    assert_eq!(harness.connections_closed("ws_protocol_error").await, 1.0);
 }
 
 #[tokio::test]

@@ -567,6 +567,7 @@ async fn progress_arrives_as_server_sent_events_until_the_job_ends() {
     let body = response.text().await.unwrap();
     let statuses: Vec<JobInfo> = fm_protocol::SseDecoder::new()
         .feed(body.as_bytes())
+        .unwrap()
         .into_iter()
         .map(|frame| {
             assert_eq!(frame.event, "status");

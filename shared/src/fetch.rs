@@ -11,7 +11,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{ReadableStreamDefaultReader, Response};
 
-use crate::{ApiErrorBody, SseDecoder, SseFrame};
+use crate::{ApiErrorBody, EventTooLarge, SseDecoder, SseFrame};
 
 /// Why reading an answer's body stopped short.
 #[derive(Debug)]
@@ -23,6 +23,8 @@ pub enum BodyError<E> {
     Js(JsValue),
     /// The caller's `on_frame` failed.
     Frame(E),
+    /// An event outgrew the decoder's bound.
+    TooLarge(EventTooLarge),
 }
 
 /// Reads `response`'s body as SSE, handing each frame to `on_frame` as soon as it is complete,
@@ -49,7 +51,8 @@ pub async fn read_sse_body<E>(
             return Ok(());
         }
         let value = Reflect::get(&chunk, &"value".into()).map_err(BodyError::Js)?;
-        for frame in decoder.feed(&Uint8Array::new(&value).to_vec()) {
+        let frames = decoder.feed(&Uint8Array::new(&value).to_vec());
+        for frame in frames.map_err(BodyError::TooLarge)? {
             if on_frame(frame).map_err(BodyError::Frame)?.is_break() {
                 // The promise only says when the body is released; nothing waits for it.
                 let _ = reader.cancel();

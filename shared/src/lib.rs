@@ -53,7 +53,7 @@ pub use route::{
     Capability, Complexity, ContentClass, Domain, PlannedTarget, QualityRequirement,
     RouteCandidate, RouteChoice, RouteExplanation, TargetPassedOver, Tier,
 };
-pub use sse::{SseDecoder, SseFrame, encode_sse_frame};
+pub use sse::{DEFAULT_MAX_EVENT_BYTES, EventTooLarge, SseDecoder, SseFrame, encode_sse_frame};
 pub use stats::{
     CacheStats, CircuitState, CircuitStatus, ModelStats, Percentiles, StatsResponse, TargetStats,
 };

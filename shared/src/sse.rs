@@ -5,6 +5,11 @@
 //! CR; a line starting with `:` is a comment (the relay's keep-alives); `event`, `data` and `id`
 //! fields accumulate until a blank line dispatches them; several `data` lines join with `\n`; a
 //! leading byte-order mark is dropped; an event still open when the stream ends is discarded.
+//!
+//! What the decoder holds is bounded: an event (its unfinished line, data and name) that grows
+//! past [`SseDecoder::max_event_bytes`] without being dispatched fails the stream with
+//! [`EventTooLarge`] (an endless line from a broken or hostile server would otherwise grow
+//! without end), and every later chunk fails the same way.
 
 use crate::event::StreamEvent;
 
@@ -26,8 +31,31 @@ impl SseFrame {
     }
 }
 
+/// An SSE event grew past the decoder's bound without ending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTooLarge {
+    /// The decoder's bound, [`SseDecoder::max_event_bytes`].
+    pub limit: usize,
+}
+
+impl std::fmt::Display for EventTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "an event of the stream grew past {} bytes without ending",
+            self.limit
+        )
+    }
+}
+
+impl std::error::Error for EventTooLarge {}
+
+/// The bound of [`SseDecoder::new`]: 1 MiB, the relay's largest request body; no event the relay
+/// or an upstream model sends comes near it.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
+
 /// The incremental decoder. Feed it chunks as they arrive with [`SseDecoder::feed`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SseDecoder {
     /// Bytes of a line whose terminator has not arrived yet.
     line: Vec<u8>,
@@ -39,39 +67,86 @@ pub struct SseDecoder {
     data: String,
     has_data: bool,
     last_id: Option<String>,
+    max_event_bytes: usize,
+    /// An event outgrew the bound: the stream is over.
+    failed: bool,
+}
+
+impl Default for SseDecoder {
+    fn default() -> Self {
+        SseDecoder::with_max_event_bytes(DEFAULT_MAX_EVENT_BYTES)
+    }
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl SseDecoder {
+    /// A decoder whose events may hold up to [`DEFAULT_MAX_EVENT_BYTES`].
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Consumes the next chunk of the stream and returns the events it completed, in order.
-    pub fn feed(&mut self, chunk: &[u8]) -> Vec<SseFrame> {
+    /// A decoder whose events may hold up to `max_event_bytes` (an unfinished line, the data
+    /// lines and the event name together).
+    pub fn with_max_event_bytes(max_event_bytes: usize) -> Self {
+        SseDecoder {
+            line: Vec::new(),
+            after_cr: false,
+            started: false,
+            event: String::new(),
+            data: String::new(),
+            has_data: false,
+            last_id: None,
+            max_event_bytes,
+            failed: false,
+        }
+    }
+
+    /// The bound on what one event may hold while it is read.
+    pub fn max_event_bytes(&self) -> usize {
+        self.max_event_bytes
+    }
+
+    /// Consumes the next chunk of the stream and returns the events it completed, in order; an
+    /// error once an event outgrew the bound (then and for every later chunk).
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<SseFrame>, EventTooLarge> {
+        let too_large = EventTooLarge {
+            limit: self.max_event_bytes,
+        };
+        if self.failed {
+            return Err(too_large);
+        }
         let mut frames = Vec::new();
         let mut rest = chunk;
         if !self.started {
             // Hold back a partial BOM until we know whether it is one.
             self.line.extend_from_slice(rest);
             if self.line.len() < BOM.len() && BOM.starts_with(&self.line) {
-                return frames;
+                return Ok(frames);
             }
             self.started = true;
             let pending = std::mem::take(&mut self.line);
             let body = pending.strip_prefix(BOM).unwrap_or(&pending);
             self.scan(body, &mut frames);
-            return frames;
-        }
-        if self.after_cr && !rest.is_empty() {
-            self.after_cr = false;
-            if let Some(stripped) = rest.strip_prefix(b"\n") {
-                rest = stripped;
+        } else {
+            if self.after_cr && !rest.is_empty() {
+                self.after_cr = false;
+                if let Some(stripped) = rest.strip_prefix(b"\n") {
+                    rest = stripped;
+                }
             }
+            self.scan(rest, &mut frames);
         }
-        self.scan(rest, &mut frames);
-        frames
+        let held = self.line.len() + self.data.len() + self.event.len();
+        if held > self.max_event_bytes {
+            // Let go of what the event held: nothing more is read from this stream.
+            self.failed = true;
+            self.line = Vec::new();
+            self.data = String::new();
+            self.event = String::new();
+            return Err(too_large);
+        }
+        Ok(frames)
     }
 
     fn scan(&mut self, mut bytes: &[u8], frames: &mut Vec<SseFrame>) {
@@ -170,8 +245,9 @@ mod tests {
     #[test]
     fn decodes_fields_comments_and_multiline_data() {
         let mut decoder = SseDecoder::new();
-        let frames =
-            decoder.feed(b": keep-alive\n\nevent: a\ndata: one\ndata:two\nid: 7\n\ndata\n\n");
+        let frames = decoder
+            .feed(b": keep-alive\n\nevent: a\ndata: one\ndata:two\nid: 7\n\ndata\n\n")
+            .unwrap();
         assert_eq!(
             frames,
             vec![
@@ -192,10 +268,10 @@ mod tests {
     #[test]
     fn handles_cr_lf_split_across_chunks_and_bom() {
         let mut decoder = SseDecoder::new();
-        assert!(decoder.feed(b"\xEF\xBB").is_empty());
-        assert!(decoder.feed(b"\xBFdata: x\r").is_empty());
-        assert!(decoder.feed(b"\n").is_empty());
-        let frames = decoder.feed(b"\r\n");
+        assert!(decoder.feed(b"\xEF\xBB").unwrap().is_empty());
+        assert!(decoder.feed(b"\xBFdata: x\r").unwrap().is_empty());
+        assert!(decoder.feed(b"\n").unwrap().is_empty());
+        let frames = decoder.feed(b"\r\n").unwrap();
         assert_eq!(frames.len(), 1);
         assert_eq!(frames[0].data, "x");
     }
@@ -203,9 +279,9 @@ mod tests {
     #[test]
     fn an_empty_chunk_between_cr_and_lf_changes_nothing() {
         let mut decoder = SseDecoder::new();
-        assert!(decoder.feed(b"event: a\r").is_empty());
-        assert!(decoder.feed(b"").is_empty());
-        let frames = decoder.feed(b"\ndata: x\r\n\r\n");
+        assert!(decoder.feed(b"event: a\r").unwrap().is_empty());
+        assert!(decoder.feed(b"").unwrap().is_empty());
+        let frames = decoder.feed(b"\ndata: x\r\n\r\n").unwrap();
         assert_eq!(frames.len(), 1);
         assert_eq!(frames[0].event, "a");
     }
@@ -213,7 +289,27 @@ mod tests {
     #[test]
     fn an_unterminated_event_is_not_dispatched() {
         let mut decoder = SseDecoder::new();
-        assert!(decoder.feed(b"data: partial\n").is_empty());
+        assert!(decoder.feed(b"data: partial\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_event_past_the_bound_fails_the_stream() {
+        let mut decoder = SseDecoder::with_max_event_bytes(16);
+        assert_eq!(decoder.feed(b"data: 0123456789\n\n").unwrap().len(), 1);
+        // A line that never ends, in small pieces.
+        assert!(decoder.feed(b"data: 01234").unwrap().is_empty());
+        assert_eq!(
+            decoder.feed(b"56789abcdef"),
+            Err(EventTooLarge { limit: 16 })
+        );
+        assert_eq!(
+            decoder.feed(b"\n\n"),
+            Err(EventTooLarge { limit: 16 }),
+            "the stream stays failed"
+        );
+        // Many data lines of one event count together.
+        let mut decoder = SseDecoder::with_max_event_bytes(16);
+        assert!(decoder.feed(b"data: 01234567\ndata: 01234567\n").is_err());
     }
 
     #[test]

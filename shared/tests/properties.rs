@@ -285,10 +285,10 @@ fn decode_in_chunks(bytes: &[u8], cuts: &[usize]) -> Vec<SseFrame> {
     let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
     cuts.sort_unstable();
     for cut in cuts {
-        frames.extend(decoder.feed(&bytes[start..cut]));
+        frames.extend(decoder.feed(&bytes[start..cut]).unwrap());
         start = cut;
     }
-    frames.extend(decoder.feed(&bytes[start..]));
+    frames.extend(decoder.feed(&bytes[start..]).unwrap());
     frames
 }
 

@@ -267,6 +267,7 @@ async fn read_sse(
         BodyError::Unreadable => CallError::Failed("the answer has no readable body".into()),
         BodyError::Js(err) => CallError::from(err),
         BodyError::Frame(err) => err,
+        BodyError::TooLarge(err) => CallError::Failed(err.to_string()),
     })
 }
 

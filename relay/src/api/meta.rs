@@ -257,11 +257,16 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
     labelled_counts(
         &mut out,
         "fm_relay_connections_closed_total",
-        "Connections the relay closed on its own: over_capacity (server.max_connections were open: answered 503), header_timeout (no complete request headers within server.header_read_timeout_ms: slow, silent or idle keep-alive clients).",
+        "Connections the relay closed on its own: over_capacity (server.max_connections were open: answered 503), header_timeout (no complete request headers within server.header_read_timeout_ms: slow, silent or idle keep-alive clients), header_too_large (over server.max_headers or server.max_header_bytes: answered 431), write_timeout (a write made no progress for server.write_timeout_secs: a client that stopped reading), ws_too_big (a WebSocket message or frame over the size limit: close code 1009), ws_protocol_error (a broken WebSocket frame: 1002), ws_idle (a WebSocket idle for server.ws_idle_timeout_secs: 1008).",
         "reason",
         &[
             ("over_capacity", &connections.over_capacity),
             ("header_timeout", &connections.header_timeouts),
+            ("header_too_large", &connections.headers_too_large),
+            ("write_timeout", &connections.write_timeouts),
+            ("ws_too_big", &connections.ws_too_big),
+            ("ws_protocol_error", &connections.ws_protocol_errors),
+            ("ws_idle", &connections.ws_idle),
         ],
     );
     labelled_counts(

@@ -240,6 +240,7 @@ mod tests {
         assert_eq!(String::from_utf8(chunk.clone()).unwrap(), expected);
         let decoded: Vec<StreamEvent> = SseDecoder::new()
             .feed(&chunk)
+            .unwrap()
             .into_iter()
             .map(|frame| frame.stream_event().unwrap())
             .collect();

@@ -15,10 +15,14 @@
 //! (too big), a broken frame with 1002 (protocol error), and a socket with nothing to answer that
 //! sent nothing for `server.ws_idle_timeout_secs` is closed with 1008 (policy): an idle
 //! WebSocket holds a connection as an idle keep-alive would, and the header-read timeout no longer
-//! applies once a connection is upgraded. The upgrade passed the edge like any
-//! request (origin, API key); each request frame is admitted to the limits on its own.
+//! applies once a connection is upgraded. A client that stops reading meets the connection's
+//! write timeout (`server.write_timeout_secs`, see `connections`): the socket closes and the
+//! answer's upstream call with it. Each of these closes is counted in `/metrics`. The upgrade
+//! passed the edge like any request (origin, API key); each request frame is admitted to the
+//! limits on its own.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -37,6 +41,11 @@ use crate::error::RelayError;
 use crate::resilience::{ChatEventStream, Restart};
 use crate::shutdown::Phase;
 
+/// Outgoing frames gather up to this many bytes before a write; the socket is flushed at the end
+/// of every burst anyway. A socket whose client stopped reading holds at most this and one more
+/// frame (writes wait for the flush), until `server.write_timeout_secs` closes it.
+const WRITE_BUFFER_BYTES: usize = 32 * 1024;
+
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/ws", get(upgrade))
 }
@@ -44,6 +53,9 @@ pub fn routes() -> Router<AppState> {
 async fn upgrade(State(state): State<AppState>, edge: Edge, upgrade: WebSocketUpgrade) -> Response {
     upgrade
         .max_message_size(fm_protocol::limits::MAX_BODY_BYTES)
+        .max_frame_size(fm_protocol::limits::MAX_BODY_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(WRITE_BUFFER_BYTES + fm_protocol::limits::MAX_BODY_BYTES)
         // The chat page offers `fm-relay` (and its API key as a second protocol: `api::edge`).
         .protocols(["fm-relay"])
         .on_upgrade(move |socket| {
@@ -125,6 +137,8 @@ impl Session {
                     self.on_message(message)
                 }
                 Input::Idle => {
+                    let stats = self.state.connections();
+                    stats.ws_idle.fetch_add(1, Ordering::Relaxed);
                     let reason = format!("idle for {} s", idle_timeout.as_secs());
                     let frame = CloseFrame {
                         code: close_code::POLICY,
@@ -175,16 +189,26 @@ impl Session {
     /// limit, 1002 for a protocol error (the connection may be gone already: then nothing is
     /// sent).
     async fn close_after(&mut self, err: axum::Error) {
+        let stats = self.state.connections().clone();
+        if stats.count_write_timeout(&err) {
+            return;
+        }
         let (code, reason) = match err.into_inner().downcast::<tungstenite::Error>() {
             Ok(err) => match *err {
-                tungstenite::Error::Capacity(_) => (
-                    close_code::SIZE,
-                    format!(
-                        "message larger than {} bytes",
-                        fm_protocol::limits::MAX_BODY_BYTES
-                    ),
-                ),
-                tungstenite::Error::Protocol(err) => (close_code::PROTOCOL, err.to_string()),
+                tungstenite::Error::Capacity(_) => {
+                    stats.ws_too_big.fetch_add(1, Ordering::Relaxed);
+                    (
+                        close_code::SIZE,
+                        format!(
+                            "message larger than {} bytes",
+                            fm_protocol::limits::MAX_BODY_BYTES
+                        ),
+                    )
+                }
+                tungstenite::Error::Protocol(err) => {
+                    stats.ws_protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    (close_code::PROTOCOL, err.to_string())
+                }
                 _ => return,
             },
             Err(_) => return,
@@ -224,27 +248,37 @@ impl Session {
         if batch.iter().any(StreamEvent::is_terminal) {
             self.current = None;
         }
-        let mut sent = true;
         for event in batch {
-            if self
+            let fed = self
                 .socket
                 .feed(Message::Text(event.to_json().into()))
-                .await
-                .is_err()
-            {
-                sent = false;
-                break;
+                .await;
+            if let Err(err) = fed {
+                return self.lost(&err);
             }
         }
-        sent && self.socket.flush().await.is_ok()
+        match self.socket.flush().await {
+            Ok(()) => true,
+            Err(err) => self.lost(&err),
+        }
     }
 
     /// Sends one event; returns false when the socket is gone.
     async fn send(&mut self, event: &StreamEvent) -> bool {
-        self.socket
+        match self
+            .socket
             .send(Message::Text(event.to_json().into()))
             .await
-            .is_ok()
+        {
+            Ok(()) => true,
+            Err(err) => self.lost(&err),
+        }
+    }
+
+    /// The socket failed under a write: gone, or (counted) a client that stopped reading.
+    fn lost(&self, err: &axum::Error) -> bool {
+        self.state.connections().count_write_timeout(err);
+        false
     }
 }
 

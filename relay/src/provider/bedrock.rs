@@ -310,7 +310,8 @@ impl BedrockProvider {
 }
 
 /// How long an error answer asks the caller to wait: `Retry-After` in seconds, or
-/// `x-amz-retry-after` in milliseconds.
+/// `x-amz-retry-after` in milliseconds. A value that is not a wait (negative, not a number, past
+/// what a `Duration` holds) asks for nothing.
 pub(crate) fn asked_wait(seconds: Option<&str>, milliseconds: Option<&str>) -> Option<Duration> {
     milliseconds
         .and_then(|ms| ms.trim().parse::<u64>().ok())
@@ -318,8 +319,7 @@ pub(crate) fn asked_wait(seconds: Option<&str>, milliseconds: Option<&str>) -> O
         .or_else(|| {
             seconds
                 .and_then(|s| s.trim().parse::<f64>().ok())
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(Duration::from_secs_f64)
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
         })
 }
 
@@ -681,6 +681,20 @@ mod tests {
             None
         );
         assert_eq!(asked_wait(None, None), None);
+        // Past what a `Duration` holds, negative, not a number: no wait asked, and no panic.
+        for seconds in ["1e300", "-1", "NaN", "inf", "18446744073709551616"] {
+            assert_eq!(asked_wait(Some(seconds), None), None, "{seconds}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_retry_after_header_reads_without_panic(
+            seconds in proptest::option::of("[-+0-9.eEinfINFa ]{0,24}|.{0,24}"),
+            milliseconds in proptest::option::of("[-+0-9 ]{0,24}|.{0,24}"),
+        ) {
+            let _ = asked_wait(seconds.as_deref(), milliseconds.as_deref());
+        }
     }
 
     #[test]

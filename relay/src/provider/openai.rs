@@ -456,7 +456,13 @@ impl ChunkReader {
                     return Some(Err(self.fail(failure, format!("the stream broke: {err}"))));
                 }
             };
-            for frame in self.decoder.feed(&chunk) {
+            let frames = match self.decoder.feed(&chunk) {
+                Ok(frames) => frames,
+                Err(err) => {
+                    return Some(Err(self.fail(UpstreamFailure::Protocol, err.to_string())));
+                }
+            };
+            for frame in frames {
                 if self.done {
                     break;
                 }
@@ -658,5 +664,80 @@ mod tests {
             json!({"role": "tool", "tool_call_id": "call_1", "content": "3 hits"})
         );
         assert_eq!(body["messages"].as_array().unwrap().len(), 3);
+    }
+
+    /// A reader over no body: `convert` is what the properties drive.
+    fn reader() -> ChunkReader {
+        ChunkReader {
+            body: Box::pin(futures_util::stream::empty()),
+            decoder: SseDecoder::new(),
+            ready: Default::default(),
+            tool_calls: Vec::new(),
+            target: "openai/test".into(),
+            done: false,
+        }
+    }
+
+    /// `chat.completion.chunk` payloads, well-formed or not: the fields the reader looks at, with
+    /// values of every type, and indexes and argument pieces out of range.
+    fn chunk_payload() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            Just(Value::from("stop")),
+            Just(Value::from("tool_calls")),
+            Just(Value::from("{\"a\":")),
+            Just(Value::from("1}")),
+            ".{0,8}".prop_map(Value::from),
+        ];
+        let key = prop_oneof![
+            Just("choices"),
+            Just("delta"),
+            Just("content"),
+            Just("tool_calls"),
+            Just("index"),
+            Just("id"),
+            Just("function"),
+            Just("name"),
+            Just("arguments"),
+            Just("finish_reason"),
+            Just("usage"),
+            Just("prompt_tokens"),
+            Just("completion_tokens"),
+            Just("error"),
+            Just("code"),
+        ];
+        let value = leaf.prop_recursive(5, 64, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(key.clone(), inner, 0..6).prop_map(|map| {
+                    Value::Object(map.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                }),
+            ]
+        });
+        prop_oneof![
+            value.prop_map(|value| value.to_string()),
+            Just("[DONE]".to_string()),
+            ".{0,16}",
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_stream_of_chunks_reads_without_panic_or_unbounded_state(
+            payloads in proptest::collection::vec(chunk_payload(), 0..12),
+        ) {
+            let mut reader = reader();
+            for payload in payloads {
+                if reader.done {
+                    break;
+                }
+                let _ = reader.convert(&payload);
+                proptest::prop_assert!(reader.tool_calls.len() <= MAX_STREAMED_TOOL_CALLS);
+            }
+        }
     }
 }

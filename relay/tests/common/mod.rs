@@ -175,6 +175,17 @@ impl Harness {
         response.text().await.unwrap()
     }
 
+    /// `fm_relay_connections_closed_total{reason}` in `/metrics`.
+    pub async fn connections_closed(&self, reason: &str) -> f64 {
+        let metrics = self.metrics().await;
+        let prefix = format!("fm_relay_connections_closed_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
+    }
+
     /// Waits (bounded) until the simulator has seen `count` cancelled streams.
     pub async fn wait_for_cancelled_streams(&self, count: u64) {
         for _ in 0..400 {
@@ -241,7 +252,7 @@ impl SseReader {
     pub async fn next_event(&mut self) -> Option<StreamEvent> {
         while self.ready.is_empty() {
             let chunk = self.body.next().await?.unwrap();
-            for frame in self.decoder.feed(&chunk) {
+            for frame in self.decoder.feed(&chunk).unwrap() {
                 let event = frame.stream_event().unwrap();
                 assert_eq!(frame.event, event.name());
                 self.ready.push_back(event);
