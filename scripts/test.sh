@@ -20,6 +20,9 @@ cargo test --workspace --exclude fm-web --locked
 step "soak, short (20 s of mixed traffic: the relay's memory stays flat, the traffic is served)"
 # The 30-minute run: cargo bench -p fm-relay --bench soak (BENCHMARKS.md, "Soak").
 SOAK_SECS=20 cargo test -p fm-relay --bench soak --locked
+step "beside LiteLLM, short (the side-by-side driver against one fm-sim, 2 s per scenario)"
+# The full run: bench/peer/run.sh (BENCHMARKS.md, "Beside LiteLLM").
+bench/peer/run.sh --smoke
 step "IDE core tests (wasm-bindgen-test in Node)"
 # A test file that does not ask for a browser runs in Node.
 cargo test -p fm-ide --target wasm32-unknown-unknown --test node --locked
