@@ -32,11 +32,13 @@ fi
 log "toolchain ready: $(cargo --version)"
 
 # Debian packages: redis-server (the answer cache's shared backend, started by the tests
-# themselves on a free port), chromium (the browser end-to-end test), chromium-driver (runs the
+# themselves on a free port), haproxy (the load balancer in front of the replicas test's relays,
+# with deploy/haproxy.cfg), chromium (the browser end-to-end test), chromium-driver (runs the
 # UI's wasm-bindgen-test component tests in headless Chromium), Node.js and npm (wasm-opt and
 # playwright-core come from npm).
 missing_packages=()
 command -v redis-server >/dev/null 2>&1 || missing_packages+=(redis-server)
+command -v haproxy >/dev/null 2>&1 || missing_packages+=(haproxy)
 command -v chromium >/dev/null 2>&1 || missing_packages+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing_packages+=(chromium-driver)
 command -v npm >/dev/null 2>&1 || missing_packages+=(nodejs npm)
@@ -62,6 +64,7 @@ if [ ${#missing_packages[@]} -gt 0 ]; then
         "${missing_packages[@]}" >/dev/null
 fi
 log "redis-server ready: $(redis-server --version | cut -d' ' -f1-3)"
+log "haproxy ready: $(haproxy -v | head -n 1 | cut -d' ' -f1-3)"
 
 # The web UI's build tools, at the versions the build needs. Trunk's own downloads cannot work
 # here (Trunk.toml sets offline = true), so each is installed from a registry.

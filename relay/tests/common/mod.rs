@@ -306,7 +306,7 @@ pub async fn error_of(response: reqwest::Response) -> (u16, String, Option<Strin
 
 /// A `redis-server` on a loopback port, stopped when dropped.
 pub struct RedisServer {
-    child: std::process::Child,
+    _process: StoppedOnDrop,
     pub port: u16,
     pub url: String,
 }
@@ -321,33 +321,25 @@ impl RedisServer {
     pub async fn start_on(port: u16) -> RedisServer {
         use std::process::{Command, Stdio};
         let server = RedisServer {
-            child: Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server is not installed: run scripts/setup.sh"),
+            _process: StoppedOnDrop(
+                Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server is not installed: run scripts/setup.sh"),
+            ),
             port,
             url: format!("redis://127.0.0.1:{port}"),
         };
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+        until_started(&format!("redis-server on port {port}"), async || {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok()
-            {
-                return server;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("redis-server did not start on port {port}");
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        })
+        .await;
+        server
     }
 }
 
@@ -435,4 +427,73 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The credentials moto takes (any), for the relays and this test's own clients.
+pub const AWS_ENV: [(&str, &str); 4] = [
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_REGION", "us-east-1"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+];
+
+/// A `moto_server` on a loopback port, stopped when dropped.
+pub struct Moto {
+    _process: StoppedOnDrop,
+    pub url: String,
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server");
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/setup.sh (it installs moto[server] into .venv)",
+            bin.display()
+        );
+        let port = free_port();
+        let child = std::process::Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let moto = Moto {
+            _process: StoppedOnDrop(child),
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let http = http_client();
+        until_started(&format!("moto_server on port {port}"), async || {
+            http.get(format!("{}/moto-api/", moto.url))
+                .send()
+                .await
+                .is_ok()
+        })
+        .await;
+        moto
+    }
+}
+
+/// Waits until `started` says a server a test started is ready: asks every 25 ms, for up to
+/// 30 s (moto_server takes seconds on a busy machine), then fails the test naming `what`.
+pub async fn until_started(what: &str, mut started: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if started().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{what} did not start within 30 s");
+}
+
+/// A process a test started (a server it needs), killed and reaped when dropped — also when the
+/// test fails, so none is left behind.
+pub struct StoppedOnDrop(pub std::process::Child);
+
+impl Drop for StoppedOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
