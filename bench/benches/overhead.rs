@@ -32,18 +32,14 @@
 //! requests; hop CPU per request counts only the threads of the hop itself (the relay's or the
 //! pass-through's runtime), which is what DESIGN.md's table compares.
 
+// The bare pass-through, shared with the relay's memory benches (relay/benches/streams.rs).
+#[path = "../../relay/benches/common/pass_through.rs"]
+mod pass_through;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{Path as UrlPath, State};
-use axum::http::StatusCode;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::serve::ListenerExt;
 use fm_protocol::ChatRequest;
 use fm_relay::RelayConfig;
 use fm_relay::config::{
@@ -605,64 +601,6 @@ fn report(
     }
 }
 
-/// The bare pass-through's state: where it forwards to, and its client.
-struct PassThrough {
-    upstream: String,
-    client: reqwest::Client,
-}
-
-/// Forwards one `POST /model/{id}/{operation}` with its body and streams the answer back as it
-/// arrives: no parsing, no policy.
-async fn forward(
-    State(pass_through): State<Arc<PassThrough>>,
-    UrlPath((model, operation)): UrlPath<(String, String)>,
-    body: Bytes,
-) -> Response {
-    let sent = pass_through
-        .client
-        .post(format!(
-            "{}/model/{model}/{operation}",
-            pass_through.upstream
-        ))
-        .header(CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await;
-    match sent {
-        Ok(upstream) => {
-            let mut response = Response::builder().status(upstream.status());
-            if let Some(content_type) = upstream.headers().get(CONTENT_TYPE) {
-                response = response.header(CONTENT_TYPE, content_type);
-            }
-            response
-                .body(Body::from_stream(upstream.bytes_stream()))
-                .unwrap_or_else(|err| (StatusCode::BAD_GATEWAY, err.to_string()).into_response())
-        }
-        Err(err) => (StatusCode::BAD_GATEWAY, err.to_string()).into_response(),
-    }
-}
-
-/// Starts the bare pass-through (axum + reqwest, TCP_NODELAY on both sides, as the relay) in
-/// front of `upstream`, on the current runtime; returns its base URL. DESIGN.md's floor of a
-/// hop, measured here beside the relay on the same machine and load.
-async fn spawn_pass_through(upstream: String) -> std::io::Result<String> {
-    fm_relay::provider::openai::install_crypto_provider();
-    let client = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .build()
-        .map_err(std::io::Error::other)?;
-    let router = Router::new()
-        .route("/model/{model}/{operation}", post(forward))
-        .with_state(Arc::new(PassThrough { upstream, client }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    tokio::spawn(async move { axum::serve(listener, router.into_make_service()).await });
-    Ok(format!("http://{address}"))
-}
-
 fn runtime(threads: usize, name: &str) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -793,12 +731,12 @@ fn main() {
         paths.retain(|&path| path != Path::RelayEdgeRedis);
     }
     let pass_through_url = pass_through_runtime
-        .block_on(spawn_pass_through(sim.endpoint_url()))
+        .block_on(pass_through::spawn(sim.endpoint_url()))
         .unwrap();
     let sdk = load_runtime.block_on(BedrockProvider::connect(
         &BedrockEndpoint::Url(sim.endpoint_url()),
         "us-east-1",
-        bedrock::http_client(),
+        &[bedrock::http_client(None).unwrap()],
         Duration::from_secs(3),
     ));
     let chat = ChatRequest {

@@ -22,22 +22,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::RelayProcess;
+use common::{RelayProcess, env_or};
 use fm_protocol::{SseDecoder, StreamEvent};
 use fm_sim::{FaultRule, ModelProfile, SimConfig};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 const MODEL: &str = "claude-3-5-haiku";
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(value) => value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}: cannot read `{value}`")),
-        Err(_) => default,
-    }
-}
 
 /// What the traffic saw.
 #[derive(Default)]

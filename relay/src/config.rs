@@ -647,6 +647,14 @@ pub struct BedrockConfig {
     pub mode: BedrockMode,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Root certificates (PEM) trusted for Bedrock's endpoint besides the system's: a private
+    /// endpoint's or a TLS-inspecting proxy's authority, or fm-sim's with `--tls-ca-out`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// HTTP clients the calls are spread over, each with its own connections: over HTTP/2 an
+    /// endpoint caps the streams one connection carries, so this many connections carry this
+    /// many times that cap.
+    pub http2_connections: usize,
 }
 
 impl Default for BedrockConfig {
@@ -654,6 +662,8 @@ impl Default for BedrockConfig {
         BedrockConfig {
             mode: BedrockMode::Auto,
             endpoint: None,
+            ca_file: None,
+            http2_connections: 8,
         }
     }
 }
@@ -830,6 +840,7 @@ pub struct Overrides {
     pub port: Option<u16>,
     pub bedrock_mode: Option<BedrockMode>,
     pub bedrock_endpoint: Option<String>,
+    pub bedrock_ca_file: Option<std::path::PathBuf>,
     pub connect_timeout_ms: Option<u64>,
     pub first_token_timeout_ms: Option<u64>,
     pub one_shot_timeout_ms: Option<u64>,
@@ -951,6 +962,9 @@ impl RelayConfig {
         set(&mut self.bedrock.mode, overrides.bedrock_mode);
         if let Some(endpoint) = &overrides.bedrock_endpoint {
             self.bedrock.endpoint = Some(endpoint.clone());
+        }
+        if let Some(ca_file) = &overrides.bedrock_ca_file {
+            self.bedrock.ca_file = Some(ca_file.clone());
         }
         self.validate().map_err(|message| RelayError::Config {
             origin: "the environment and flags".into(),
@@ -1120,6 +1134,9 @@ impl RelayConfig {
                 "`server.stream_batch_wait_us` must be at most {MAX_STREAM_BATCH_WAIT_US} (10 ms), got {}",
                 self.server.stream_batch_wait_us
             ));
+        }
+        if !(1..=1024).contains(&self.bedrock.http2_connections) {
+            return Err("`bedrock.http2_connections` must be 1 to 1024".into());
         }
         if self.bedrock.mode == BedrockMode::Endpoint && self.bedrock.endpoint.is_none() {
             return Err("`bedrock.mode` is \"endpoint\" but `bedrock.endpoint` is not set".into());

@@ -255,6 +255,20 @@ pub enum RelayError {
     /// The configuration is invalid (at start-up, or in a file a reload read).
     #[error("invalid configuration ({origin}): {message}")]
     Config { origin: String, message: String },
+    /// `bedrock.ca_file` cannot be read.
+    #[error("cannot read bedrock.ca_file {path}")]
+    CaFileUnreadable {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `bedrock.ca_file` is not PEM, or holds a certificate rustls cannot use as a root.
+    #[error("bedrock.ca_file {path} holds no usable PEM certificate")]
+    CaFileInvalid {
+        path: std::path::PathBuf,
+        #[source]
+        source: Option<rustls::Error>,
+    },
     /// A configuration reload was refused; the running configuration is kept.
     #[error("configuration reload refused: {0}")]
     ReloadRefused(ReloadRefusal),
@@ -461,6 +475,8 @@ impl RelayError {
             RelayError::ReloadRefused(_) => ErrorCode::ReloadRefused,
             RelayError::ShuttingDown => ErrorCode::ShuttingDown,
             RelayError::Config { .. }
+            | RelayError::CaFileUnreadable { .. }
+            | RelayError::CaFileInvalid { .. }
             | RelayError::Startup(_)
             | RelayError::Cache(_)
             | RelayError::Internal(_) => ErrorCode::Internal,

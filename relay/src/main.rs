@@ -138,6 +138,10 @@ struct ServeArgs {
     /// Send Bedrock calls to this URL (e.g. a standalone fm-sim) [file: bedrock.endpoint].
     #[arg(long, env = "FM_RELAY_BEDROCK_ENDPOINT")]
     bedrock_endpoint: Option<String>,
+    /// Root certificates (PEM) trusted for Bedrock's endpoint besides the system's
+    /// [file: bedrock.ca_file].
+    #[arg(long, env = "FM_RELAY_BEDROCK_CA_FILE")]
+    bedrock_ca_file: Option<std::path::PathBuf>,
     /// Upstream connect timeout in ms [file: timeouts.connect_ms].
     #[arg(long, env = "FM_RELAY_CONNECT_TIMEOUT_MS")]
     connect_timeout_ms: Option<u64>,
@@ -168,6 +172,7 @@ impl ServeArgs {
             port: self.port,
             bedrock_mode: self.bedrock_mode,
             bedrock_endpoint: self.bedrock_endpoint.clone(),
+            bedrock_ca_file: self.bedrock_ca_file.clone(),
             connect_timeout_ms: self.connect_timeout_ms,
             first_token_timeout_ms: self.first_token_timeout_ms,
             one_shot_timeout_ms: self.one_shot_timeout_ms,

@@ -189,7 +189,7 @@ pub async fn assemble(config: RelayConfig) -> Result<Assembled, RelayError> {
         (BedrockEndpoint::Aws, _) => tracing::info!("Bedrock calls go to AWS"),
     }
 
-    let builder = TargetBuilder::new(&config, endpoint.clone());
+    let builder = TargetBuilder::new(&config, endpoint.clone())?;
     let catalog = ModelCatalog::build(&config, &builder, None).await?;
     let cache = AnswerCache::connect(&config.cache).await?;
     if cache.is_some() {

@@ -257,6 +257,21 @@ async fn two_relays_share_the_aws_backend_and_end_each_job_once() {
         job.status == JobStatus::Running
     })
     .await;
+    // ... and its model call reached the upstream (a busy machine may take a while between the
+    // two), so the count of calls below is exact.
+    let asked = Instant::now();
+    while !sim
+        .stats()
+        .recent
+        .iter()
+        .any(|r| r.model_id == SLOW_UPSTREAM)
+    {
+        assert!(
+            asked.elapsed() < Duration::from_secs(30),
+            "the slow job never called its model"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let response = http
         .delete(format!("{b}/v1/jobs/{}", slow.job_id))
         .send()

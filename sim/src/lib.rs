@@ -27,7 +27,8 @@
 //!
 //! Modules: [`config`] (behaviour), [`fault`] (fault grammar), [`wire`] (request bodies),
 //! [`answer`] (planning one answer), [`stream`] + [`eventstream`] (streaming and framing),
-//! [`service`] (routes), [`stats`] (what was seen), [`error`] (Bedrock-shaped errors).
+//! [`service`] (routes), [`stats`] (what was seen), [`error`] (Bedrock-shaped errors), [`tls`]
+//! (HTTPS with HTTP/2, as Bedrock serves it: [`spawn_https`]).
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -46,6 +47,7 @@ pub mod service;
 pub mod stats;
 pub mod stream;
 pub mod text;
+pub mod tls;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -60,11 +62,14 @@ pub use fault::Fault;
 pub use schedule::FaultRule;
 pub use service::FAULT_HEADER;
 pub use stats::{SimStats, StatsSnapshot};
+pub use tls::{LocalTls, TlsError};
 
 /// A running simulator. Dropping the handle stops it.
 #[derive(Debug)]
 pub struct SimHandle {
     addr: SocketAddr,
+    /// "https" when served over TLS, else "http".
+    scheme: &'static str,
     stats: Arc<SimStats>,
     state: Arc<service::SimState>,
     task: JoinHandle<()>,
@@ -78,7 +83,7 @@ impl SimHandle {
 
     /// The base URL to give an SDK as `endpoint_url`.
     pub fn endpoint_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// What the simulator has seen so far.
@@ -106,6 +111,29 @@ pub async fn spawn(config: SimConfig) -> std::io::Result<SimHandle> {
 
 /// Starts a simulator on `addr`.
 pub async fn spawn_on(addr: SocketAddr, config: SimConfig) -> std::io::Result<SimHandle> {
+    spawn_with(addr, config, None).await
+}
+
+/// Starts a simulator on a free loopback port that speaks HTTPS, HTTP/2 or HTTP/1.1 as the
+/// client's ALPN chooses, with a certificate from `tls` (clients trust [`LocalTls::ca_pem`]).
+pub async fn spawn_https(config: SimConfig, tls: Arc<LocalTls>) -> std::io::Result<SimHandle> {
+    spawn_https_on(SocketAddr::from(([127, 0, 0, 1], 0)), config, tls).await
+}
+
+/// [`spawn_https`] on `addr`.
+pub async fn spawn_https_on(
+    addr: SocketAddr,
+    config: SimConfig,
+    tls: Arc<LocalTls>,
+) -> std::io::Result<SimHandle> {
+    spawn_with(addr, config, Some(tls)).await
+}
+
+async fn spawn_with(
+    addr: SocketAddr,
+    config: SimConfig,
+    tls: Option<Arc<LocalTls>>,
+) -> std::io::Result<SimHandle> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     config
@@ -114,20 +142,30 @@ pub async fn spawn_on(addr: SocketAddr, config: SimConfig) -> std::io::Result<Si
     let stats = Arc::new(SimStats::default());
     let state = Arc::new(service::SimState::new(config, stats.clone()));
     let app = service::router(state.clone());
-    // Small frames must leave at once: no Nagle delay on token-sized writes.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::warn!(%err, "could not set TCP_NODELAY");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let task = match tls {
+        Some(tls) => {
+            let stats = stats.clone();
+            tokio::spawn(async move { tls::serve(listener, app, &tls, stats).await })
         }
-    });
-    // `into_make_service`: the route table is readied once, not for every connection.
-    let task = tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app.into_make_service()).await {
-            tracing::error!(%err, "fm-sim server stopped");
+        None => {
+            // Small frames must leave at once: no Nagle delay on token-sized writes.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(err) = tcp.set_nodelay(true) {
+                    tracing::warn!(%err, "could not set TCP_NODELAY");
+                }
+            });
+            // `into_make_service`: the route table is readied once, not for every connection.
+            tokio::spawn(async move {
+                if let Err(err) = axum::serve(listener, app.into_make_service()).await {
+                    tracing::error!(%err, "fm-sim server stopped");
+                }
+            })
         }
-    });
+    };
     Ok(SimHandle {
         addr,
+        scheme,
         stats,
         state,
         task,

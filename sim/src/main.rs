@@ -1,5 +1,6 @@
 //! `fm-sim`: the Bedrock Runtime emulator as a standalone server, for testing any Bedrock
-//! application locally (`--port 4010`, then `endpoint_url = http://127.0.0.1:4010`).
+//! application locally (`--port 4010`, then `endpoint_url = http://127.0.0.1:4010`; with
+//! `--tls-ca-out ca.pem`, HTTPS and HTTP/2 at `https://127.0.0.1:4010`).
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -31,6 +32,12 @@ struct Args {
     /// Seed mixed into every generated answer.
     #[arg(long)]
     seed: Option<u64>,
+    /// Serve HTTPS — HTTP/2 or HTTP/1.1 by ALPN, as Bedrock does — with a certificate for
+    /// localhost and 127.0.0.1 from a certificate authority made at start-up, whose certificate
+    /// (PEM) is written to this file for clients to trust (the relay's `bedrock.ca_file`, boto3's
+    /// `verify=`).
+    #[arg(long, env = "FM_SIM_TLS_CA_OUT")]
+    tls_ca_out: Option<PathBuf>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -68,7 +75,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         print!("{}", toml::to_string_pretty(&config)?);
         return Ok(());
     }
-    let sim = fm_sim::spawn_on(SocketAddr::new(args.host, args.port), config).await?;
+    let addr = SocketAddr::new(args.host, args.port);
+    let sim = match &args.tls_ca_out {
+        Some(path) => {
+            let tls = fm_sim::LocalTls::generate()?;
+            std::fs::write(path, tls.ca_pem())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            tracing::info!(ca = %path.display(), "serving HTTPS; clients trust this certificate");
+            fm_sim::spawn_https_on(addr, config, std::sync::Arc::new(tls)).await?
+        }
+        None => fm_sim::spawn_on(addr, config).await?,
+    };
     tracing::info!(endpoint = %sim.endpoint_url(), "fm-sim listening");
     tokio::signal::ctrl_c().await?;
     tracing::info!("fm-sim shutting down");

@@ -22,6 +22,7 @@ pub struct SimStats {
     streams_cancelled: AtomicU64,
     recent: Mutex<VecDeque<RequestRecord>>,
     by_region: Mutex<BTreeMap<String, u64>>,
+    tls_connections: Mutex<BTreeMap<String, u64>>,
 }
 
 /// One request as it arrived.
@@ -53,6 +54,9 @@ pub struct StatsSnapshot {
     pub streams_cancelled: u64,
     /// Requests per region they were signed for (unsigned requests are not counted here).
     pub requests_by_region: BTreeMap<String, u64>,
+    /// HTTPS connections accepted, by the protocol ALPN chose (`h2`, `http/1.1`, `none`).
+    #[serde(default)]
+    pub tls_connections: BTreeMap<String, u64>,
     /// The most recent requests, oldest first.
     pub recent: Vec<RequestRecord>,
 }
@@ -68,6 +72,7 @@ impl Default for SimStats {
             streams_cancelled: AtomicU64::new(0),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_CAPACITY)),
             by_region: Mutex::new(BTreeMap::new()),
+            tls_connections: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -99,6 +104,14 @@ impl SimStats {
         recent.push_back(record);
     }
 
+    pub(crate) fn record_tls_connection(&self, protocol: &str) {
+        let mut connections = self
+            .tls_connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *connections.entry(protocol.to_string()).or_default() += 1;
+    }
+
     pub(crate) fn record_error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -125,6 +138,11 @@ impl SimStats {
             streams_cancelled: self.streams_cancelled.load(Ordering::Relaxed),
             requests_by_region: self
                 .by_region
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            tls_connections: self
+                .tls_connections
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),

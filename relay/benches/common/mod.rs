@@ -1,13 +1,18 @@
 //! What the relay's process benchmarks share: the relay binary started as its own process (so
 //! `/proc/<pid>/status` shows its memory alone) and its resident memory read.
 
+// Each bench uses its own share of these.
+#![allow(dead_code)]
+
+pub mod pass_through;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fm-relay");
 
-/// The relay's resident memory in KiB (`VmRSS`), 0 once it is gone.
-fn resident_kib(pid: u32) -> u64 {
+/// A process's resident memory in KiB (`VmRSS`), 0 once it is gone.
+pub fn resident_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
@@ -28,17 +33,36 @@ pub struct RelayProcess {
 
 impl RelayProcess {
     pub fn start(bedrock_endpoint: &str, args: &[&str]) -> RelayProcess {
-        let folder = std::env::temp_dir().join(format!("fm-relay-bench-{}", std::process::id()));
+        let mut all_args = vec!["--port", "0", "--bedrock-endpoint", bedrock_endpoint];
+        all_args.extend_from_slice(args);
+        RelayProcess::serve(RelayProcess::folder(), &all_args)
+    }
+
+    /// `fm-relay serve --config FILE --port 0` with `config` written to FILE.
+    pub fn start_configured(config: &fm_relay::RelayConfig) -> RelayProcess {
+        let folder = RelayProcess::folder();
+        let file = folder.join("relay.toml");
+        std::fs::write(&file, toml::to_string(config).expect("a config as TOML"))
+            .expect("the relay's config file");
+        let file = file.to_str().expect("a UTF-8 temp path").to_string();
+        RelayProcess::serve(folder, &["--config", &file, "--port", "0"])
+    }
+
+    /// A fresh folder for one relay process.
+    fn folder() -> std::path::PathBuf {
+        let folder = std::env::temp_dir().join(format!(
+            "fm-relay-bench-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
         std::fs::create_dir_all(&folder).expect("a folder for the relay");
+        folder
+    }
+
+    fn serve(folder: std::path::PathBuf, args: &[&str]) -> RelayProcess {
         let mut child = Command::new(BIN)
             .current_dir(&folder)
-            .args([
-                "serve",
-                "--port",
-                "0",
-                "--bedrock-endpoint",
-                bedrock_endpoint,
-            ])
+            .arg("serve")
             .args(args)
             .env("RUST_LOG", "warn,fm_relay=info")
             .stderr(Stdio::piped())
@@ -75,5 +99,15 @@ impl Drop for RelayProcess {
             .status();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.folder);
+    }
+}
+
+/// The environment variable `name` read as a `T`, or `default` when it is not set.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: cannot read `{value}`")),
+        Err(_) => default,
     }
 }

@@ -10,6 +10,9 @@
 //! Errors are classified here, at the edge, into [`UpstreamFailure`]s: by the Bedrock error code
 //! (`ThrottlingException`, ...), the in-stream exception variant, or the transport failure.
 
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aws_sdk_bedrockruntime::Client;
@@ -26,7 +29,9 @@ use aws_sdk_bedrockruntime::types::{
     SystemContentBlock, TokenUsage, Tool, ToolConfiguration, ToolInputSchema, ToolResultBlock,
     ToolResultContentBlock, ToolResultStatus, ToolSpecification, ToolUseBlock,
 };
-use aws_smithy_http_client::tls::{Provider as TlsProvider, rustls_provider::CryptoMode};
+use aws_smithy_http_client::tls::{
+    Provider as TlsProvider, TlsContext, TrustStore, rustls_provider::CryptoMode,
+};
 use aws_smithy_types::{Document, Number};
 use fm_protocol::{ChatRequest, Role, StopReason, ToolCall, ToolChoice, Usage};
 
@@ -44,35 +49,82 @@ pub enum BedrockEndpoint {
     Url(String),
 }
 
-/// A Bedrock Runtime client for one region.
+/// A Bedrock Runtime client for one region: an SDK client per HTTP client, taken in turn, so
+/// calls spread over their connections.
 #[derive(Debug, Clone)]
 pub struct BedrockProvider {
-    client: Client,
+    clients: Arc<[Client]>,
+    next: Arc<AtomicUsize>,
     region: String,
 }
 
 /// One HTTP client (and so one connection pool) for every Bedrock region: hyper + rustls with
-/// the `ring` provider, TCP_NODELAY on every upstream connection (the smithy default).
-pub fn http_client() -> SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
+/// the `ring` provider, TCP_NODELAY on every upstream connection (the smithy default), HTTP/2
+/// when the endpoint offers it by ALPN (as Bedrock does: one connection carries many streams).
+/// `ca_file`: PEM root certificates trusted besides the system's.
+pub fn http_client(ca_file: Option<&Path>) -> Result<SharedHttpClient, RelayError> {
+    let mut trust = TrustStore::default();
+    if let Some(path) = ca_file {
+        trust = trust.with_pem_certificate(checked_pem_roots(path)?);
+    }
+    let tls = TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .map_err(|err| {
+            RelayError::Internal(format!("the TLS settings of the Bedrock client: {err}"))
+        })?;
+    Ok(aws_smithy_http_client::Builder::new()
         .tls_provider(TlsProvider::Rustls(CryptoMode::Ring))
-        .build_https()
+        .tls_context(tls)
+        .build_https())
+}
+
+/// The PEM file at `path`, once every certificate in it was taken as a root the way the SDK's
+/// rustls connector takes them (which panics on one it cannot use).
+fn checked_pem_roots(path: &Path) -> Result<Vec<u8>, RelayError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|source| RelayError::CaFileUnreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let invalid = |source| RelayError::CaFileInvalid {
+        path: path.to_path_buf(),
+        source,
+    };
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| invalid(None))?;
+    if certificates.is_empty() {
+        return Err(invalid(None));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in certificates {
+        roots.add(certificate).map_err(|err| invalid(Some(err)))?;
+    }
+    Ok(pem)
 }
 
 impl BedrockProvider {
-    /// Builds a client for `region` that sends its calls to `endpoint`.
+    /// Builds a client for `region` that sends its calls to `endpoint`, spread over `http` (at
+    /// least one client; their credentials and identity cache are shared).
     pub async fn connect(
         endpoint: &BedrockEndpoint,
         region: &str,
-        http: SharedHttpClient,
+        http: &[SharedHttpClient],
         connect_timeout: Duration,
     ) -> BedrockProvider {
         let region_value = Region::new(region.to_string());
+        let first_http = http.first().cloned().unwrap_or_else(|| {
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(TlsProvider::Rustls(CryptoMode::Ring))
+                .build_https()
+        });
         let mut builder = match endpoint {
             BedrockEndpoint::Aws => {
                 let shared = aws_config::defaults(BehaviorVersion::latest())
                     .region(region_value)
-                    .http_client(http)
+                    .http_client(first_http)
                     .load()
                     .await;
                 aws_sdk_bedrockruntime::config::Builder::from(&shared)
@@ -81,7 +133,7 @@ impl BedrockProvider {
                 let mut builder = aws_sdk_bedrockruntime::Config::builder()
                     .behavior_version(BehaviorVersion::latest())
                     .region(region_value)
-                    .http_client(http)
+                    .http_client(first_http)
                     .endpoint_url(url);
                 builder = match env_credentials() {
                     Some(credentials) => builder.credentials_provider(credentials),
@@ -105,10 +157,24 @@ impl BedrockProvider {
                     .connect_timeout(connect_timeout)
                     .build(),
             );
+        let clients: Vec<Client> = match http {
+            [] | [_] => vec![Client::from_conf(builder.build())],
+            many => many
+                .iter()
+                .map(|http| Client::from_conf(builder.clone().http_client(http.clone()).build()))
+                .collect(),
+        };
         BedrockProvider {
-            client: Client::from_conf(builder.build()),
+            clients: clients.into(),
+            next: Arc::default(),
             region: region.to_string(),
         }
+    }
+
+    /// The SDK client for the next call.
+    fn client(&self) -> &Client {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.clients[turn % self.clients.len()]
     }
 }
 
@@ -147,7 +213,7 @@ impl ChatProvider for BedrockProvider {
         upstream_id: &str,
         request: &ChatRequest,
     ) -> Result<ProviderAnswer, RelayError> {
-        let output = converse_input!(self.client.converse(), upstream_id, request)
+        let output = converse_input!(self.client().converse(), upstream_id, request)
             .send()
             .await
             .map_err(|err| self.classify(upstream_id, err))?;
@@ -183,7 +249,7 @@ impl ChatProvider for BedrockProvider {
         upstream_id: &str,
         request: &ChatRequest,
     ) -> Result<ProviderStream, RelayError> {
-        let output = converse_input!(self.client.converse_stream(), upstream_id, request)
+        let output = converse_input!(self.client().converse_stream(), upstream_id, request)
             .send()
             .await
             .map_err(|err| self.classify(upstream_id, err))?;

@@ -537,7 +537,8 @@ mod tests {
     use crate::provider::bedrock::BedrockEndpoint;
 
     async fn routing(config: &RelayConfig) -> Routing {
-        let builder = TargetBuilder::new(config, BedrockEndpoint::Url("http://127.0.0.1:9".into()));
+        let builder =
+            TargetBuilder::new(config, BedrockEndpoint::Url("http://127.0.0.1:9".into())).unwrap();
         let catalog = ModelCatalog::build(config, &builder, None).await.unwrap();
         Routing::new(config, catalog)
     }

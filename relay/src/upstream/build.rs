@@ -19,7 +19,8 @@ use crate::provider::{BedrockProvider, OpenAiProvider, Provider, openai};
 #[derive(Debug)]
 pub struct TargetBuilder {
     endpoint: BedrockEndpoint,
-    http: SharedHttpClient,
+    /// The HTTP clients Bedrock calls are spread over (`bedrock.http2_connections`).
+    http: Vec<SharedHttpClient>,
     connect_timeout: Duration,
     breaker: BreakerConfig,
     adaptive_rate_limit: bool,
@@ -32,16 +33,21 @@ pub struct TargetBuilder {
 impl TargetBuilder {
     /// A builder for `config`'s targets; Bedrock calls go to `endpoint`. The breaker and rate
     /// limiter settings are fixed for the relay's life (changing them takes a restart).
-    pub fn new(config: &RelayConfig, endpoint: BedrockEndpoint) -> TargetBuilder {
-        TargetBuilder {
+    pub fn new(
+        config: &RelayConfig,
+        endpoint: BedrockEndpoint,
+    ) -> Result<TargetBuilder, RelayError> {
+        Ok(TargetBuilder {
             endpoint,
-            http: bedrock::http_client(),
+            http: (0..config.bedrock.http2_connections.max(1))
+                .map(|_| bedrock::http_client(config.bedrock.ca_file.as_deref()))
+                .collect::<Result<_, _>>()?,
             connect_timeout: config.timeouts.connect(),
             breaker: config.breaker,
             adaptive_rate_limit: config.rate_limit.adaptive,
             bedrock_clients: tokio::sync::Mutex::default(),
             openai_http: Mutex::default(),
-        }
+        })
     }
 
     /// Where Bedrock calls go.
@@ -114,7 +120,7 @@ impl TargetBuilder {
                         let client = BedrockProvider::connect(
                             &self.endpoint,
                             region,
-                            self.http.clone(),
+                            &self.http,
                             self.connect_timeout,
                         )
                         .await;
