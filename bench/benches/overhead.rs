@@ -45,7 +45,7 @@ use fm_relay::RelayConfig;
 use fm_relay::config::{
     ApiKeyConfig, AuthMode, BedrockMode, KeyLimits, LimitsBackend, ModelConfig, ProviderKind,
 };
-use fm_relay::provider::bedrock::{self, BedrockEndpoint};
+use fm_relay::provider::bedrock::{BedrockEndpoint, BedrockHttp};
 use fm_relay::provider::{BedrockProvider, ChatProvider};
 use fm_sim::{ModelProfile, SimConfig};
 use futures_util::StreamExt;
@@ -736,7 +736,7 @@ fn main() {
     let sdk = load_runtime.block_on(BedrockProvider::connect(
         &BedrockEndpoint::Url(sim.endpoint_url()),
         "us-east-1",
-        &[bedrock::http_client(None).unwrap()],
+        &BedrockHttp::new(1, None).unwrap(),
         Duration::from_secs(3),
     ));
     let chat = ChatRequest {

@@ -58,25 +58,45 @@ pub struct BedrockProvider {
     region: String,
 }
 
-/// One HTTP client (and so one connection pool) for every Bedrock region: hyper + rustls with
-/// the `ring` provider, TCP_NODELAY on every upstream connection (the smithy default), HTTP/2
-/// when the endpoint offers it by ALPN (as Bedrock does: one connection carries many streams).
-/// `ca_file`: PEM root certificates trusted besides the system's.
-pub fn http_client(ca_file: Option<&Path>) -> Result<SharedHttpClient, RelayError> {
-    let mut trust = TrustStore::default();
-    if let Some(path) = ca_file {
-        trust = trust.with_pem_certificate(checked_pem_roots(path)?);
+/// The HTTP clients every Bedrock region's calls are spread over (`bedrock.http2_connections`,
+/// at least one): hyper + rustls with the `ring` provider, TCP_NODELAY on every upstream
+/// connection (the smithy default), HTTP/2 when the endpoint offers it by ALPN (as Bedrock does:
+/// one connection carries many streams, up to the endpoint's cap), each client with connections
+/// of its own.
+#[derive(Debug, Clone)]
+pub struct BedrockHttp {
+    clients: Vec<SharedHttpClient>,
+}
+
+impl BedrockHttp {
+    /// `count` clients (at least one) trusting the system's roots and, with `ca_file`, the PEM
+    /// certificates in it (read and checked once, here).
+    pub fn new(count: usize, ca_file: Option<&Path>) -> Result<BedrockHttp, RelayError> {
+        let mut trust = TrustStore::default();
+        if let Some(path) = ca_file {
+            trust = trust.with_pem_certificate(checked_pem_roots(path)?);
+        }
+        let tls = TlsContext::builder()
+            .with_trust_store(trust)
+            .build()
+            .map_err(|err| {
+                RelayError::Internal(format!("the TLS settings of the Bedrock client: {err}"))
+            })?;
+        let clients = (0..count.max(1))
+            .map(|_| {
+                aws_smithy_http_client::Builder::new()
+                    .tls_provider(TlsProvider::Rustls(CryptoMode::Ring))
+                    .tls_context(tls.clone())
+                    .build_https()
+            })
+            .collect();
+        Ok(BedrockHttp { clients })
     }
-    let tls = TlsContext::builder()
-        .with_trust_store(trust)
-        .build()
-        .map_err(|err| {
-            RelayError::Internal(format!("the TLS settings of the Bedrock client: {err}"))
-        })?;
-    Ok(aws_smithy_http_client::Builder::new()
-        .tls_provider(TlsProvider::Rustls(CryptoMode::Ring))
-        .tls_context(tls)
-        .build_https())
+
+    /// The first client: the one the SDK's shared configuration (credentials) loads with.
+    fn first(&self) -> SharedHttpClient {
+        self.clients[0].clone()
+    }
 }
 
 /// The PEM file at `path`, once every certificate in it was taken as a root the way the SDK's
@@ -106,20 +126,16 @@ fn checked_pem_roots(path: &Path) -> Result<Vec<u8>, RelayError> {
 }
 
 impl BedrockProvider {
-    /// Builds a client for `region` that sends its calls to `endpoint`, spread over `http` (at
-    /// least one client; their credentials and identity cache are shared).
+    /// Builds a client for `region` that sends its calls to `endpoint`, spread over `http`'s
+    /// clients (their credentials and identity cache are shared).
     pub async fn connect(
         endpoint: &BedrockEndpoint,
         region: &str,
-        http: &[SharedHttpClient],
+        http: &BedrockHttp,
         connect_timeout: Duration,
     ) -> BedrockProvider {
         let region_value = Region::new(region.to_string());
-        let first_http = http.first().cloned().unwrap_or_else(|| {
-            aws_smithy_http_client::Builder::new()
-                .tls_provider(TlsProvider::Rustls(CryptoMode::Ring))
-                .build_https()
-        });
+        let first_http = http.first();
         let mut builder = match endpoint {
             BedrockEndpoint::Aws => {
                 let shared = aws_config::defaults(BehaviorVersion::latest())
@@ -157,13 +173,11 @@ impl BedrockProvider {
                     .connect_timeout(connect_timeout)
                     .build(),
             );
-        let clients: Vec<Client> = match http {
-            [] | [_] => vec![Client::from_conf(builder.build())],
-            many => many
-                .iter()
-                .map(|http| Client::from_conf(builder.clone().http_client(http.clone()).build()))
-                .collect(),
-        };
+        let clients: Vec<Client> = http
+            .clients
+            .iter()
+            .map(|http| Client::from_conf(builder.clone().http_client(http.clone()).build()))
+            .collect();
         BedrockProvider {
             clients: clients.into(),
             next: Arc::default(),

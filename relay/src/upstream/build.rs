@@ -7,20 +7,18 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_bedrockruntime::config::SharedHttpClient;
-
 use super::{Target, TargetIdentity};
 use crate::config::{BreakerConfig, ModelConfig, ProviderKind, RelayConfig};
 use crate::error::RelayError;
-use crate::provider::bedrock::{self, BedrockEndpoint};
+use crate::provider::bedrock::{BedrockEndpoint, BedrockHttp};
 use crate::provider::{BedrockProvider, OpenAiProvider, Provider, openai};
 
 /// Makes (or, for a reload, finds again) the targets of each configured model.
 #[derive(Debug)]
 pub struct TargetBuilder {
     endpoint: BedrockEndpoint,
-    /// The HTTP clients Bedrock calls are spread over (`bedrock.http2_connections`).
-    http: Vec<SharedHttpClient>,
+    /// The HTTP clients Bedrock calls are spread over.
+    http: BedrockHttp,
     connect_timeout: Duration,
     breaker: BreakerConfig,
     adaptive_rate_limit: bool,
@@ -39,9 +37,10 @@ impl TargetBuilder {
     ) -> Result<TargetBuilder, RelayError> {
         Ok(TargetBuilder {
             endpoint,
-            http: (0..config.bedrock.http2_connections.max(1))
-                .map(|_| bedrock::http_client(config.bedrock.ca_file.as_deref()))
-                .collect::<Result<_, _>>()?,
+            http: BedrockHttp::new(
+                config.bedrock.http2_connections,
+                config.bedrock.ca_file.as_deref(),
+            )?,
             connect_timeout: config.timeouts.connect(),
             breaker: config.breaker,
             adaptive_rate_limit: config.rate_limit.adaptive,
