@@ -78,32 +78,6 @@ async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: S
     response.json().await.unwrap()
 }
 
-async fn job(http: &reqwest::Client, url: &str, id: &str) -> JobInfo {
-    get_json(http, format!("{url}/v1/jobs/{id}")).await
-}
-
-/// Waits until `check` holds for job `id` as `url` shows it.
-async fn until_job(
-    http: &reqwest::Client,
-    url: &str,
-    id: &str,
-    what: &str,
-    check: impl Fn(&JobInfo) -> bool,
-) -> JobInfo {
-    let start = Instant::now();
-    loop {
-        let job = job(http, url, id).await;
-        if check(&job) {
-            return job;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "job {id} never {what}: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn two_relays_share_the_aws_backend_and_end_each_job_once() {
     let moto = Moto::start().await;
@@ -253,7 +227,7 @@ async fn two_relays_share_the_aws_backend_and_end_each_job_once() {
     .await;
 
     // The slow job is cancelled through the other relay while it runs.
-    until_job(&http, &b, &slow.job_id, "running", |job| {
+    until_job(&http, &b, &slow.job_id, None, "running", |job| {
         job.status == JobStatus::Running
     })
     .await;
@@ -286,7 +260,10 @@ async fn two_relays_share_the_aws_backend_and_end_each_job_once() {
     // Every job ends, as the relay it was not submitted to sees it.
     for (n, id) in plain.iter().enumerate() {
         let other = if n % 3 == 1 { &a } else { &b };
-        let done = until_job(&http, other, id, "completed", |job| job.status.is_final()).await;
+        let done = until_job(&http, other, id, None, "completed", |job| {
+            job.status.is_final()
+        })
+        .await;
         assert_eq!(
             (done.status, done.attempts),
             (JobStatus::Completed, 1),
@@ -296,7 +273,7 @@ async fn two_relays_share_the_aws_backend_and_end_each_job_once() {
         assert_eq!(result.chunks, 1);
         assert!(!result.text.is_empty());
     }
-    let dead = until_job(&http, &b, &dead.job_id, "ended", |job| {
+    let dead = until_job(&http, &b, &dead.job_id, None, "ended", |job| {
         job.status.is_final()
     })
     .await;
@@ -306,7 +283,7 @@ async fn two_relays_share_the_aws_backend_and_end_each_job_once() {
         "{dead:?}"
     );
     assert_eq!(dead.error.unwrap().code, "upstream_unavailable");
-    let delivered = until_job(&http, &a, &called_back.job_id, "called back", |job| {
+    let delivered = until_job(&http, &a, &called_back.job_id, None, "called back", |job| {
         job.callback
             .as_ref()
             .is_some_and(|c| c.state == "delivered")
@@ -321,7 +298,7 @@ async fn two_relays_share_the_aws_backend_and_end_each_job_once() {
 
     // The cancelled job's worker lets go at its next heartbeat; it never ends otherwise.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let cancelled = job(&http, &a, &slow.job_id).await;
+    let cancelled = job_at(&http, &a, &slow.job_id, None).await;
     assert_eq!(cancelled.status, JobStatus::Cancelled, "{cancelled:?}");
 
     // One model call per attempt: 26 completed jobs, 2 attempts of the dead one, the slow one.

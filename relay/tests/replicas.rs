@@ -160,34 +160,6 @@ async fn post(
     post_with(http, url, key, body).await.unwrap()
 }
 
-async fn job(http: &reqwest::Client, url: &str, id: &str) -> JobInfo {
-    let response = http
-        .get(format!("{url}/v1/jobs/{id}"))
-        .header("authorization", format!("Bearer {LOAD_KEY}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
-}
-
-/// Waits until `check` holds for job `id` as `url` shows it.
-async fn until_job(url: &str, id: &str, what: &str, check: impl Fn(&JobInfo) -> bool) -> JobInfo {
-    let http = http_client();
-    let start = Instant::now();
-    loop {
-        let job = job(&http, url, id).await;
-        if check(&job) {
-            return job;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "job {id} never {what}: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn submit_job(http: &reqwest::Client, url: &str, body: serde_json::Value) -> String {
     let response = post(http, &format!("{url}/v1/jobs"), LOAD_KEY, body).await;
     assert_eq!(response.status(), 202, "{:?}", response.text().await);
@@ -330,7 +302,7 @@ async fn replicas_behind_haproxy_share_state_and_survive_a_kill_9() {
         slow_jobs.push(submit_job(&http, doomed.url(), body).await);
     }
     for id in &slow_jobs {
-        until_job(doomed.url(), id, "running", |job| {
+        until_job(&http, doomed.url(), id, Some(LOAD_KEY), "running", |job| {
             job.status == JobStatus::Running
         })
         .await;
@@ -457,7 +429,10 @@ async fn replicas_behind_haproxy_share_state_and_survive_a_kill_9() {
     // No job is lost: the dead replica's two are taken over when their hold runs out and run
     // again elsewhere; every job completes, as the balancer shows it.
     for id in slow_jobs.iter().chain(&quick_jobs) {
-        let done = until_job(&lb, id, "ended", |job| job.status.is_final()).await;
+        let done = until_job(&http, &lb, id, Some(LOAD_KEY), "ended", |job| {
+            job.status.is_final()
+        })
+        .await;
         assert_eq!(done.status, JobStatus::Completed, "{done:?}");
         let expected_attempts = if slow_jobs.contains(id) { 2 } else { 1 };
         assert_eq!(done.attempts, expected_attempts, "{done:?}");

@@ -497,3 +497,49 @@ impl Drop for StoppedOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// `GET url/v1/jobs/{id}` (with `key` as a bearer token when given): the job as that relay
+/// shows it.
+pub async fn job_at(
+    http: &reqwest::Client,
+    url: &str,
+    id: &str,
+    key: Option<&str>,
+) -> fm_protocol::JobInfo {
+    let mut request = http.get(format!("{url}/v1/jobs/{id}"));
+    if let Some(key) = key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "job {id}: {:?}",
+        response.text().await
+    );
+    response.json().await.unwrap()
+}
+
+/// Waits (up to 60 s) until `check` holds for job `id` as `url` shows it; fails the test saying
+/// the job never reached `what`.
+pub async fn until_job(
+    http: &reqwest::Client,
+    url: &str,
+    id: &str,
+    key: Option<&str>,
+    what: &str,
+    check: impl Fn(&fm_protocol::JobInfo) -> bool,
+) -> fm_protocol::JobInfo {
+    let start = std::time::Instant::now();
+    loop {
+        let job = job_at(http, url, id, key).await;
+        if check(&job) {
+            return job;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "job {id} never {what}: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
