@@ -16,6 +16,9 @@ cargo clippy -p fm-ide --target wasm32-unknown-unknown --all-targets --locked --
 step "fm-protocol builds for wasm32"
 cargo build -p fm-protocol --target wasm32-unknown-unknown --locked
 step "tests"
+# relay/tests/lambda.rs runs this binary under `cargo lambda watch`, which starts it with
+# `cargo run`: built here first, the test does not wait for a build.
+cargo build -p fm-relay-lambda --bin fm-relay-lambda --locked
 cargo test --workspace --exclude fm-web --locked
 step "soak, short (20 s of mixed traffic: the relay's memory stays flat, the traffic is served)"
 # The 30-minute run: cargo bench -p fm-relay --bench soak (BENCHMARKS.md, "Soak").

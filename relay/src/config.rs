@@ -1,6 +1,6 @@
 //! The relay's configuration: one TOML file (a documented default is embedded in the binary and
 //! printed by `fm-relay --print-config`), then environment variables, then flags. The env and
-//! flag overrides are declared in `main.rs` with clap and applied here by [`Overrides`]. Unknown
+//! flag overrides are declared with clap in [`serve_args`] and applied here by [`Overrides`]. Unknown
 //! keys are errors, and [`RelayConfig::validate`] checks what TOML types cannot (unique model
 //! ids, a default model that exists, non-zero timeouts).
 
@@ -15,8 +15,10 @@ use crate::error::{RelayError, ReloadRefusal};
 
 pub mod jobs;
 pub mod routing;
+pub mod serve_args;
 pub use jobs::{JobsAwsConfig, JobsBackend, JobsConfig};
 pub use routing::{RouteConfig, RoutingConfig};
+pub use serve_args::ServeArgs;
 
 /// The embedded default configuration, with comments.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");

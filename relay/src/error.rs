@@ -275,6 +275,12 @@ pub enum RelayError {
     /// A multipart upload that cannot be read (no boundary, a broken part).
     #[error("the upload cannot be read: {0}")]
     UploadRejected(#[source] axum::extract::multipart::MultipartRejection),
+    /// `GET /v1/ws` without a WebSocket upgrade: its headers do not ask for one, or the
+    /// connection cannot be upgraded (a Lambda function URL, a proxy that drops the headers).
+    #[error(
+        "GET /v1/ws opens a WebSocket and this request cannot ({0}); where connections are not upgraded (a Lambda function URL), stream with POST /v1/chat/stream"
+    )]
+    NotUpgradable(#[source] axum::extract::ws::rejection::WebSocketUpgradeRejection),
     #[error("the upload cannot be read: {0}")]
     Upload(#[source] axum::extract::multipart::MultipartError),
     /// A model's answer is not what a job asked for (a JSON object, one of the labels).
@@ -357,6 +363,12 @@ pub enum RelayError {
         #[source]
         source: aws_smithy_types::error::operation::BuildError,
     },
+    /// A message delivered by SQS (to a Lambda function) from a queue that is none of this
+    /// relay's job queues: the event source mapping names another queue.
+    #[error(
+        "a message from {queue_arn}, which is none of this relay's job queues (jobs.aws.queue_prefix)"
+    )]
+    UnknownQueue { queue_arn: String },
     /// A stored job record is not one this relay can read.
     #[error("the stored job `{id}` is unreadable: {reason}")]
     JobRecordUnreadable { id: String, reason: &'static str },
@@ -455,7 +467,9 @@ impl RelayError {
             RelayError::JobNotFound { .. } | RelayError::ModelNotFound { .. } => {
                 ErrorCode::NotFound
             }
-            RelayError::UploadRejected(_) => ErrorCode::InvalidRequest,
+            RelayError::UploadRejected(_) | RelayError::NotUpgradable(_) => {
+                ErrorCode::InvalidRequest
+            }
             RelayError::Upload(err) => match err.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
                 _ => ErrorCode::InvalidRequest,
@@ -471,7 +485,8 @@ impl RelayError {
             | RelayError::JobTable { .. }
             | RelayError::JobNotice { .. }
             | RelayError::JobAwsRequest { .. }
-            | RelayError::JobRecordUnreadable { .. } => ErrorCode::Internal,
+            | RelayError::JobRecordUnreadable { .. }
+            | RelayError::UnknownQueue { .. } => ErrorCode::Internal,
             RelayError::ReloadRefused(_) => ErrorCode::ReloadRefused,
             RelayError::ShuttingDown => ErrorCode::ShuttingDown,
             RelayError::Config { .. }

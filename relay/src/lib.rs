@@ -38,13 +38,17 @@
 //!    (`jobs::backend`) — keep jobs, documents and results; workers
 //!    read each document as text, split it and run the analysis, each model call made through
 //!    [`jobs::ModelCalls`], which `api` implements with the same admission, routing and
-//!    resilience as a chat request.
+//!    resilience as a chat request. On Lambda (the `fm-relay-lambda` crate) SQS delivers the
+//!    messages instead of a polling worker: `Jobs::handle_delivery` runs one attempt of the job a
+//!    message names through the same worker code.
 //! 7. [`provider`] speaks to the upstream — Bedrock through `aws-sdk-bedrockruntime`, or any
 //!    OpenAI-compatible server — and turns its answer into `StreamEvent`s.
 //!
 //! Around them: [`config`] (TOML + env + flags, the routing policy's sections, what a reload
 //! may change), [`server`] (assembly — the targets from `upstream`'s builder, which a reload
-//! asks again — the embedded simulator when there is no AWS configuration, the background refresh of routing's figures, graceful shutdown), [`shutdown`]
+//! asks again — the embedded simulator when there is no AWS configuration, the background
+//! refresh of routing's figures, graceful shutdown; `server::assemble_without_tasks` is the same
+//! app without background tasks, for a Lambda function), [`shutdown`]
 //! (the drain phases), [`telemetry`] (logging and OTLP traces, the Prometheus histograms and
 //! counters, the live window of outcomes behind `/v1/stats`, `/metrics` and routing's health
 //! gates, replay and write counters, the spend hook), [`error`] (the one error type, mapped to

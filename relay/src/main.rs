@@ -1,12 +1,11 @@
 //! The `fm-relay` command: `fm-relay serve` runs the relay; `fm-relay keys add NAME` makes an API
 //! key; `fm-relay --print-config` prints the documented default configuration.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fm_relay::config::{ApiKeyConfig, BedrockMode, DEFAULT_CONFIG_TOML, KeyLimits, Overrides};
+use fm_relay::config::{ApiKeyConfig, DEFAULT_CONFIG_TOML, KeyLimits, ServeArgs};
 use fm_relay::{RelayConfig, server, telemetry};
 
 /// mimalloc instead of glibc's malloc: with glibc, memory allocated on one worker thread and freed
@@ -118,70 +117,6 @@ fn add_key(args: AddKeyArgs) -> Result<(), fm_relay::RelayError> {
         file.display()
     );
     Ok(())
-}
-
-/// Each flag overrides its environment variable, which overrides the config file.
-#[derive(Debug, clap::Args)]
-struct ServeArgs {
-    /// Configuration file (TOML); the embedded default when absent (see --print-config).
-    #[arg(long, env = "FM_RELAY_CONFIG")]
-    config: Option<PathBuf>,
-    /// Address to listen on [file: server.host].
-    #[arg(long, env = "FM_RELAY_HOST")]
-    host: Option<IpAddr>,
-    /// Port to listen on; 0 picks a free one [file: server.port].
-    #[arg(long, env = "FM_RELAY_PORT")]
-    port: Option<u16>,
-    /// Where Bedrock calls go [file: bedrock.mode].
-    #[arg(long, env = "FM_RELAY_BEDROCK_MODE", value_enum)]
-    bedrock_mode: Option<BedrockMode>,
-    /// Send Bedrock calls to this URL (e.g. a standalone fm-sim) [file: bedrock.endpoint].
-    #[arg(long, env = "FM_RELAY_BEDROCK_ENDPOINT")]
-    bedrock_endpoint: Option<String>,
-    /// Root certificates (PEM) trusted for Bedrock's endpoint besides the system's
-    /// [file: bedrock.ca_file].
-    #[arg(long, env = "FM_RELAY_BEDROCK_CA_FILE")]
-    bedrock_ca_file: Option<std::path::PathBuf>,
-    /// Upstream connect timeout in ms [file: timeouts.connect_ms].
-    #[arg(long, env = "FM_RELAY_CONNECT_TIMEOUT_MS")]
-    connect_timeout_ms: Option<u64>,
-    /// Time-to-first-token deadline in ms [file: timeouts.first_token_ms].
-    #[arg(long, env = "FM_RELAY_FIRST_TOKEN_TIMEOUT_MS")]
-    first_token_timeout_ms: Option<u64>,
-    /// Deadline of one non-streaming call to one target in ms [file: timeouts.one_shot_ms].
-    #[arg(long, env = "FM_RELAY_ONE_SHOT_TIMEOUT_MS")]
-    one_shot_timeout_ms: Option<u64>,
-    /// Longest silence between stream chunks in ms [file: timeouts.idle_ms].
-    #[arg(long, env = "FM_RELAY_IDLE_TIMEOUT_MS")]
-    idle_timeout_ms: Option<u64>,
-    /// Whole-request deadline in ms [file: timeouts.total_ms].
-    #[arg(long, env = "FM_RELAY_TOTAL_TIMEOUT_MS")]
-    total_timeout_ms: Option<u64>,
-    /// Seconds open streams may finish after SIGTERM [file: server.shutdown_grace_secs].
-    #[arg(long, env = "FM_RELAY_SHUTDOWN_GRACE_SECS")]
-    shutdown_grace_secs: Option<u64>,
-    /// The built chat UI to serve at / (Trunk's web/dist) [file: server.web_dir].
-    #[arg(long, env = "FM_RELAY_WEB_DIR")]
-    web_dir: Option<std::path::PathBuf>,
-}
-
-impl ServeArgs {
-    fn overrides(&self) -> Overrides {
-        Overrides {
-            host: self.host,
-            port: self.port,
-            bedrock_mode: self.bedrock_mode,
-            bedrock_endpoint: self.bedrock_endpoint.clone(),
-            bedrock_ca_file: self.bedrock_ca_file.clone(),
-            connect_timeout_ms: self.connect_timeout_ms,
-            first_token_timeout_ms: self.first_token_timeout_ms,
-            one_shot_timeout_ms: self.one_shot_timeout_ms,
-            idle_timeout_ms: self.idle_timeout_ms,
-            total_timeout_ms: self.total_timeout_ms,
-            shutdown_grace_secs: self.shutdown_grace_secs,
-            web_dir: self.web_dir.clone(),
-        }
-    }
 }
 
 fn main() -> ExitCode {

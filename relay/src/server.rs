@@ -172,8 +172,22 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
 }
 
 /// Resolves where calls go (starting the simulator when that is where), builds the provider
-/// clients, the catalog, the cache, the keys and the limits, and the app over them.
+/// clients, the catalog, the cache, the keys and the limits, and the app over them; starts the
+/// background tasks: the job workers, the refresh of routing's figures, and reloads on `SIGHUP`
+/// and on a change of the file.
 pub async fn assemble(config: RelayConfig) -> Result<Assembled, RelayError> {
+    let assembled = assemble_without_tasks(config).await?;
+    let state = &assembled.state;
+    api::jobs::spawn_workers(state);
+    api::spawn_routing_refresh(state);
+    api::reload::reload_on_hangup(state);
+    api::reload::reload_on_change(state);
+    Ok(assembled)
+}
+
+/// What [`assemble`] builds, with no background task started: for a host that runs the work
+/// itself (a Lambda function: its events bring the jobs, and nothing runs between them).
+pub async fn assemble_without_tasks(config: RelayConfig) -> Result<Assembled, RelayError> {
     // Every reqwest client of the relay — job callbacks too, even with no OpenAI-compatible
     // model configured — takes rustls's process-wide provider.
     crate::provider::openai::install_crypto_provider();
@@ -237,10 +251,6 @@ pub async fn assemble(config: RelayConfig) -> Result<Assembled, RelayError> {
         limits,
         jobs,
     });
-    api::jobs::spawn_workers(&state);
-    api::spawn_routing_refresh(&state);
-    api::reload::reload_on_hangup(&state);
-    api::reload::reload_on_change(&state);
     let app = api::app(state.clone());
     Ok(Assembled {
         app,

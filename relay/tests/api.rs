@@ -255,6 +255,17 @@ async fn bad_requests_get_4xx_answers_that_name_the_problem() {
         .await
         .unwrap();
     assert_eq!(error_of(response).await, (404, "not_found".into(), None));
+    // A plain GET of the WebSocket route (no upgrade asked for) too.
+    let response = harness
+        .http
+        .get(harness.url("/v1/ws"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(response).await,
+        (400, "invalid_request".into(), None)
+    );
     // Nothing reached the upstream.
     assert_eq!(harness.sim.stats().requests, 0);
 }

@@ -19,19 +19,6 @@ use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fm-relay");
 
-/// This test's own AWS clients, on moto.
-async fn aws_config(moto: &Moto) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(&moto.url)
-        .credentials_provider(aws_credential_types::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .load()
-        .await
-}
-
 /// A callback receiver that answers 500 to the first delivery of each job and 200 after;
 /// the deliveries it got, by job id.
 async fn receiver() -> (u16, Arc<Mutex<BTreeMap<String, u32>>>) {
@@ -81,7 +68,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: S
 #[tokio::test]
 async fn two_relays_share_the_aws_backend_and_end_each_job_once() {
     let moto = Moto::start().await;
-    let aws = aws_config(&moto).await;
+    let aws = moto.sdk_config().await;
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let sns = aws_sdk_sns::Client::new(&aws);
 
@@ -102,16 +89,7 @@ async fn two_relays_share_the_aws_backend_and_end_each_job_once() {
         .unwrap()
         .queue_url
         .unwrap();
-    let notices_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&notices)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-        .clone();
+    let notices_arn = queue_arn(&sqs, &notices).await;
     sns.subscribe()
         .topic_arn(&topic)
         .protocol("sqs")

@@ -27,8 +27,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use fm_protocol::{ChatRequest, StreamEvent};
 use futures_util::{SinkExt, StreamExt};
@@ -50,7 +51,19 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/ws", get(upgrade))
 }
 
-async fn upgrade(State(state): State<AppState>, edge: Edge, upgrade: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(state): State<AppState>,
+    edge: Edge,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            return RelayError::NotUpgradable(rejection)
+                .with_request_id(&edge.request_id)
+                .into_response();
+        }
+    };
     upgrade
         .max_message_size(fm_protocol::limits::MAX_BODY_BYTES)
         .max_frame_size(fm_protocol::limits::MAX_BODY_BYTES)

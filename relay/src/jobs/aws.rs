@@ -44,6 +44,26 @@ const TRANSACTION_TRIES: u32 = 8;
 /// SQS hides a message for at most this long (seconds).
 const MAX_HIDE_SECS: u64 = crate::config::jobs::MAX_SQS_WAIT_SECS;
 
+/// What became of a received job message ([`AwsJobStore::take`]).
+#[derive(Debug)]
+pub enum Taken {
+    /// The job, held by the taker.
+    Claim(Box<Claim>),
+    /// The message is deleted: its job has ended, or it names none.
+    Deleted,
+    /// The message is hidden until its job may be taken.
+    Hidden,
+}
+
+/// Which of the store's queues a delivered message came from, with the queue's URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveredFrom {
+    /// One of the job queues (a priority's).
+    Jobs(String),
+    /// The queue of callbacks due.
+    Callbacks(String),
+}
+
 /// What a queue message carries.
 #[derive(Debug, Serialize, Deserialize)]
 struct QueueMessage {
@@ -99,12 +119,14 @@ impl AwsJobStore {
             let sqs = &sqs;
             async move { queue_url(sqs, &name, config.create_resources).await }
         };
-        let queues = [
-            queue("high").await?,
-            queue("normal").await?,
-            queue("low").await?,
-        ];
-        let callbacks_queue = queue("callbacks").await?;
+        // Looked up together: on Lambda this is part of every cold start.
+        let (high, normal, low, callbacks_queue) = tokio::try_join!(
+            queue("high"),
+            queue("normal"),
+            queue("low"),
+            queue("callbacks")
+        )?;
+        let queues = [high, normal, low];
         let topic_arn = match config.topic.as_str() {
             "" => None,
             arn if arn.starts_with("arn:") => Some(arn.to_string()),
@@ -326,19 +348,52 @@ impl AwsJobStore {
         else {
             return Ok(None);
         };
-        let Some(message) = self.message_of(&body, &receipt).await? else {
-            return Ok(None);
+        match self
+            .take(&body, receipt, lease, visibility_ms, max_attempts)
+            .await?
+        {
+            Taken::Claim(claim) => Ok(Some(*claim)),
+            Taken::Deleted | Taken::Hidden => Ok(None),
+        }
+    }
+
+    /// The queue a message delivered by SQS to a Lambda function came from, by the queue's
+    /// ARN (`arn:aws:sqs:REGION:ACCOUNT:NAME`): one of the job queues, the callbacks queue, or
+    /// none of this store's.
+    pub fn queue_of_arn(&self, arn: &str) -> Option<DeliveredFrom> {
+        let name = arn.rsplit(':').next()?;
+        let named = |url: &str| url.rsplit('/').next() == Some(name);
+        if let Some(url) = self.queues.iter().find(|url| named(url)) {
+            return Some(DeliveredFrom::Jobs(url.clone()));
+        }
+        named(&self.callbacks_queue).then(|| DeliveredFrom::Callbacks(self.callbacks_queue.clone()))
+    }
+
+    /// Takes the job a received message names (with one conditional write), or says what became
+    /// of the message: deleted (its job ended, or it names none), or hidden until its job may
+    /// be taken (not due yet, held by a live worker, taken by another worker first, or not
+    /// stored yet).
+    pub async fn take(
+        &self,
+        body: &str,
+        receipt: Receipt,
+        lease: &str,
+        visibility_ms: u64,
+        max_attempts: u32,
+    ) -> Result<Taken, RelayError> {
+        let Some(message) = self.message_of(body, &receipt).await? else {
+            return Ok(Taken::Deleted);
         };
         let now = now_ms();
         let Some(item) = self.item(&message.job_id).await? else {
             if now.saturating_sub(message.sent_ms) > ORPHAN_GRACE_MS {
                 tracing::warn!(job_id = %message.job_id, "a queued job was never stored; its message is dropped");
                 self.delete(&receipt).await?;
-            } else {
-                // Its submission may still be storing it.
-                self.hide(&receipt, 5_000).await?;
+                return Ok(Taken::Deleted);
             }
-            return Ok(None);
+            // Its submission may still be storing it.
+            self.hide(&receipt, 5_000).await?;
+            return Ok(Taken::Hidden);
         };
         let job = record_of(&item)?;
         let lease_until = number(&item, "lease_until_ms").unwrap_or(0);
@@ -350,15 +405,15 @@ impl AwsJobStore {
                     self.announce(&job).await?;
                 }
                 self.delete(&receipt).await?;
-                return Ok(None);
+                return Ok(Taken::Deleted);
             }
             JobStatus::Queued if run_after > now => {
                 self.hide(&receipt, run_after - now).await?;
-                return Ok(None);
+                return Ok(Taken::Hidden);
             }
             JobStatus::Running if lease_until >= now => {
                 self.hide(&receipt, lease_until - now + 1_000).await?;
-                return Ok(None);
+                return Ok(Taken::Hidden);
             }
             _ => {}
         }
@@ -388,7 +443,7 @@ impl AwsJobStore {
         let taken = match taken {
             Ok(taken) => taken,
             // Another worker took it first: its message comes back when that hold runs out.
-            Err(err) if is_condition_failure(&err) => return Ok(None),
+            Err(err) if is_condition_failure(&err) => return Ok(Taken::Hidden),
             Err(err) => return Err(dynamo_failed("UpdateItem (claim)")(err)),
         };
         let job = record_of(taken.attributes().unwrap_or(&HashMap::new()))?;
@@ -407,9 +462,9 @@ impl AwsJobStore {
             };
             self.fail(&claim, error, AfterFailure::End(JobStatus::DeadLetter))
                 .await?;
-            return Ok(None);
+            return Ok(Taken::Deleted);
         }
-        Ok(Some(claim))
+        Ok(Taken::Claim(Box::new(claim)))
     }
 
     /// Renews the hold (and keeps the message hidden): whether the worker still holds the job.
@@ -629,33 +684,48 @@ impl AwsJobStore {
                 queue_url: self.callbacks_queue.clone(),
                 handle: message.receipt_handle().unwrap_or_default().to_string(),
             };
-            let Some(body) = self
-                .message_of(message.body().unwrap_or_default(), &receipt)
+            if let Some(callback) = self
+                .callback_of(message.body().unwrap_or_default(), receipt)
                 .await?
-            else {
-                continue;
-            };
-            let item = self.item(&body.job_id).await?;
-            let job = item.as_ref().map(record_of).transpose()?;
-            match job {
-                Some(job) if job.callback.as_ref().is_some_and(|c| c.0 == "pending") => {
-                    let Some(url) = job.request.callback_url.clone() else {
-                        self.delete(&receipt).await?;
-                        continue;
-                    };
-                    let attempts = job.callback.as_ref().map_or(0, |c| c.1);
-                    due.push(DueCallback {
-                        job,
-                        url,
-                        attempts,
-                        receipt: Some(receipt),
-                    });
-                }
-                // Delivered or given up already (a repeated notice), or no such job.
-                _ => self.delete(&receipt).await?,
+            {
+                due.push(callback);
             }
         }
         Ok(due)
+    }
+
+    /// The callback a received message of the callbacks queue names, if it is still due; a
+    /// message of a callback delivered or given up already (a repeated notice), or of no job,
+    /// is deleted (`None`).
+    pub async fn callback_of(
+        &self,
+        body: &str,
+        receipt: Receipt,
+    ) -> Result<Option<DueCallback>, RelayError> {
+        let Some(body) = self.message_of(body, &receipt).await? else {
+            return Ok(None);
+        };
+        let item = self.item(&body.job_id).await?;
+        let job = item.as_ref().map(record_of).transpose()?;
+        match job {
+            Some(job) if job.callback.as_ref().is_some_and(|c| c.0 == "pending") => {
+                let Some(url) = job.request.callback_url.clone() else {
+                    self.delete(&receipt).await?;
+                    return Ok(None);
+                };
+                let attempts = job.callback.as_ref().map_or(0, |c| c.1);
+                Ok(Some(DueCallback {
+                    job,
+                    url,
+                    attempts,
+                    receipt: Some(receipt),
+                }))
+            }
+            _ => {
+                self.delete(&receipt).await?;
+                Ok(None)
+            }
+        }
     }
 
     /// Records a delivery; the message is deleted, or hidden until the next try.

@@ -25,6 +25,7 @@ use sha2::Sha256;
 use super::backend::{Delivery, DueCallback, now_ms};
 use super::{Jobs, info};
 use crate::config::JobsConfig;
+use crate::error::RelayError;
 
 /// Redirects followed for one delivery.
 pub const MAX_REDIRECTS: usize = 5;
@@ -150,13 +151,16 @@ enum Attempt {
     Refused(String),
 }
 
+/// How long a callback is held for its delivery: longer than a delivery with its redirects can
+/// take.
+pub(super) fn hold_ms(config: &JobsConfig) -> u64 {
+    config.callback_timeout_ms * (MAX_REDIRECTS as u64 + 2)
+}
+
 /// Delivers due callbacks until the relay stops: looks every `jobs.poll_ms`.
 pub async fn run(jobs: Jobs, secret: String, shutdown: crate::shutdown::Shutdown) {
-    let config = jobs.inner.config.clone();
-    let poll = Duration::from_millis(config.poll_ms);
-    let timeout = Duration::from_millis(config.callback_timeout_ms);
-    // Held longer than a delivery with its redirects can take.
-    let hold_ms = config.callback_timeout_ms * (MAX_REDIRECTS as u64 + 2);
+    let poll = Duration::from_millis(jobs.inner.config.poll_ms);
+    let hold_ms = hold_ms(&jobs.inner.config);
     while shutdown.phase() == crate::shutdown::Phase::Running {
         let due = match jobs.inner.backend.due_callbacks(BATCH, hold_ms).await {
             Ok(due) => due,
@@ -173,32 +177,46 @@ pub async fn run(jobs: Jobs, secret: String, shutdown: crate::shutdown::Shutdown
             continue;
         }
         for callback in due {
-            let attempt = deliver(&callback, &config, &secret, timeout).await;
-            let outcome = match &attempt {
-                Attempt::Delivered => Delivery::Delivered,
-                Attempt::Refused(_) => Delivery::Failed,
-                Attempt::Failed(_) if callback.attempts + 1 >= config.callback_max_attempts => {
-                    Delivery::Failed
-                }
-                Attempt::Failed(_) => {
-                    let wait = 1_000u64.saturating_mul(1 << callback.attempts.min(16));
-                    Delivery::RetryAt(now_ms() + wait / 2 + fastrand::u64(0..=wait / 2))
-                }
-            };
-            match &attempt {
-                Attempt::Delivered => {
-                    tracing::info!(job_id = %callback.job.id, url = %callback.url, "callback delivered")
-                }
-                Attempt::Failed(why) | Attempt::Refused(why) => tracing::warn!(
-                    job_id = %callback.job.id, url = %callback.url, attempt = callback.attempts + 1,
-                    ?outcome, "callback not delivered: {why}"
-                ),
-            }
-            if let Err(err) = jobs.inner.backend.delivered(&callback, outcome).await {
+            if let Err(err) = settle(&jobs, &callback, &secret).await {
                 tracing::error!(job_id = %callback.job.id, error = %err, "cannot record a callback's delivery");
             }
         }
     }
+}
+
+/// Delivers one due callback and records how it went: delivered, given up, or due again after
+/// a wait that doubles with each failed try. An error when the record could not be written (the
+/// callback is then due again when its hold runs out).
+pub(super) async fn settle(
+    jobs: &Jobs,
+    callback: &DueCallback,
+    secret: &str,
+) -> Result<Delivery, RelayError> {
+    let config = &jobs.inner.config;
+    let timeout = Duration::from_millis(config.callback_timeout_ms);
+    let attempt = deliver(callback, config, secret, timeout).await;
+    let outcome = match &attempt {
+        Attempt::Delivered => Delivery::Delivered,
+        Attempt::Refused(_) => Delivery::Failed,
+        Attempt::Failed(_) if callback.attempts + 1 >= config.callback_max_attempts => {
+            Delivery::Failed
+        }
+        Attempt::Failed(_) => {
+            let wait = 1_000u64.saturating_mul(1 << callback.attempts.min(16));
+            Delivery::RetryAt(now_ms() + wait / 2 + fastrand::u64(0..=wait / 2))
+        }
+    };
+    match &attempt {
+        Attempt::Delivered => {
+            tracing::info!(job_id = %callback.job.id, url = %callback.url, "callback delivered")
+        }
+        Attempt::Failed(why) | Attempt::Refused(why) => tracing::warn!(
+            job_id = %callback.job.id, url = %callback.url, attempt = callback.attempts + 1,
+            ?outcome, "callback not delivered: {why}"
+        ),
+    }
+    jobs.inner.backend.delivered(callback, outcome).await?;
+    Ok(outcome)
 }
 
 /// One delivery: the job's status, signed, POSTed to its URL and to the redirects it gives.

@@ -13,7 +13,9 @@
 //! process is taken over when the hold runs out; a failed attempt is retried with exponential
 //! backoff and jitter, and dead-lettered after `jobs.max_attempts`; results are written under
 //! the job's id (a repeated write replaces the same object) before the job is marked completed,
-//! and only by the worker that holds it — a job ends exactly once.
+//! and only by the worker that holds it — a job ends exactly once. On AWS Lambda the queue's
+//! messages arrive in the function's events instead of a poll: [`Jobs::handle_delivery`] runs
+//! each through the same worker code.
 
 pub mod analysis;
 pub mod aws;
@@ -40,7 +42,8 @@ use crate::config::{JobsBackend, JobsConfig};
 use crate::error::{DocumentError, RelayError};
 use crate::shutdown::{Phase, Shutdown};
 use analysis::Analysis;
-use backend::{AfterFailure, Claim, JobBackend, JobRecord, NewJob, now_ms};
+use aws::DeliveredFrom;
+use backend::{AfterFailure, Claim, Delivery, JobBackend, JobRecord, NewJob, Receipt, now_ms};
 use objects::Objects;
 
 /// A boxed future of a model call.
@@ -328,6 +331,110 @@ impl Jobs {
                 shutdown: shutdown.clone(),
             };
             tokio::spawn(worker.run());
+        }
+    }
+}
+
+/// A message SQS delivered to a Lambda function (the AWS backend): the ARN of the queue it came
+/// from, its body and its receipt handle, as the SQS event's record carries them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDelivery {
+    pub queue_arn: String,
+    pub body: String,
+    pub receipt_handle: String,
+}
+
+/// What handling a delivered message leaves of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterDelivery {
+    /// Done with: its job ended (or it names none), its callback was delivered or given up. The
+    /// message may be deleted.
+    Done,
+    /// Due again: its job is queued for another attempt (or not due yet, or held by another
+    /// worker), its callback waits for another try. The message stays in its queue, hidden until
+    /// then.
+    Again,
+}
+
+impl Jobs {
+    /// Handles one message SQS delivered to a Lambda function — the Lambda runtime received it,
+    /// no worker of this process polls — as a worker that received it would. A job's message
+    /// runs one attempt of its job through the pollers' own code: the job held and its message
+    /// hidden for `jobs.visibility_timeout_secs`, renewed every `jobs.heartbeat_secs`, until the
+    /// attempt ends or `stop` reaches [`Phase::Stopped`] (the invocation's time runs out: the job
+    /// is given back at once). A message of the callbacks queue delivers its callback. Says
+    /// whether the message is done with.
+    pub async fn handle_delivery(
+        &self,
+        calls: Arc<dyn ModelCalls>,
+        delivery: &QueueDelivery,
+        stop: &Shutdown,
+    ) -> Result<AfterDelivery, RelayError> {
+        let unknown = || RelayError::UnknownQueue {
+            queue_arn: delivery.queue_arn.clone(),
+        };
+        let JobBackend::Aws(store) = &self.inner.backend else {
+            return Err(unknown());
+        };
+        let receipt = |queue_url: String| Receipt {
+            queue_url,
+            handle: delivery.receipt_handle.clone(),
+        };
+        match store
+            .queue_of_arn(&delivery.queue_arn)
+            .ok_or_else(unknown)?
+        {
+            DeliveredFrom::Callbacks(queue_url) => {
+                let Some(secret) = self.inner.config.callback_secret() else {
+                    tracing::warn!(
+                        "a callback is due but no callback secret is set (jobs.callback_secret, FM_RELAY_CALLBACK_SECRET): it waits"
+                    );
+                    return Ok(AfterDelivery::Again);
+                };
+                let Some(callback) = store
+                    .callback_of(&delivery.body, receipt(queue_url))
+                    .await?
+                else {
+                    return Ok(AfterDelivery::Done);
+                };
+                Ok(match callbacks::settle(self, &callback, &secret).await? {
+                    Delivery::RetryAt(_) => AfterDelivery::Again,
+                    Delivery::Delivered | Delivery::Failed => AfterDelivery::Done,
+                })
+            }
+            DeliveredFrom::Jobs(queue_url) => {
+                let config = &self.inner.config;
+                let visibility_ms = config.visibility_timeout_secs * 1000;
+                let lease = uuid::Uuid::new_v4().simple().to_string();
+                let taken = store
+                    .take(
+                        &delivery.body,
+                        receipt(queue_url),
+                        &lease,
+                        visibility_ms,
+                        config.max_attempts,
+                    )
+                    .await?;
+                let claim = match taken {
+                    aws::Taken::Claim(claim) => *claim,
+                    aws::Taken::Deleted => return Ok(AfterDelivery::Done),
+                    aws::Taken::Hidden => return Ok(AfterDelivery::Again),
+                };
+                // Lambda received the message with the queue's own visibility timeout; the job's
+                // hold is the one to keep.
+                self.inner.backend.heartbeat(&claim, visibility_ms).await?;
+                let (key, id) = (claim.job.key.clone(), claim.job.id.clone());
+                let worker = Worker {
+                    jobs: self.clone(),
+                    calls,
+                    shutdown: stop.clone(),
+                };
+                worker.run_job(claim).await;
+                Ok(match self.inner.backend.get(&key, &id).await? {
+                    Some(job) if !job.status.is_final() => AfterDelivery::Again,
+                    _ => AfterDelivery::Done,
+                })
+            }
         }
     }
 }

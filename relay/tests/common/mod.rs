@@ -472,6 +472,33 @@ impl Moto {
         .await;
         moto
     }
+
+    /// A test's own AWS clients' configuration, on this moto.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&self.url)
+            .credentials_provider(aws_credential_types::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .http_client(aws_smithy_http_client::Builder::new().build_http())
+            .load()
+            .await
+    }
+}
+
+/// The ARN of the queue at `queue_url`.
+pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> String {
+    let name = aws_sdk_sqs::types::QueueAttributeName::QueueArn;
+    sqs.get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(name.clone())
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&name]
+        .clone()
 }
 
 /// Waits until `started` says a server a test started is ready: asks every 25 ms, for up to
