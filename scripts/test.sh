@@ -23,7 +23,7 @@ cargo test --workspace --exclude fm-web --locked
 step "soak, short (20 s of mixed traffic: the relay's memory stays flat, the traffic is served)"
 # The 30-minute run: cargo bench -p fm-relay --bench soak (BENCHMARKS.md, "Soak").
 SOAK_SECS=20 cargo test -p fm-relay --bench soak --locked
-step "concurrent streams, short (200 streams over HTTP/1.1 and HTTP/2 upstreams, every one intact)"
+step "concurrent streams, short (200 streams over HTTP/1.1 and HTTP/2 upstreams, and HTTP/2 from clients too, every one intact)"
 # The full run: scripts/bench-streams.sh, 10 000 streams (BENCHMARKS.md, "10 000 concurrent
 # streams"). A debug build's memory per stream says little: the budget here only catches a leak.
 STREAMS=200 STREAM_TOKENS=3 STREAM_TOKENS_PER_SEC=10 STREAM_FIRST_TOKEN_MS=1500 STREAM_BUDGET_KIB=200 \

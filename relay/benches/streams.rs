@@ -3,7 +3,8 @@
 //! (plain, one connection per call) and an HTTP/2 one (TLS with ALPN, as Bedrock serves it: many
 //! calls per connection), and — the floor, in the same run — the same number of ConverseStream
 //! calls through a bare pass-through (axum + reqwest, `common/pass_through.rs`, started as its own
-//! process). For each: the time to open them all, the process's resident memory
+//! process); and the relay with HTTP/2 on both sides, its clients' streams sharing a few HTTP/2
+//! connections with prior knowledge (h2c), as behind a load balancer that multiplexes. For each: the time to open them all, the process's resident memory
 //! before, with every stream open and waiting for its first token, and at its peak while tokens
 //! flow, per stream; the relay's sockets; and whether every stream ended intact — its `done`
 //! event, the answer's every token, no error, none lost.
@@ -13,7 +14,7 @@
 //! streams` with the limit raised. Env: `STREAMS` (default 10000), `STREAM_TOKENS` (10),
 //! `STREAM_TOKENS_PER_SEC` (1), `STREAM_FIRST_TOKEN_MS` (time for every stream to open before the
 //! first token comes; default 3 ms per stream, at least 3 s), `STREAM_UPSTREAMS`
-//! (`pass-through,http1,http2`),
+//! (`pass-through,http1,http2,http2-both`),
 //! `STREAM_HTTP2_CONNECTIONS` (the relay's `bedrock.http2_connections`; default one per 150
 //! streams, at least 8: fm-sim lets a connection carry 200), `STREAM_BUDGET_KIB` (default 45: the run fails, exit code 1, when the relay's memory per open
 //! stream over its leaner upstream is above it, or when any stream did not end intact). Where the
@@ -23,6 +24,8 @@
 //! rot.
 
 mod common;
+#[path = "../tests/common/http2.rs"]
+mod http2;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,6 +48,10 @@ enum Upstream {
     Http1,
     /// The relay, its Bedrock calls over TLS with HTTP/2 by ALPN: many calls per connection.
     Http2,
+    /// The relay, HTTP/2 on both sides: its clients' streams over a few HTTP/2 connections with
+    /// prior knowledge (h2c, as a load balancer in front of it multiplexes), its Bedrock calls as
+    /// in `Http2`.
+    Http2Both,
 }
 
 impl Upstream {
@@ -53,6 +60,9 @@ impl Upstream {
             Upstream::PassThrough => "bare pass-through, HTTP/1.1 (the floor)",
             Upstream::Http1 => "fm-relay, HTTP/1.1 upstream (plain)",
             Upstream::Http2 => "fm-relay, HTTP/2 upstream (TLS, ALPN)",
+            Upstream::Http2Both => {
+                "fm-relay, HTTP/2 from clients (h2c, 200 streams a connection) and upstream"
+            }
         }
     }
 }
@@ -135,7 +145,7 @@ async fn warm_up(http: &reqwest::Client, url: &str, upstream: Upstream, turn: us
             format!("{url}/model/{QUICK_MODEL}/converse"),
             serde_json::json!({"messages": [{"role": "user", "content": [{"text": format!("Warm-up {turn}.")}]}]}),
         ),
-        Upstream::Http1 | Upstream::Http2 => (
+        Upstream::Http1 | Upstream::Http2 | Upstream::Http2Both => (
             url.replace("/v1/chat/stream", "/v1/chat"),
             serde_json::json!({"model": "nova-lite", "no_cache": true,
                                "messages": [{"role": "user", "content": format!("Warm-up {turn}.")}]}),
@@ -221,10 +231,76 @@ fn sockets_of(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// Streams a client connection to the relay carries over HTTP/2 (the relay's
+/// `server.http2_max_streams` is 256).
+const STREAMS_PER_CLIENT_CONNECTION: usize = 200;
+
+/// How the streams reach the relay.
+#[derive(Clone)]
+enum Clients {
+    /// HTTP/1.1: a connection per stream.
+    Http1(reqwest::Client),
+    /// HTTP/2 with prior knowledge: the streams share a few connections, taken in turn.
+    Http2(Arc<Vec<http2::Http2Sender>>),
+}
+
+type AnswerBody =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, String>> + Send>>;
+
+impl Clients {
+    /// `connections` HTTP/2 connections with prior knowledge to `addr`.
+    async fn http2(addr: &str, connections: usize) -> Clients {
+        let mut senders = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            senders.push(http2::connect(addr).await);
+        }
+        Clients::Http2(Arc::new(senders))
+    }
+
+    /// `POST url` with a JSON body, for stream `n`: the answer's body when its status is 200.
+    async fn post(
+        &self,
+        url: &str,
+        n: usize,
+        body: serde_json::Value,
+    ) -> Result<AnswerBody, String> {
+        match self {
+            Clients::Http1(http) => {
+                let response = post_json(http, url, n, body).await?;
+                Ok(Box::pin(response.bytes_stream().map(move |chunk| {
+                    chunk.map_err(|err| format!("stream {n}: cut: {err}"))
+                })))
+            }
+            Clients::Http2(senders) => {
+                let mut sender = senders[n % senders.len()].clone();
+                let request = hyper::Request::post(url)
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(body.to_string()))
+                    .unwrap();
+                sender
+                    .ready()
+                    .await
+                    .map_err(|err| format!("stream {n}: {err}"))?;
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .map_err(|err| format!("stream {n}: {err}"))?;
+                if response.status() != hyper::StatusCode::OK {
+                    return Err(format!("stream {n}: status {}", response.status()));
+                }
+                let body = axum::body::Body::new(response.into_body()).into_data_stream();
+                Ok(Box::pin(body.map(move |chunk| {
+                    chunk.map_err(|err| format!("stream {n}: cut: {err}"))
+                })))
+            }
+        }
+    }
+}
+
 /// One stream read to its end: `Ok` when it ended with `done` after `tokens` tokens and nothing
 /// went wrong on the way. Counts it in `opened` at its `start` event.
 async fn one_stream(
-    http: reqwest::Client,
+    clients: Clients,
     url: String,
     n: usize,
     tokens: u32,
@@ -236,13 +312,12 @@ async fn one_stream(
         "messages": [{"role": "user", "content": format!("Stream number {n}, slowly.")}],
         "no_cache": true,
     });
-    let response = post_json(&http, &url, n, body).await?;
-    let mut body = response.bytes_stream();
+    let mut body = clients.post(&url, n, body).await?;
     let mut decoder = SseDecoder::new();
     let mut permit = Some(permit);
     let mut deltas = 0u32;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|err| format!("stream {n}: cut: {err}"))?;
+        let chunk = chunk?;
         let frames = decoder
             .feed(&chunk)
             .map_err(|err| format!("stream {n}: {err}"))?;
@@ -301,7 +376,7 @@ async fn run(upstream: Upstream, streams: usize, shape: &Shape) -> Figures {
     std::fs::create_dir_all(&folder).unwrap();
     let (sim, ca_file) = match upstream {
         Upstream::Http1 | Upstream::PassThrough => (fm_sim::spawn(sim_config).await.unwrap(), None),
-        Upstream::Http2 => {
+        Upstream::Http2 | Upstream::Http2Both => {
             let tls = LocalTls::generate().unwrap();
             let ca_file = folder.join("sim-ca.pem");
             std::fs::write(&ca_file, tls.ca_pem()).unwrap();
@@ -313,13 +388,23 @@ async fn run(upstream: Upstream, streams: usize, shape: &Shape) -> Figures {
     };
 
     // The process measured: the relay, or the pass-through; its pid and the URL streams go to.
-    let (target, pid, url): (Box<dyn std::any::Any>, u32, String) = match upstream {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let (target, pid, url, clients): (Box<dyn std::any::Any>, u32, String, Clients) = match upstream
+    {
         Upstream::PassThrough => {
             let pass_through = PassThroughProcess::start(&sim.endpoint_url());
             let (pid, url) = (pass_through.child.id(), pass_through.url.clone());
-            (Box::new(pass_through), pid, url)
+            (
+                Box::new(pass_through),
+                pid,
+                url,
+                Clients::Http1(http.clone()),
+            )
         }
-        Upstream::Http1 | Upstream::Http2 => {
+        Upstream::Http1 | Upstream::Http2 | Upstream::Http2Both => {
             let mut config = RelayConfig::embedded_default();
             config.bedrock.mode = BedrockMode::Endpoint;
             config.bedrock.endpoint = Some(sim.endpoint_url());
@@ -334,21 +419,25 @@ async fn run(upstream: Upstream, streams: usize, shape: &Shape) -> Figures {
             config.timeouts.total_ms = wait_ms * 2;
             let relay = RelayProcess::start_configured(&config);
             let (pid, url) = (relay.pid(), format!("http://{}/v1/chat/stream", relay.addr));
-            (Box::new(relay), pid, url)
+            let clients = match upstream {
+                Upstream::Http2Both => {
+                    let connections = streams.div_ceil(STREAMS_PER_CLIENT_CONNECTION);
+                    Clients::http2(&relay.addr, connections).await
+                }
+                _ => Clients::Http1(http.clone()),
+            };
+            (Box::new(relay), pid, url, clients)
         }
     };
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
     // Warm up: the first stream sets up pools and lazy state that every later one shares.
     let stream = |n: usize, opened: Arc<AtomicUsize>, opening: Arc<tokio::sync::Semaphore>| {
-        let (http, url, tokens) = (http.clone(), url.clone(), shape.tokens);
+        let (http, clients, url, tokens) =
+            (http.clone(), clients.clone(), url.clone(), shape.tokens);
         async move {
             match upstream {
                 Upstream::PassThrough => one_bedrock_stream(http, url, n, opened, opening).await,
-                Upstream::Http1 | Upstream::Http2 => {
-                    one_stream(http, url, n, tokens, opened, opening).await
+                Upstream::Http1 | Upstream::Http2 | Upstream::Http2Both => {
+                    one_stream(clients, url, n, tokens, opened, opening).await
                 }
             }
         }
@@ -381,7 +470,7 @@ async fn run(upstream: Upstream, streams: usize, shape: &Shape) -> Figures {
     let relay_sockets = sockets_of(pid);
     let upstream_connections = match upstream {
         Upstream::Http1 | Upstream::PassThrough => None,
-        Upstream::Http2 => sim.stats().tls_connections.get("h2").copied(),
+        Upstream::Http2 | Upstream::Http2Both => sim.stats().tls_connections.get("h2").copied(),
     };
 
     let mut peak_kib = open_kib;
@@ -436,18 +525,21 @@ async fn main() {
         first_token_ms: env_or("STREAM_FIRST_TOKEN_MS", (streams as u64 * 3).max(3000)),
     };
     let budget_kib: f64 = env_or("STREAM_BUDGET_KIB", 45.0);
-    let upstreams: Vec<Upstream> =
-        env_or("STREAM_UPSTREAMS", "pass-through,http1,http2".to_string())
-            .split(',')
-            .map(|name| match name.trim() {
-                "pass-through" => Upstream::PassThrough,
-                "http1" => Upstream::Http1,
-                "http2" => Upstream::Http2,
-                other => panic!(
-                    "STREAM_UPSTREAMS: unknown upstream `{other}` (pass-through, http1, http2)"
-                ),
-            })
-            .collect();
+    let upstreams: Vec<Upstream> = env_or(
+        "STREAM_UPSTREAMS",
+        "pass-through,http1,http2,http2-both".to_string(),
+    )
+    .split(',')
+    .map(|name| match name.trim() {
+        "pass-through" => Upstream::PassThrough,
+        "http1" => Upstream::Http1,
+        "http2" => Upstream::Http2,
+        "http2-both" => Upstream::Http2Both,
+        other => panic!(
+            "STREAM_UPSTREAMS: unknown upstream `{other}` (pass-through, http1, http2, http2-both)"
+        ),
+    })
+    .collect();
     let limit = open_files_limit();
     fm_relay::provider::openai::install_crypto_provider();
 
@@ -466,7 +558,7 @@ async fn main() {
         // simulator's; over HTTP/2 the upstream side is a connection per 200 streams.
         let per_stream = match upstream {
             Upstream::Http1 | Upstream::PassThrough => 2,
-            Upstream::Http2 => 1,
+            Upstream::Http2 | Upstream::Http2Both => 1,
         };
         let fits = (limit.saturating_sub(600) / per_stream) as usize;
         if fits < 10 {

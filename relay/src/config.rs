@@ -420,6 +420,8 @@ pub struct ServerConfig {
     pub max_headers: usize,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// Requests one HTTP/2 client connection may have open at once.
+    pub http2_max_streams: u32,
     pub listen_backlog: u32,
     /// A WebSocket with nothing to answer that sent nothing for this long is closed (1008).
     pub ws_idle_timeout_secs: u64,
@@ -447,6 +449,7 @@ impl Default for ServerConfig {
             max_headers: 100,
             max_header_bytes: 16 * 1024,
             max_connections: 10_000,
+            http2_max_streams: 256,
             listen_backlog: 1024,
             ws_idle_timeout_secs: 300,
             write_timeout_secs: 30,
@@ -1116,10 +1119,11 @@ impl RelayConfig {
         if server.header_read_timeout_ms == 0
             || server.write_timeout_secs == 0
             || server.max_connections == 0
+            || server.http2_max_streams == 0
             || server.listen_backlog == 0
         {
             return Err(
-                "`server.header_read_timeout_ms`, `server.write_timeout_secs`, `server.max_connections` and `server.listen_backlog` must be greater than 0"
+                "`server.header_read_timeout_ms`, `server.write_timeout_secs`, `server.max_connections`, `server.http2_max_streams` and `server.listen_backlog` must be greater than 0"
                     .into(),
             );
         }

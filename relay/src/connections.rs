@@ -12,12 +12,20 @@
 //! stream until they are written). The timeout stays on the socket after a WebSocket upgrade.
 //! Each is counted in `/metrics` ([`ConnectionStats`]).
 //!
-//! The serving itself is hyper's HTTP/1.1 server with upgrades (WebSocket), as `axum::serve`
-//! uses, driven here so these settings can be applied; graceful shutdown stops accepting and
-//! lets each connection finish its request.
+//! The serving itself is hyper's, driven here so these settings can be applied: HTTP/1.1 with
+//! upgrades (WebSocket), as `axum::serve` uses, or HTTP/2 for a client that opens with its
+//! preface (prior knowledge, `h2c`: a load balancer or a gateway in front of the relay that
+//! multiplexes its clients' requests over a few connections). Each connection's first bytes
+//! choose, read within the header-read timeout. Over HTTP/2 a connection carries at most
+//! `server.http2_max_streams` requests at once and `server.max_header_bytes` of headers per
+//! request (refused over them); the write timeout and the connection cap hold alike, and a
+//! connection is pinged when idle and closed when its peer stops answering. A stream whose client
+//! stopped taking its data (its own flow-control window shut, the connection still moving) holds
+//! at most 64 KiB and its paused upstream call until the client reads or the connection closes.
+//! Graceful shutdown stops accepting and lets each connection finish its requests (HTTP/2: a
+//! GOAWAY).
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -25,7 +33,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -57,6 +65,8 @@ pub struct ConnectionStats {
     pub ws_protocol_errors: AtomicU64,
     /// WebSockets closed with 1008 after `server.ws_idle_timeout_secs` with nothing to do.
     pub ws_idle: AtomicU64,
+    /// Connections that spoke HTTP/2 (of those accepted).
+    pub http2: AtomicU64,
 }
 
 impl ConnectionStats {
@@ -109,11 +119,26 @@ pub async fn serve(
     stats: Arc<ConnectionStats>,
     stop: impl Future<Output = ()>,
 ) {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(server.header_read_timeout_ms))
+    let header_read_timeout = Duration::from_millis(server.header_read_timeout_ms);
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
         .max_headers(server.max_headers)
         .max_header_size(server.max_header_bytes);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(server.http2_max_streams)
+        .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(HTTP2_PING_INTERVAL))
+        .keep_alive_timeout(HTTP2_PING_INTERVAL)
+        .max_send_buf_size(HTTP2_STREAM_SEND_BUFFER);
+    let protocols = Arc::new(Protocols {
+        http1,
+        http2,
+        header_read_timeout,
+    });
     let max_connections = server.max_connections;
     let write_timeout = Duration::from_secs(server.write_timeout_secs);
     let connections = TaskTracker::new();
@@ -148,12 +173,11 @@ pub async fn serve(
             continue;
         }
         stats.open.fetch_add(1, Ordering::Relaxed);
-        let mut stream = TimeoutStream::new(stream);
-        stream.set_write_timeout(Some(write_timeout));
         let connection = serve_one(
-            Box::pin(stream),
+            stream,
+            write_timeout,
             app.clone(),
-            http.clone(),
+            protocols.clone(),
             stats.clone(),
             stop_rx.clone(),
         );
@@ -172,25 +196,107 @@ async fn refuse(mut stream: TcpStream, max: usize) {
     let _ = stream.shutdown().await;
 }
 
+/// How often an HTTP/2 connection is pinged while idle, and how long the answer may take before
+/// the connection is closed as dead.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// What an HTTP/2 stream buffers for a client that does not take its data (its flow-control
+/// window shut); hyper's default is 400 KiB. Token streams need far less.
+const HTTP2_STREAM_SEND_BUFFER: usize = 64 * 1024;
+
+/// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113, section 3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How many of the preface's bytes tell it from an HTTP/1.1 request line (`PRI ` is no method
+/// the relay serves); hyper's HTTP/2 server reads and checks the whole preface itself.
+const HTTP2_PREFACE_SEEN: usize = 4;
+
+/// The two protocols a connection may speak, set up once and shared.
+struct Protocols {
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+}
+
+/// Which protocol the client opened with, from its first bytes (peeked, so they stay for
+/// hyper): `None` when none arrived within the header-read timeout.
+async fn opening(stream: &TcpStream, within: Duration) -> Option<Protocol> {
+    let mut first = [0u8; HTTP2_PREFACE_SEEN];
+    let read = async {
+        loop {
+            let seen = match stream.peek(&mut first).await {
+                Ok(0) | Err(_) => return Protocol::Http1,
+                Ok(seen) => seen,
+            };
+            if !HTTP2_PREFACE.starts_with(&first[..seen]) {
+                return Protocol::Http1;
+            }
+            if seen == HTTP2_PREFACE_SEEN {
+                return Protocol::Http2;
+            }
+            // The first bytes of `PRI ` arrived alone (a peek returns what is there): wait a
+            // moment for the rest rather than peek the same bytes again at once.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(within, read).await.ok()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
 async fn serve_one(
-    stream: Pin<Box<TimeoutStream<TcpStream>>>,
+    stream: TcpStream,
+    write_timeout: Duration,
     app: Router,
-    http: hyper::server::conn::http1::Builder,
+    protocols: Arc<Protocols>,
     stats: Arc<ConnectionStats>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let Some(protocol) = opening(&stream, protocols.header_read_timeout).await else {
+        // A client that connects and says nothing, as HTTP/1.1's header-read timeout closes it.
+        stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+        stats.open.fetch_sub(1, Ordering::Relaxed);
+        return;
+    };
+    let mut stream = TimeoutStream::new(stream);
+    stream.set_write_timeout(Some(write_timeout));
+    let io = TokioIo::new(Box::pin(stream));
     let service = TowerToHyperService::new(
         app.map_request(|request: hyper::Request<Incoming>| request.map(Body::new)),
     );
-    let connection = http
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    let mut connection = std::pin::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = async { stop.wait_for(|stop| *stop).await.map(|_| ()) } => {
-            connection.as_mut().graceful_shutdown();
-            connection.as_mut().await
+    let stopping = async { stop.wait_for(|stop| *stop).await.map(|_| ()) };
+    let result = match protocol {
+        Protocol::Http1 => {
+            // Each protocol's connection in its own allocation: the task holds either one's
+            // state, not room for the larger of the two.
+            let mut connection = Box::pin(
+                protocols
+                    .http1
+                    .serve_connection(io, service)
+                    .with_upgrades(),
+            );
+            tokio::select! {
+                result = connection.as_mut() => result,
+                _ = stopping => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.as_mut().await
+                }
+            }
+        }
+        Protocol::Http2 => {
+            stats.http2.fetch_add(1, Ordering::Relaxed);
+            let mut connection = Box::pin(protocols.http2.serve_connection(io, service));
+            tokio::select! {
+                result = connection.as_mut() => result,
+                _ = stopping => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.as_mut().await
+                }
+            }
         }
     };
     if let Err(err) = result {

@@ -3,8 +3,8 @@
 //! A request's path through the crate (the project's DESIGN.md draws the whole map):
 //!
 //! 1. [`connections`] accepts the connection (listen backlog, connection cap, header-read
-//!    timeout, header limits, a write timeout for clients that stop reading) and hands it to the
-//!    app.
+//!    timeout, header limits, a write timeout for clients that stop reading), serves it HTTP/1.1
+//!    or, when it opens with HTTP/2's preface, HTTP/2, and hands its requests to the app.
 //! 2. [`api`] — the only module that knows HTTP. Its edge (`api::edge`, tower layers composed in
 //!    one place) gives the request an id and a span, checks its origin, answers CORS, identifies
 //!    the caller ([`auth`]: API keys and what each may use), admits it to the request rates

@@ -3,12 +3,14 @@
 //! connections over `server.max_connections` get a 503 at once, never a hang; too many headers
 //! are a 431; a client that stops reading its stream is closed after `server.write_timeout_secs`
 //! and its upstream call cancelled; a cold burst of 600 connections is served (the listen
-//! backlog). Each is counted in `/metrics`.
+//! backlog); an HTTP/2 client (prior knowledge) is served many requests at once over one
+//! connection, within the header limit. Each is counted in `/metrics`.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::http2::Http2Sender;
 use common::{Harness, sim_config, start_with};
 
 const LONG_UPSTREAM: &str = "anthropic.long-v1:0";
@@ -241,4 +243,103 @@ async fn a_cold_burst_of_600_connections_is_served() {
         }
     }
     assert_eq!(served, 600);
+}
+
+/// Sends one request on `sender`'s connection: its status and whole body, or the stream's error.
+async fn http2_request(
+    sender: &mut Http2Sender,
+    request: hyper::Request<axum::body::Body>,
+) -> Result<(u16, Vec<u8>), hyper::Error> {
+    use futures_util::StreamExt;
+    sender.ready().await?;
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    let mut body = axum::body::Body::new(response.into_body()).into_data_stream();
+    let mut received = Vec::new();
+    while let Some(chunk) = body.next().await {
+        received.extend_from_slice(&chunk.expect("the body arrives whole"));
+    }
+    Ok((status, received))
+}
+
+fn http2_post(path: &str, body: String) -> hyper::Request<axum::body::Body> {
+    hyper::Request::post(format!("http://relay{path}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_http2_client_is_served_many_requests_at_once_over_one_connection() {
+    let harness = relay_with(|config| config.server.max_header_bytes = 4096).await;
+    let sender = common::http2::connect(harness.relay.addr()).await;
+
+    // 24 streams and 8 JSON answers at once, all on the one connection; the paced model takes
+    // half a second to say its 10 tokens, so the streams are open together.
+    let started = Instant::now();
+    let requests = (0..32).map(|index| {
+        let mut sender = sender.clone();
+        async move {
+            let streamed = index % 4 != 0;
+            let path = if streamed { "/v1/chat/stream" } else { "/v1/chat" };
+            let body = format!(
+                r#"{{"model":"paced","max_tokens":10,"messages":[{{"role":"user","content":"request {index}"}}]}}"#
+            );
+            let (status, body) = http2_request(&mut sender, http2_post(path, body))
+                .await
+                .unwrap();
+            (streamed, status, body)
+        }
+    });
+    for (streamed, status, body) in futures_util::future::join_all(requests).await {
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        if streamed {
+            let mut decoder = fm_protocol::SseDecoder::new();
+            let events: Vec<_> = decoder
+                .feed(&body)
+                .unwrap()
+                .iter()
+                .map(|frame| frame.stream_event().unwrap())
+                .collect();
+            assert!(
+                matches!(events.last(), Some(fm_protocol::StreamEvent::Done { .. })),
+                "{events:?}"
+            );
+            assert!(!common::text_of(&events).is_empty());
+        } else {
+            let answer: fm_protocol::ChatResponse = serde_json::from_slice(&body).unwrap();
+            assert!(!answer.text.is_empty());
+        }
+    }
+    // One after the other they would take 16 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the requests did not run at once: {:?}",
+        started.elapsed()
+    );
+
+    // Headers over `server.max_header_bytes` are refused, and the connection serves on.
+    let mut oversized = http2_post("/v1/chat", common::chat_body(None, "too big"));
+    oversized
+        .headers_mut()
+        .insert("x-filler", "x".repeat(8192).parse().unwrap());
+    let mut sender_for_oversized = sender.clone();
+    // (Refused with a 431, or with a stream reset.)
+    if let Ok((status, _)) = http2_request(&mut sender_for_oversized, oversized).await {
+        assert_eq!(status, 431);
+    }
+    let mut sender = sender;
+    let (status, _) = http2_request(
+        &mut sender,
+        http2_post("/v1/chat", common::chat_body(None, "after")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+
+    let metrics = harness.metrics().await;
+    assert!(
+        metrics.contains("fm_relay_connections_http2_total 1\n"),
+        "{metrics}"
+    );
 }

@@ -160,6 +160,22 @@ async fn post(
     post_with(http, url, key, body).await.unwrap()
 }
 
+/// The answers the relay at `url` has stored in the cache since it started (`GET /v1/stats`).
+async fn cache_stored(http: &reqwest::Client, url: &str) -> u64 {
+    let stats: serde_json::Value = http
+        .get(format!("{url}/v1/stats"))
+        .header("authorization", format!("Bearer {LOAD_KEY}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stats["cache"]["stored"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no cache counters: {stats}"))
+}
+
 async fn submit_job(http: &reqwest::Client, url: &str, body: serde_json::Value) -> String {
     let response = post(http, &format!("{url}/v1/jobs"), LOAD_KEY, body).await;
     assert_eq!(response.status(), 202, "{:?}", response.text().await);
@@ -343,6 +359,7 @@ async fn replicas_behind_haproxy_share_state_and_survive_a_kill_9() {
 
     // An answer one replica cached is served by the others from Redis.
     let body = json!({"messages": [{"role": "user", "content": "Cached once, for all."}]});
+    let stored_before = cache_stored(&http, first.url()).await;
     for (n, replica) in [first.url(), second.url(), doomed.url()]
         .into_iter()
         .enumerate()
@@ -356,6 +373,15 @@ async fn replicas_behind_haproxy_share_state_and_survive_a_kill_9() {
             ResponseSource::Cache
         };
         assert_eq!(answer.route.source, expected, "replica {n}");
+        if n == 0 {
+            // The first replica writes its answer to Redis after it has answered: wait for the
+            // write before asking the others.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while cache_stored(&http, replica).await == stored_before {
+                assert!(Instant::now() < deadline, "the answer was never cached");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 
     // Streaming and sync load through the balancer; one replica dies in the middle of it.

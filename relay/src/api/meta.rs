@@ -291,6 +291,11 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
             &connections.accepted,
         ),
         (
+            "fm_relay_connections_http2_total",
+            "HTTP connections accepted since start-up that spoke HTTP/2 (prior knowledge, h2c).",
+            &connections.http2,
+        ),
+        (
             "fm_relay_limits_redis_errors_total",
             "Admissions for which the limits' Redis failed or did not answer within limits.redis_timeout_ms.",
             &health.redis_errors,

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod http2;
+
 use std::time::Duration;
 
 use fm_protocol::{SseDecoder, StreamEvent};
