@@ -12,14 +12,29 @@
 //! target serves; `PEER_CONCURRENCY`, default `1,16,64`; `PEER_MODES`, default `sync,stream`;
 //! `PEER_SECS`, seconds per scenario, default 10. The run fails (exit code 1) when a target
 //! served nothing or more than 1% of its requests failed.
+//!
+//! Beside the targets the driver runs the bench's bare pass-through (axum + reqwest, no parsing,
+//! no policy: `relay/benches/common/pass_through.rs`) in front of the same simulator, as a
+//! process of its own started from this binary: the floor of any HTTP hop on this machine and
+//! load, so that each ratio can be read against what a hop that does nothing reaches.
 
 use std::collections::HashMap;
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fm_protocol::SseDecoder;
 use futures_util::StreamExt;
+
+#[path = "../../relay/benches/common/pass_through.rs"]
+mod pass_through;
+
+/// Set (to the simulator's origin) in the driver's child that serves the pass-through.
+const PASS_THROUGH_ENV: &str = "PEER_SERVE_PASS_THROUGH";
+/// The pass-through's name in the tables.
+const PASS_THROUGH: &str = "pass-through";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -301,6 +316,38 @@ async fn scenario(
     (figures, failures)
 }
 
+/// The bare pass-through as a process of its own (this binary, serving it), killed when dropped.
+struct PassThroughProcess {
+    child: Child,
+    base_url: String,
+}
+
+impl PassThroughProcess {
+    /// Starts it in front of the simulator whose base URL (`…/v1`) is `sim_base`.
+    fn start(sim_base: &str) -> Self {
+        let sim = reqwest::Url::parse(sim_base).expect("PEER_TARGETS: the simulator's URL");
+        let origin = sim.origin().ascii_serialization();
+        let mut child = Command::new(std::env::current_exe().expect("the driver's own path"))
+            .env(PASS_THROUGH_ENV, &origin)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the pass-through starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("its stdout"))
+            .read_line(&mut line)
+            .expect("the pass-through prints its URL");
+        let base_url = format!("{}{}", line.trim(), sim.path().trim_end_matches('/'));
+        PassThroughProcess { child, base_url }
+    }
+}
+
+impl Drop for PassThroughProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn shown(value: Option<f64>, digits: usize) -> String {
     value.map_or("–".into(), |value| format!("{value:.digits$}"))
 }
@@ -308,15 +355,26 @@ fn shown(value: Option<f64>, digits: usize) -> String {
 #[tokio::main]
 async fn main() {
     fm_relay::provider::openai::install_crypto_provider();
-    let targets = pairs("PEER_TARGETS");
+    if let Ok(upstream) = std::env::var(PASS_THROUGH_ENV) {
+        let url = pass_through::spawn(upstream)
+            .await
+            .expect("the pass-through listens");
+        println!("{url}");
+        std::future::pending::<()>().await;
+    }
+    let mut targets = pairs("PEER_TARGETS");
     assert!(
         targets.len() >= 2,
         "PEER_TARGETS: the simulator first, then the targets (bench/peer/run.sh sets it)"
     );
-    let pids: HashMap<String, u32> = pairs("PEER_PIDS")
+    let mut pids: HashMap<String, u32> = pairs("PEER_PIDS")
         .into_iter()
         .map(|(name, pid)| (name, pid.parse().expect("PEER_PIDS: name=pid")))
         .collect();
+    // The floor of a hop, measured right after the simulator itself.
+    let pass_through = PassThroughProcess::start(&targets[0].1);
+    pids.insert(PASS_THROUGH.into(), pass_through.child.id());
+    targets.insert(1, (PASS_THROUGH.into(), pass_through.base_url.clone()));
     let versions = pairs("PEER_VERSIONS");
     let model = std::env::var("PEER_MODEL").unwrap_or_else(|_| "bench".into());
     let concurrencies: Vec<usize> = list("PEER_CONCURRENCY", "1,16,64");
@@ -379,14 +437,15 @@ async fn main() {
             }
         }
     }
-    // The relay as ratios of each other target (the simulator aside).
-    if let [(floor, _), (relay, _), peers @ ..] = &targets[..] {
+    // The relay as ratios of each other target (the simulator and the pass-through aside), with
+    // the pass-through's throughput ratio beside it: what a hop that does nothing reaches.
+    if let [(floor, _), _, (relay, _), peers @ ..] = &targets[..] {
         for (peer, _) in peers {
             println!("\n{relay} against {peer} (floor: {floor}), same scenarios:\n");
             println!(
-                "| mode | connections | throughput × | {relay} added p99 ms | {peer} added p50 ms | CPU per request ÷ |"
+                "| mode | connections | throughput × | {PASS_THROUGH} throughput × | {relay} added p99 ms | {peer} added p50 ms | CPU per request ÷ |"
             );
-            println!("|---|---|---|---|---|---|");
+            println!("|---|---|---|---|---|---|---|");
             for &mode in &modes {
                 for &concurrency in &concurrencies {
                     let key = |name: &String| (name.clone(), mode.name(), concurrency);
@@ -401,10 +460,14 @@ async fn main() {
                         .cpu_ms_per_request
                         .zip(theirs.cpu_ms_per_request)
                         .map(|(ours, theirs)| theirs / ours);
+                    let hop_ratio = results
+                        .get(&key(&PASS_THROUGH.to_string()))
+                        .map(|hop| hop.per_second / theirs.per_second);
                     println!(
-                        "| {} | {concurrency} | {:.1} | {:.1} | {:.1} | {} |",
+                        "| {} | {concurrency} | {:.1} | {} | {:.1} | {:.1} | {} |",
                         mode.name(),
                         ours.per_second / theirs.per_second,
+                        shown(hop_ratio, 1),
                         ours.p99_ms - base.p99_ms,
                         theirs.p50_ms - base.p50_ms,
                         shown(cpu_ratio, 1),
@@ -413,6 +476,7 @@ async fn main() {
             }
         }
     }
+    drop(pass_through);
     if !broken.is_empty() {
         eprintln!("peer run failed: {}", broken.join("; "));
         std::process::exit(1);

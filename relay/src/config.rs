@@ -1027,7 +1027,8 @@ impl RelayConfig {
                         ));
                     }
                     (ProviderKind::OpenAi, Some(url))
-                        if !(url.starts_with("http://") || url.starts_with("https://")) =>
+                        if !(url.starts_with("http://") || url.starts_with("https://"))
+                            || reqwest::Url::parse(url).is_err() =>
                     {
                         return Err(format!(
                             "model `{}` has `endpoint` `{url}`, which is not an http:// or https:// URL",
@@ -1256,6 +1257,11 @@ mod tests {
             (
                 "id = \"nova-lite\"\nprovider = \"bedrock\"",
                 "id = \"nova-lite\"\nprovider = \"openai\"\nendpoint = \"localhost:11434\"",
+                "not an http:// or https:// URL",
+            ),
+            (
+                "id = \"nova-lite\"\nprovider = \"bedrock\"",
+                "id = \"nova-lite\"\nprovider = \"openai\"\nendpoint = \"http://local host:11434/v1\"",
                 "not an http:// or https:// URL",
             ),
             (

@@ -1,15 +1,16 @@
 //! The bare pass-through, the floor a relay is measured against: axum + reqwest, TCP_NODELAY on
-//! both sides as the relay, forwarding `POST /model/{id}/{operation}` to a Bedrock endpoint and
-//! streaming the answer back as it arrives — no parsing, no policy. Used by the overhead bench
-//! (bench/benches/overhead.rs) and the concurrent-streams bench (relay/benches/streams.rs).
+//! both sides as the relay, forwarding every `POST` (a Bedrock `/model/{id}/{operation}`, an
+//! OpenAI `/v1/chat/completions`) to the same path upstream and streaming the answer back as it
+//! arrives — no parsing, no policy. Used by the overhead bench (bench/benches/overhead.rs), the
+//! concurrent-streams bench (relay/benches/streams.rs) and the peer bench (bench/benches/peer.rs).
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path as UrlPath, State};
-use axum::http::StatusCode;
+use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::serve::ListenerExt;
@@ -20,19 +21,13 @@ struct PassThrough {
     client: reqwest::Client,
 }
 
-/// Forwards one `POST /model/{id}/{operation}` with its body and streams the answer back as it
+/// Forwards one `POST` with its body to the same path upstream and streams the answer back as it
 /// arrives: no parsing, no policy.
-async fn forward(
-    State(pass_through): State<Arc<PassThrough>>,
-    UrlPath((model, operation)): UrlPath<(String, String)>,
-    body: Bytes,
-) -> Response {
+async fn forward(State(pass_through): State<Arc<PassThrough>>, uri: Uri, body: Bytes) -> Response {
+    let path = uri.path_and_query().map_or("/", |path| path.as_str());
     let sent = pass_through
         .client
-        .post(format!(
-            "{}/model/{model}/{operation}",
-            pass_through.upstream
-        ))
+        .post(format!("{}{path}", pass_through.upstream))
         .header(CONTENT_TYPE, "application/json")
         .body(body)
         .send()
@@ -52,7 +47,7 @@ async fn forward(
 }
 
 /// Starts the bare pass-through (axum + reqwest, TCP_NODELAY on both sides, as the relay) in
-/// front of `upstream`, on the current runtime; returns its base URL. DESIGN.md's floor of a
+/// front of `upstream` (an origin: scheme, host and port), on the current runtime; returns its base URL. DESIGN.md's floor of a
 /// hop, measured here beside the relay on the same machine and load.
 pub async fn spawn(upstream: String) -> std::io::Result<String> {
     fm_relay::provider::openai::install_crypto_provider();
@@ -61,7 +56,7 @@ pub async fn spawn(upstream: String) -> std::io::Result<String> {
         .build()
         .map_err(std::io::Error::other)?;
     let router = Router::new()
-        .route("/model/{model}/{operation}", post(forward))
+        .route("/{*path}", post(forward))
         .with_state(Arc::new(PassThrough { upstream, client }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;

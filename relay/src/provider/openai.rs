@@ -34,6 +34,9 @@ pub struct OpenAiProvider {
     http: reqwest::Client,
     /// The API's base URL, e.g. `http://127.0.0.1:11434/v1`, without a trailing slash.
     base_url: String,
+    /// `{base_url}/chat/completions`, parsed once (not per call); `None` when it is not a URL,
+    /// which the config's validation refuses before a provider is made.
+    chat_url: Option<reqwest::Url>,
     api_key: Option<String>,
     /// The label of this place in routes and logs (the model's `region`).
     location: String,
@@ -63,9 +66,12 @@ impl OpenAiProvider {
         api_key: Option<String>,
         location: &str,
     ) -> Self {
+        let base_url = base_url.trim_end_matches('/').to_string();
+        let chat_url = reqwest::Url::parse(&format!("{base_url}/chat/completions")).ok();
         OpenAiProvider {
             http,
-            base_url: base_url.trim_end_matches('/').to_string(),
+            base_url,
+            chat_url,
             api_key,
             location: location.to_string(),
         }
@@ -92,9 +98,16 @@ impl OpenAiProvider {
         request: &ChatRequest,
         stream: bool,
     ) -> Result<reqwest::Response, RelayError> {
+        let Some(url) = &self.chat_url else {
+            return Err(self.error(
+                upstream_id,
+                UpstreamFailure::Misconfigured,
+                format!("the endpoint `{}` is not a URL", self.base_url),
+            ));
+        };
         let mut call = self
             .http
-            .post(format!("{}/chat/completions", self.base_url))
+            .post(url.clone())
             .json(&body(upstream_id, request, stream));
         if let Some(key) = &self.api_key {
             call = call.bearer_auth(key);
