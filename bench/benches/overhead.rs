@@ -33,6 +33,8 @@
 //! pass-through's runtime), which is what DESIGN.md's table compares.
 
 // The bare pass-through, shared with the relay's memory benches (relay/benches/streams.rs).
+// This bench runs the pass-through on a runtime of its own, not as a process of its own.
+#[allow(dead_code)]
 #[path = "../../relay/benches/common/pass_through.rs"]
 mod pass_through;
 

@@ -15,12 +15,10 @@
 //!
 //! Beside the targets the driver runs the bench's bare pass-through (axum + reqwest, no parsing,
 //! no policy: `relay/benches/common/pass_through.rs`) in front of the same simulator, as a
-//! process of its own started from this binary: the floor of any HTTP hop on this machine and
+//! process of its own (this binary run again): the floor of any HTTP hop on this machine and
 //! load, so that each ratio can be read against what a hop that does nothing reaches.
 
 use std::collections::HashMap;
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -31,8 +29,7 @@ use futures_util::StreamExt;
 #[path = "../../relay/benches/common/pass_through.rs"]
 mod pass_through;
 
-/// Set (to the simulator's origin) in the driver's child that serves the pass-through.
-const PASS_THROUGH_ENV: &str = "PEER_SERVE_PASS_THROUGH";
+use pass_through::PassThroughProcess;
 /// The pass-through's name in the tables.
 const PASS_THROUGH: &str = "pass-through";
 
@@ -316,38 +313,6 @@ async fn scenario(
     (figures, failures)
 }
 
-/// The bare pass-through as a process of its own (this binary, serving it), killed when dropped.
-struct PassThroughProcess {
-    child: Child,
-    base_url: String,
-}
-
-impl PassThroughProcess {
-    /// Starts it in front of the simulator whose base URL (`…/v1`) is `sim_base`.
-    fn start(sim_base: &str) -> Self {
-        let sim = reqwest::Url::parse(sim_base).expect("PEER_TARGETS: the simulator's URL");
-        let origin = sim.origin().ascii_serialization();
-        let mut child = Command::new(std::env::current_exe().expect("the driver's own path"))
-            .env(PASS_THROUGH_ENV, &origin)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the pass-through starts");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("its stdout"))
-            .read_line(&mut line)
-            .expect("the pass-through prints its URL");
-        let base_url = format!("{}{}", line.trim(), sim.path().trim_end_matches('/'));
-        PassThroughProcess { child, base_url }
-    }
-}
-
-impl Drop for PassThroughProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn shown(value: Option<f64>, digits: usize) -> String {
     value.map_or("–".into(), |value| format!("{value:.digits$}"))
 }
@@ -355,13 +320,7 @@ fn shown(value: Option<f64>, digits: usize) -> String {
 #[tokio::main]
 async fn main() {
     fm_relay::provider::openai::install_crypto_provider();
-    if let Ok(upstream) = std::env::var(PASS_THROUGH_ENV) {
-        let url = pass_through::spawn(upstream)
-            .await
-            .expect("the pass-through listens");
-        println!("{url}");
-        std::future::pending::<()>().await;
-    }
+    pass_through::serve_if_asked().await;
     let mut targets = pairs("PEER_TARGETS");
     assert!(
         targets.len() >= 2,
@@ -372,9 +331,12 @@ async fn main() {
         .map(|(name, pid)| (name, pid.parse().expect("PEER_PIDS: name=pid")))
         .collect();
     // The floor of a hop, measured right after the simulator itself.
-    let pass_through = PassThroughProcess::start(&targets[0].1);
+    let sim = reqwest::Url::parse(&targets[0].1).expect("PEER_TARGETS: the simulator's URL");
+    let pass_through = PassThroughProcess::start(&sim.origin().ascii_serialization());
     pids.insert(PASS_THROUGH.into(), pass_through.child.id());
-    targets.insert(1, (PASS_THROUGH.into(), pass_through.base_url.clone()));
+    // The same API path under the pass-through as under the simulator (`/v1`).
+    let base_url = format!("{}{}", pass_through.url, sim.path().trim_end_matches('/'));
+    targets.insert(1, (PASS_THROUGH.into(), base_url));
     let versions = pairs("PEER_VERSIONS");
     let model = std::env::var("PEER_MODEL").unwrap_or_else(|_| "bench".into());
     let concurrencies: Vec<usize> = list("PEER_CONCURRENCY", "1,16,64");

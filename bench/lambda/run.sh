@@ -21,39 +21,9 @@ for tool in cargo-lambda moto_server cfn-lint; do
 done
 
 cargo build --profile lambda -p fm-relay-lambda -p fm-sim --bins --locked
-target_dir=$(cargo metadata --no-deps --format-version 1 --locked | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-bin="$target_dir/lambda"
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do
-        kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_for() { # URL, name, log
-    for _ in $(seq 1 600); do
-        if python3 -c 'import sys, urllib.request, urllib.error
-try:
-    urllib.request.urlopen(sys.argv[1], timeout=1)
-except urllib.error.HTTPError:
-    pass' "$1" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "[lambda] $2 did not come up: $1" >&2
-    tail -30 "$3" >&2
-    exit 1
-}
+bench_name=lambda
+. bench/lib.sh
+bin="$(target_dir)/lambda"
 
 # The package Lambda takes: the binary as `bootstrap`, zipped (what `cargo lambda build
 # --output-format zip` makes).
@@ -84,15 +54,9 @@ setsid "$venv/bin/cargo-lambda" lambda watch --only-lambda-apis -A 127.0.0.1 -P 
     >"$work/watch.log" 2>&1 &
 pids+=($!)
 wait_for "http://127.0.0.1:$sim_port/_sim/stats" fm-sim "$work/sim.log"
-wait_for "http://127.0.0.1:$moto_port/" moto_server "$work/moto.log"
+wait_for "http://127.0.0.1:$moto_port/" moto_server "$work/moto.log" any
 # (its function URL answers only when a function has taken the request: wait for the port)
-for _ in $(seq 1 600); do
-    if python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' \
-        "$lambda_port" 2>/dev/null; then
-        break
-    fi
-    sleep 0.1
-done
+wait_for_port "$lambda_port"
 
 PY_TEMPLATE_JSON=$("$venv/bin/python" -c 'import json, sys
 from cfnlint.decode import decode

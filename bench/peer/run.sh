@@ -36,37 +36,9 @@ else
     bench=(cargo bench -p fm-bench --bench peer --locked)
 fi
 export PEER_CONCURRENCY PEER_SECS
-target_dir=$(cargo metadata --no-deps --format-version 1 --locked | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-bin="$target_dir/$profile"
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_for() { # URL, name, log
-    for _ in $(seq 1 1200); do
-        if python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' "$1" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "[peer] $2 did not come up: $1" >&2
-    if [ -n "${3:-}" ]; then
-        tail -30 "$3" >&2
-    fi
-    exit 1
-}
+bench_name=peer
+. bench/lib.sh
+bin="$(target_dir)/$profile"
 
 sim_port=$(free_port)
 relay_port=$(free_port)

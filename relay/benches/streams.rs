@@ -4,24 +4,24 @@
 //! calls per connection), and — the floor, in the same run — the same number of ConverseStream
 //! calls through a bare pass-through (axum + reqwest, `common/pass_through.rs`, started as its own
 //! process); and the relay with HTTP/2 on both sides, its clients' streams sharing a few HTTP/2
-//! connections with prior knowledge (h2c), as behind a load balancer that multiplexes. For each: the time to open them all, the process's resident memory
-//! before, with every stream open and waiting for its first token, and at its peak while tokens
-//! flow, per stream; the relay's sockets; and whether every stream ended intact — its `done`
-//! event, the answer's every token, no error, none lost.
+//! connections with prior knowledge (h2c), as behind a load balancer that multiplexes. For each:
+//! the time to open them all, the process's resident memory before, with every stream open and
+//! waiting for its first token, and at its peak while tokens flow, per stream; the relay's
+//! sockets; and whether every stream ended intact — its `done` event, the answer's every token, no
+//! error, none lost.
 //!
 //! Run: `scripts/bench-streams.sh` (it raises the file-descriptor limit: 10 000 streams take
 //! about 40 000 descriptors across the relay and this process) or `cargo bench -p fm-relay --bench
 //! streams` with the limit raised. Env: `STREAMS` (default 10000), `STREAM_TOKENS` (10),
 //! `STREAM_TOKENS_PER_SEC` (1), `STREAM_FIRST_TOKEN_MS` (time for every stream to open before the
 //! first token comes; default 3 ms per stream, at least 3 s), `STREAM_UPSTREAMS`
-//! (`pass-through,http1,http2,http2-both`),
-//! `STREAM_HTTP2_CONNECTIONS` (the relay's `bedrock.http2_connections`; default one per 150
-//! streams, at least 8: fm-sim lets a connection carry 200), `STREAM_BUDGET_KIB` (default 45: the run fails, exit code 1, when the relay's memory per open
-//! stream over its leaner upstream is above it, or when any stream did not end intact). Where the
-//! open-files limit cannot hold `STREAMS` (a hard limit the process may not raise), a row runs
-//! as many as fit and says so. The test command runs 200
-//! streams of a debug build (`STREAMS=200 cargo test -p fm-relay --bench streams`), so it cannot
-//! rot.
+//! (`pass-through,http1,http2,http2-both`), `STREAM_HTTP2_CONNECTIONS` (the relay's
+//! `bedrock.http2_connections`; default one per 150 streams, at least 8: fm-sim lets a connection
+//! carry 200), `STREAM_BUDGET_KIB` (default 45: the run fails, exit code 1, when the relay's
+//! memory per open stream over its leaner upstream is above it, or when any stream did not end
+//! intact). Where the open-files limit cannot hold `STREAMS` (a hard limit the process may not
+//! raise), a row runs as many as fit and says so. The test command runs 200 streams of a debug
+//! build (`STREAMS=200 cargo test -p fm-relay --bench streams`), so it cannot rot.
 
 mod common;
 #[path = "../tests/common/http2.rs"]
@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::pass_through::PassThroughProcess;
 use common::{RelayProcess, env_or};
 use fm_protocol::{SseDecoder, StreamEvent};
 use fm_relay::RelayConfig;
@@ -66,42 +67,6 @@ impl Upstream {
         }
     }
 }
-
-/// The bench binary started again as the bare pass-through in front of `upstream` (its own
-/// process, so its memory is its own); killed when dropped.
-struct PassThroughProcess {
-    child: std::process::Child,
-    url: String,
-}
-
-impl PassThroughProcess {
-    fn start(upstream: &str) -> PassThroughProcess {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .env(PASS_THROUGH_ENV, upstream)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("the pass-through starts");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        PassThroughProcess {
-            child,
-            url: line.trim().to_string(),
-        }
-    }
-}
-
-impl Drop for PassThroughProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Set in the pass-through's own process: the Bedrock endpoint it forwards to.
-const PASS_THROUGH_ENV: &str = "FM_STREAMS_BENCH_PASS_THROUGH_TO";
 
 /// One ConverseStream call through the pass-through, read to its end: `Ok` when the body ended
 /// cleanly after Bedrock's `messageStop` event. Counted in `opened` when its headers arrive.
@@ -273,16 +238,7 @@ impl Clients {
             }
             Clients::Http2(senders) => {
                 let mut sender = senders[n % senders.len()].clone();
-                let request = hyper::Request::post(url)
-                    .header("content-type", "application/json")
-                    .body(axum::body::Body::from(body.to_string()))
-                    .unwrap();
-                sender
-                    .ready()
-                    .await
-                    .map_err(|err| format!("stream {n}: {err}"))?;
-                let response = sender
-                    .send_request(request)
+                let response = http2::send(&mut sender, http2::post(url, body.to_string()))
                     .await
                     .map_err(|err| format!("stream {n}: {err}"))?;
                 if response.status() != hyper::StatusCode::OK {
@@ -505,13 +461,7 @@ async fn run(upstream: Upstream, streams: usize, shape: &Shape) -> Figures {
 
 #[tokio::main]
 async fn main() {
-    if let Ok(upstream) = std::env::var(PASS_THROUGH_ENV) {
-        let url = common::pass_through::spawn(upstream)
-            .await
-            .expect("the pass-through listens");
-        println!("{url}");
-        std::future::pending::<()>().await;
-    }
+    common::pass_through::serve_if_asked().await;
     let streams: usize = env_or("STREAMS", 10_000);
     let shape = Shape {
         // fm-sim lets one HTTP/2 connection carry 200 streams: room for all, with a margin for

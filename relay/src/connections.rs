@@ -26,6 +26,7 @@
 //! GOAWAY).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -248,6 +249,22 @@ enum Protocol {
     Http2,
 }
 
+/// Drives `connection` to its end; when `stopping` comes first, starts its graceful shutdown
+/// (`shut_down`: hyper's, the same method on each protocol's connection type) and lets it finish.
+async fn until_done<C: Future>(
+    mut connection: Pin<Box<C>>,
+    stopping: impl Future,
+    shut_down: fn(Pin<&mut C>),
+) -> C::Output {
+    tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stopping => {
+            shut_down(connection.as_mut());
+            connection.await
+        }
+    }
+}
+
 async fn serve_one(
     stream: TcpStream,
     write_timeout: Duration,
@@ -269,34 +286,25 @@ async fn serve_one(
         app.map_request(|request: hyper::Request<Incoming>| request.map(Body::new)),
     );
     let stopping = async { stop.wait_for(|stop| *stop).await.map(|_| ()) };
+    // Each protocol's connection in its own allocation: the task holds either one's state, not
+    // room for the larger of the two.
     let result = match protocol {
         Protocol::Http1 => {
-            // Each protocol's connection in its own allocation: the task holds either one's
-            // state, not room for the larger of the two.
-            let mut connection = Box::pin(
-                protocols
-                    .http1
-                    .serve_connection(io, service)
-                    .with_upgrades(),
-            );
-            tokio::select! {
-                result = connection.as_mut() => result,
-                _ = stopping => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.as_mut().await
-                }
-            }
+            let connection = protocols.http1.serve_connection(io, service);
+            until_done(
+                Box::pin(connection.with_upgrades()),
+                stopping,
+                |connection| connection.graceful_shutdown(),
+            )
+            .await
         }
         Protocol::Http2 => {
             stats.http2.fetch_add(1, Ordering::Relaxed);
-            let mut connection = Box::pin(protocols.http2.serve_connection(io, service));
-            tokio::select! {
-                result = connection.as_mut() => result,
-                _ = stopping => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.as_mut().await
-                }
-            }
+            let connection = protocols.http2.serve_connection(io, service);
+            until_done(Box::pin(connection), stopping, |connection| {
+                connection.graceful_shutdown()
+            })
+            .await
         }
     };
     if let Err(err) = result {

@@ -148,24 +148,5 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("fm-relay: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let served = runtime.block_on(server::run_until_signal(config));
-    // The spans of the last requests go out before the process ends.
-    telemetry::traces::shutdown();
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("fm-relay: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    server::run_to_exit("fm-relay", server::run_until_signal(config))
 }

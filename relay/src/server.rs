@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -314,6 +315,35 @@ async fn serve(listener: TcpListener, app: axum::Router, state: AppState, grace:
         tracing::error!(%err, "could not write the last of the usage ledger");
     }
     tracing::info!("fm-relay stopped");
+}
+
+/// A binary's last step once its configuration is loaded (`fm-relay serve`, the Lambda
+/// functions): runs `serving` to its end on a multi-threaded runtime made here, then sends the
+/// spans of the last requests out before the process ends. An error is printed as
+/// `{program}: {err}` and ends the process with exit code 1.
+pub fn run_to_exit<E: std::fmt::Display>(
+    program: &str,
+    serving: impl Future<Output = Result<(), E>>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("{program}: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let served = runtime.block_on(serving);
+    crate::telemetry::traces::shutdown();
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{program}: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Loads nothing, starts the relay and serves until SIGTERM or Ctrl-C, then shuts down.

@@ -251,8 +251,7 @@ async fn http2_request(
     request: hyper::Request<axum::body::Body>,
 ) -> Result<(u16, Vec<u8>), hyper::Error> {
     use futures_util::StreamExt;
-    sender.ready().await?;
-    let response = sender.send_request(request).await?;
+    let response = common::http2::send(sender, request).await?;
     let status = response.status().as_u16();
     let mut body = axum::body::Body::new(response.into_body()).into_data_stream();
     let mut received = Vec::new();
@@ -263,10 +262,7 @@ async fn http2_request(
 }
 
 fn http2_post(path: &str, body: String) -> hyper::Request<axum::body::Body> {
-    hyper::Request::post(format!("http://relay{path}"))
-        .header("content-type", "application/json")
-        .body(axum::body::Body::from(body))
-        .unwrap()
+    common::http2::post(&format!("http://relay{path}"), body)
 }
 
 #[tokio::test]

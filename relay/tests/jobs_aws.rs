@@ -129,9 +129,7 @@ async fn two_relays_share_the_aws_backend_and_end_each_job_once() {
     jobs.retry_max_ms = 400;
     jobs.callback_secret = "s3cret".into();
     jobs.callback_allow_private = true;
-    let dir = temp_dir("jobs-aws");
-    let file = dir.join("relay.toml");
-    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    let file = config_file("jobs-aws", &config);
     let serve = || {
         serve_binary_with_env(
             BIN,

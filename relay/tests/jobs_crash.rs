@@ -51,9 +51,7 @@ async fn a_relay_killed_mid_batch_loses_no_job_and_ends_each_once() {
     config.jobs.heartbeat_secs = 1;
     config.jobs.poll_ms = 50;
     config.server.watch_config_ms = 0;
-    let dir = temp_dir("jobs-kill");
-    let file = dir.join("relay.toml");
-    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    let file = config_file("jobs-kill", &config);
     let http = http_client();
 
     let (mut first, url) = serve(&file);

@@ -186,9 +186,7 @@ async fn the_relay_serves_and_runs_jobs_as_lambda_functions() {
     jobs.max_attempts = 3;
     jobs.retry_base_ms = 1_000;
     jobs.retry_max_ms = 2_000;
-    let dir = temp_dir("lambda");
-    let file = dir.join("relay.toml");
-    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    let file = config_file("lambda", &config);
     let http = http_client();
 
     let api = Watch::start("http", &file);
@@ -199,13 +197,12 @@ async fn the_relay_serves_and_runs_jobs_as_lambda_functions() {
     .await;
 
     // A JSON answer.
-    let answer = http
-        .post(format!("{}/v1/chat", api.url()))
-        .header("content-type", "application/json")
-        .body(chat_body(Some("plain"), "Say hello."))
-        .send()
-        .await
-        .unwrap();
+    let answer = post_json(
+        &http,
+        format!("{}/v1/chat", api.url()),
+        chat_body(Some("plain"), "Say hello."),
+    )
+    .await;
     assert_eq!(answer.status(), 200);
     assert_eq!(
         answer.headers()["content-type"].to_str().unwrap(),
@@ -218,13 +215,12 @@ async fn the_relay_serves_and_runs_jobs_as_lambda_functions() {
     // 1.5 s, and the first must reach the client long before the last.
     let body = json!({"model": "paced", "max_tokens": 30,
         "messages": [{"role": "user", "content": "Tell me a long story."}]});
-    let response = http
-        .post(format!("{}/v1/chat/stream", api.url()))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    let response = post_json(
+        &http,
+        format!("{}/v1/chat/stream", api.url()),
+        body.to_string(),
+    )
+    .await;
     let mut reader = SseReader::new(response);
     let (mut first_text, mut texts) = (None, 0);
     let mut last = None;
@@ -251,13 +247,12 @@ async fn the_relay_serves_and_runs_jobs_as_lambda_functions() {
     );
 
     // A client mistake is a 4xx that names the field.
-    let refused = http
-        .post(format!("{}/v1/chat", api.url()))
-        .header("content-type", "application/json")
-        .body(json!({"messages": []}).to_string())
-        .send()
-        .await
-        .unwrap();
+    let refused = post_json(
+        &http,
+        format!("{}/v1/chat", api.url()),
+        json!({"messages": []}).to_string(),
+    )
+    .await;
     let (status, code, field) = error_of(refused).await;
     assert_eq!(
         (status, code.as_str(), field.as_deref()),
@@ -287,13 +282,7 @@ async fn the_relay_serves_and_runs_jobs_as_lambda_functions() {
 
     // Two jobs through the API function: one on a healthy model, one on a model that fails.
     let submit = async |body: serde_json::Value| -> JobInfo {
-        let response = http
-            .post(format!("{}/v1/jobs", api.url()))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
+        let response = post_json(&http, format!("{}/v1/jobs", api.url()), body.to_string()).await;
         assert_eq!(response.status(), 202, "{:?}", response.text().await);
         response.json().await.unwrap()
     };

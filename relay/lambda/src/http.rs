@@ -17,7 +17,6 @@ use fm_relay::RelayConfig;
 use tower::ServiceExt;
 
 use crate::error::LambdaError;
-use crate::settings;
 
 /// How answers leave the function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,16 +44,11 @@ impl ResponseMode {
 /// Assembles the relay and serves its API to the Lambda runtime until the runtime stops.
 pub async fn serve(config: RelayConfig, started: Instant) -> Result<(), LambdaError> {
     let mode = ResponseMode::from_env()?;
-    for warning in settings::warnings(&config) {
-        tracing::warn!("{warning}");
-    }
     let fm_relay::server::Assembled {
         app,
-        state,
         simulator: _simulator,
         ..
-    } = fm_relay::server::assemble_without_tasks(config).await?;
-    fm_relay::api::spawn_routing_refresh(&state);
+    } = crate::assemble(config).await?;
     tracing::info!(
         init_ms = started.elapsed().as_millis() as u64,
         ?mode,

@@ -44,6 +44,20 @@ impl Function {
     }
 }
 
+/// What both functions start from: the settings' warnings logged, the relay assembled without
+/// the tasks that run between requests, except the refresh of routing's figures, which runs
+/// while the function serves.
+async fn assemble(
+    config: fm_relay::RelayConfig,
+) -> Result<fm_relay::server::Assembled, LambdaError> {
+    for warning in settings::warnings(&config) {
+        tracing::warn!("{warning}");
+    }
+    let assembled = fm_relay::server::assemble_without_tasks(config).await?;
+    fm_relay::api::spawn_routing_refresh(&assembled.state);
+    Ok(assembled)
+}
+
 fn main() -> ExitCode {
     let started = std::time::Instant::now();
     let prepared = Function::from_env().and_then(|function| {
@@ -59,28 +73,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("fm-relay-lambda: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let served = runtime.block_on(async move {
+    fm_relay::server::run_to_exit("fm-relay-lambda", async move {
         match function {
             Function::Http => http::serve(config, started).await,
             Function::Jobs => worker::serve(config, started).await,
         }
-    });
-    telemetry::traces::shutdown();
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("fm-relay-lambda: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }

@@ -23,7 +23,6 @@ use futures_util::StreamExt;
 use lambda_runtime::{LambdaEvent, service_fn};
 
 use crate::error::LambdaError;
-use crate::settings;
 
 /// How long before the invocation's deadline running jobs are given back: time for the writes
 /// that give a job back (a table update, the message shown again) and the answer.
@@ -31,21 +30,17 @@ pub const GIVE_BACK_MARGIN: Duration = Duration::from_secs(5);
 
 /// Assembles the relay's job service and runs the batches the Lambda runtime delivers.
 pub async fn serve(config: RelayConfig, started: Instant) -> Result<(), LambdaError> {
-    for warning in settings::warnings(&config) {
-        tracing::warn!("{warning}");
-    }
     let concurrency = config.jobs.workers.max(1);
     let fm_relay::server::Assembled {
         state,
         simulator: _simulator,
         ..
-    } = fm_relay::server::assemble_without_tasks(config).await?;
+    } = crate::assemble(config).await?;
     let jobs = state.jobs().cloned().ok_or(LambdaError::UnfitSetting {
         setting: "jobs.enabled",
         why: "the job worker function needs jobs.enabled = true",
     })?;
     let calls: Arc<dyn ModelCalls> = Arc::new(JobCalls(state.downgrade()));
-    fm_relay::api::spawn_routing_refresh(&state);
     tracing::info!(
         init_ms = started.elapsed().as_millis() as u64,
         concurrency,

@@ -18,3 +18,21 @@ pub async fn connect(addr: impl tokio::net::ToSocketAddrs) -> Http2Sender {
     tokio::spawn(connection);
     sender
 }
+
+/// A `POST` of the JSON `body` to `uri`.
+pub fn post(uri: &str, body: String) -> hyper::Request<axum::body::Body> {
+    hyper::Request::post(uri)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body))
+        .unwrap()
+}
+
+/// Sends `request` on `sender`'s connection once it takes another stream: the answer, its body
+/// still to come.
+pub async fn send(
+    sender: &mut Http2Sender,
+    request: hyper::Request<axum::body::Body>,
+) -> Result<hyper::Response<hyper::body::Incoming>, hyper::Error> {
+    sender.ready().await?;
+    sender.send_request(request).await
+}

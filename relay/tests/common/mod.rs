@@ -146,13 +146,7 @@ impl Harness {
     }
 
     pub async fn post(&self, path: &str, body: impl Into<String>) -> reqwest::Response {
-        self.http
-            .post(self.url(path))
-            .header("content-type", "application/json")
-            .body(body.into())
-            .send()
-            .await
-            .unwrap()
+        post_json(&self.http, self.url(path), body).await
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
@@ -218,6 +212,27 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
 pub fn http_client() -> reqwest::Client {
     fm_relay::provider::openai::install_crypto_provider();
     reqwest::Client::new()
+}
+
+/// Writes `config` as `relay.toml` into a new temporary folder (see [`temp_dir`]); its path.
+pub fn config_file(name: &str, config: &RelayConfig) -> std::path::PathBuf {
+    let file = temp_dir(name).join("relay.toml");
+    std::fs::write(&file, toml::to_string(config).unwrap()).unwrap();
+    file
+}
+
+/// `POST url` with a JSON `body`; the answer, whatever its status.
+pub async fn post_json(
+    http: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    body: impl Into<String>,
+) -> reqwest::Response {
+    http.post(url)
+        .header("content-type", "application/json")
+        .body(body.into())
+        .send()
+        .await
+        .unwrap()
 }
 
 /// A request body asking `model` (or the default) to answer `prompt`.
